@@ -1,0 +1,18 @@
+"""Architecture adapters: token layout, attention modules, and the shared capture pass."""
+
+from lightning_vitx.adapters.base import Adapter, TokenLayout, detect, register_adapter
+from lightning_vitx.adapters.capture import Capture, CaptureNeeds, capture_pass, explaining, resolve_target
+from lightning_vitx.adapters.vit import VisionTransformerAdapter
+
+__all__ = [
+    "Adapter",
+    "Capture",
+    "CaptureNeeds",
+    "TokenLayout",
+    "VisionTransformerAdapter",
+    "capture_pass",
+    "detect",
+    "explaining",
+    "register_adapter",
+    "resolve_target",
+]

@@ -1,0 +1,117 @@
+"""What an explainer needs to know about an architecture: the token layout and how to reach the attention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Adapter", "TokenLayout", "detect", "register_adapter"]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the tokens of one forward pass sit, and which of them the classifier head reads.
+
+    Args:
+        num_prefix_tokens: tokens before the patch tokens (class, distillation and register tokens).
+        grid_size: patch grid ``(gh, gw)`` of this input; the patch tokens follow the prefix in row-major order.
+        readout: ``"token"`` when the head reads the rows in ``readout_tokens``; ``"avg"`` when it averages the
+            patch tokens.
+        readout_tokens: indices of the prefix tokens the head reads (``(0,)`` for ViT, ``(0, 1)`` for distilled
+            DeiT, whose logits are the mean of the class and distillation heads). Empty for ``"avg"``.
+
+    Example::
+
+        >>> layout = TokenLayout(num_prefix_tokens=1, grid_size=(2, 2), readout="token", readout_tokens=(0,))
+        >>> layout.num_tokens
+        5
+        >>> layout.readout_weights(batch_size=1)
+        tensor([[1., 0., 0., 0., 0.]])
+    """
+
+    num_prefix_tokens: int
+    grid_size: tuple[int, int]
+    readout: Literal["token", "avg"]
+    readout_tokens: tuple[int, ...] = ()
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix_tokens + self.num_patches
+
+    def readout_weights(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
+        """The row vector ``w`` with ``w @ tokens`` = what the head reads: ``[B, N]``, sums to 1."""
+        weights = torch.zeros(self.num_tokens, device=device)
+        if self.readout == "token":
+            weights[list(self.readout_tokens)] = 1.0 / len(self.readout_tokens)
+        else:
+            weights[self.num_prefix_tokens :] = 1.0 / self.num_patches
+        return weights.expand(batch_size, -1).clone()
+
+    def patch_map(self, token_scores: Tensor) -> Tensor:
+        """Drop the prefix columns and fold the patch columns: ``[B, N]`` -> ``[B, gh, gw]``."""
+        if token_scores.shape[-1] != self.num_tokens:
+            raise ValueError(f"expected {self.num_tokens} token scores, got {token_scores.shape[-1]}")
+        patches = token_scores[..., self.num_prefix_tokens :]
+        return patches.reshape(*token_scores.shape[:-1], *self.grid_size)
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """The architecture facts every explainer reads: blocks, attention modules, token layout, classes."""
+
+    model: nn.Module
+    family: str
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def blocks(self) -> list[nn.Module]: ...
+
+    def attention_modules(self) -> list[nn.Module]: ...
+
+    def layout(self, images: Tensor) -> TokenLayout: ...
+
+    def check_images(self, images: Tensor) -> None: ...
+
+
+_ADAPTERS: list[type] = []
+
+
+def register_adapter(cls: type) -> type:
+    """Class decorator: make ``detect`` try this adapter (its ``supports(model)`` classmethod decides)."""
+    if cls in _ADAPTERS:
+        raise ValueError(f"adapter {cls.__name__} is already registered")
+    _ADAPTERS.append(cls)
+    return cls
+
+
+def detect(model: nn.Module) -> Adapter:
+    """Return the adapter for ``model`` or raise a ``TypeError`` that lists what is supported.
+
+    Example::
+
+        >>> import timm
+        >>> from lightning_vitx.adapters import detect
+        >>> detect(timm.create_model("vit_tiny_patch16_224", pretrained=False)).family
+        'vit'
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module (a timm vision transformer), got {type(model).__name__}")
+    inner = getattr(model, "module", None)  # DistributedDataParallel / DataParallel wrappers
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) and isinstance(inner, nn.Module):
+        model = inner
+    for cls in _ADAPTERS:
+        if cls.supports(model):  # type: ignore[attr-defined]
+            return cls(model)  # type: ignore[no-any-return]
+    supported = "; ".join(cls.description for cls in _ADAPTERS)  # type: ignore[attr-defined]
+    raise TypeError(
+        f"lightning-vitx cannot explain a {type(model).__name__}: expected a timm vision transformer. "
+        f"Supported: {supported}. Create one with timm.create_model('vit_small_patch16_224', ...)."
+    )

@@ -1,0 +1,258 @@
+"""One forward and at most one backward pass that records what the attention-family explainers read.
+
+Recorded per block ``l``: the attention probabilities ``A^l`` (``[B, heads, N, N]``, after softmax), optionally
+their gradients ``dy_c/dA^l`` with respect to the target logits, the per-head attention outputs (input of the
+output projection), and the token states around each block and sublayer.
+
+Gradients come from ``torch.autograd.grad`` on the captured tensors, so no parameter's ``.grad`` is touched.
+The model is put in eval mode with timm's fused attention switched off for the pass only; everything is
+restored afterwards, also when the pass raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lightning_vitx.adapters.base import Adapter, TokenLayout
+
+__all__ = ["Capture", "CaptureNeeds", "capture_pass", "explaining", "resolve_target"]
+
+Target = int | Tensor | None
+
+
+@dataclass(frozen=True)
+class CaptureNeeds:
+    """What a capture pass must record beyond the attention probabilities (always recorded)."""
+
+    gradients: bool = False
+    token_states: bool = False
+    head_outputs: bool = False
+
+    def __or__(self, other: CaptureNeeds) -> CaptureNeeds:
+        return CaptureNeeds(
+            gradients=self.gradients or other.gradients,
+            token_states=self.token_states or other.token_states,
+            head_outputs=self.head_outputs or other.head_outputs,
+        )
+
+
+@dataclass
+class Capture:
+    """The record of one pass over a batch. All tensors are detached, float32, on the input's device.
+
+    Attributes:
+        layout: token layout of this input (prefix tokens, patch grid, readout rows).
+        logits: ``[B, num_classes]``.
+        target: ``[B]`` class explained per sample.
+        attentions: per block, ``[B, heads, N, N]``; row = query token, column = key token, rows sum to 1.
+        attention_grads: per block, ``d(sum_b logits[b, target[b]]) / dA``, same shapes; ``None`` unless asked.
+        head_outputs: per block, ``[B, heads, N, head_dim]`` attention output before the output projection.
+        head_output_grads: their gradients with respect to the target logits.
+        token_states: per block, a dict with ``input``, ``norm1``, ``attn`` (attention branch after layer scale),
+            ``mid`` (= input + attn), ``norm2``, ``mlp`` (MLP branch after layer scale) and ``output``,
+            each ``[B, N, D]``.
+    """
+
+    layout: TokenLayout
+    logits: Tensor
+    target: Tensor
+    attentions: list[Tensor]
+    attention_grads: list[Tensor] | None = None
+    head_outputs: list[Tensor] | None = None
+    head_output_grads: list[Tensor] | None = None
+    token_states: list[dict[str, Tensor]] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.logits.shape[0])
+
+    def readout_weights(self) -> Tensor:
+        """``[B, N]`` weights of the token rows the classifier head reads."""
+        return self.layout.readout_weights(self.batch_size, device=self.logits.device)
+
+    def require_gradients(self, who: str) -> list[Tensor]:
+        if self.attention_grads is None:
+            raise ValueError(f"{who} needs attention gradients: capture with CaptureNeeds(gradients=True)")
+        return self.attention_grads
+
+
+def resolve_target(target: Target, batch_size: int, num_classes: int, device: torch.device) -> Tensor | None:
+    """Check ``target`` and return it as ``LongTensor[B]`` (``None`` stays ``None``: the predicted class)."""
+    if target is None:
+        return None
+    if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
+        raise TypeError(f"expected target None, an int or a LongTensor[B], got {type(target).__name__}")
+    if isinstance(target, Tensor):
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+            raise TypeError(f"expected an integer target tensor, got dtype {target.dtype}; use target.long()")
+        if target.ndim == 0:
+            target = target.expand(batch_size)
+        if target.shape != (batch_size,):
+            raise ValueError(f"expected target of shape [{batch_size}], got {list(target.shape)}")
+        values = target.detach().to(device=device, dtype=torch.long).clone()
+    else:
+        values = torch.full((batch_size,), target, dtype=torch.long, device=device)
+    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= num_classes):
+        raise ValueError(
+            f"target classes must lie in [0, {num_classes}) for this model, got min {int(values.min())} and "
+            f"max {int(values.max())}"
+        )
+    return values
+
+
+@contextlib.contextmanager
+def explaining(adapter: Adapter) -> Iterator[None]:
+    """Put the model in the state explaining needs; restore every flag on exit.
+
+    Inside: every module in eval mode, timm fused attention off (so the probabilities exist), gradient
+    checkpointing off (it would re-run the forward hooks during backward). Restored on exit: each module's
+    train/eval flag, each ``fused_attn`` and ``grad_checkpointing`` value.
+    """
+    model = adapter.model
+    training = [(module, module.training) for module in model.modules()]
+    fused = [(module, module.fused_attn) for module in adapter.attention_modules() if hasattr(module, "fused_attn")]
+    checkpointing = getattr(model, "grad_checkpointing", None)
+    try:
+        model.eval()
+        for module, _ in fused:
+            module.fused_attn = False
+        if checkpointing:
+            model.grad_checkpointing = False
+        yield
+    finally:
+        for module, flag in training:
+            module.training = flag
+        for module, flag in fused:
+            module.fused_attn = flag
+        if checkpointing is not None:
+            model.grad_checkpointing = checkpointing
+
+
+def _model_dtype_and_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    param = next(model.parameters())
+    return param.dtype, param.device
+
+
+def _register_hooks(
+    adapter: Adapter, needs: CaptureNeeds, attentions: list[Tensor], head_outputs: list[Tensor],
+    token_states: list[dict[str, Tensor]],
+) -> list[torch.utils.hooks.RemovableHandle]:
+    handles = []
+
+    def keep_output(store: list[Tensor]):  # type: ignore[no-untyped-def]
+        return lambda module, inputs, output: store.append(output)
+
+    for attn in adapter.attention_modules():
+        handles.append(attn.attn_drop.register_forward_hook(keep_output(attentions)))
+        if needs.head_outputs:
+            handles.append(attn.proj.register_forward_pre_hook(lambda module, inputs: head_outputs.append(inputs[0])))
+    if needs.token_states:
+        for index, block in enumerate(adapter.blocks()):
+            missing = [name for name in ("norm1", "ls1", "norm2", "ls2") if not hasattr(block, name)]
+            if missing:
+                raise ValueError(
+                    f"token states need pre-norm timm Blocks; block {index} ({type(block).__name__}) lacks {missing}"
+                )
+            states: dict[str, Tensor] = {}
+            token_states.append(states)
+
+            def keep(key: str, states: dict[str, Tensor] = states, use_input: bool = False):  # type: ignore[no-untyped-def]
+                def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+                    states[key] = inputs[0] if use_input else output
+
+                return hook
+
+            handles += [
+                block.register_forward_hook(keep("input", use_input=True)),
+                block.register_forward_hook(keep("output")),
+                block.norm1.register_forward_hook(keep("norm1")),
+                block.ls1.register_forward_hook(keep("attn")),
+                block.norm2.register_forward_hook(keep("mid", use_input=True)),
+                block.norm2.register_forward_hook(keep("norm2")),
+                block.ls2.register_forward_hook(keep("mlp")),
+            ]
+    return handles
+
+
+def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs: CaptureNeeds | None = None) -> Capture:
+    """Run the model once over ``images`` (and once backward when ``needs.gradients``) and record the pass.
+
+    Works under ``torch.inference_mode()``, ``torch.no_grad()`` and autocast: it leaves inference mode, clones
+    the inputs, switches autocast off and computes in the model's own dtype, so maps are reproducible.
+
+    Args:
+        adapter: from ``lightning_vitx.adapters.detect(model)``.
+        images: ``[B, 3, H, W]`` as the model takes them, on the model's device.
+        target: ``None`` (the predicted class), an ``int`` for all samples, or ``LongTensor[B]``.
+        needs: what to record beyond the attention probabilities.
+
+    Example::
+
+        >>> import timm, torch
+        >>> from lightning_vitx.adapters import detect
+        >>> adapter = detect(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5))
+        >>> record = capture_pass(adapter, torch.randn(2, 3, 224, 224), needs=CaptureNeeds(gradients=True))
+        >>> len(record.attentions), tuple(record.attention_grads[0].shape)
+        (12, (2, 3, 197, 197))
+    """
+    needs = needs or CaptureNeeds()
+    if not isinstance(images, Tensor):
+        raise TypeError(f"expected images as a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"expected floating-point images, got dtype {images.dtype}; convert with images.float()")
+    layout = adapter.layout(images)
+    dtype, device = _model_dtype_and_device(adapter.model)
+    if images.device != device:
+        raise ValueError(f"images are on {images.device} but the model is on {device}; move them with .to({device})")
+    target_ids = resolve_target(target, images.shape[0], adapter.num_classes, images.device)
+
+    attentions: list[Tensor] = []
+    head_outputs: list[Tensor] = []
+    token_states: list[dict[str, Tensor]] = []
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    autocast_off = torch.autocast(device_type=device.type, enabled=False)
+    with explaining(adapter), torch.inference_mode(False), torch.set_grad_enabled(needs.gradients), autocast_off:
+        try:
+            handles = _register_hooks(adapter, needs, attentions, head_outputs, token_states)
+            inputs = images.detach().clone().to(dtype)
+            if needs.gradients:
+                inputs.requires_grad_(True)  # gradients reach the attention even when the parameters are frozen
+            logits = adapter.model(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if len(attentions) != len(adapter.blocks()):
+            raise RuntimeError(
+                f"recorded {len(attentions)} attention maps for {len(adapter.blocks())} blocks: the model's "
+                "attention did not run through its attn_drop module. Is this a stock timm Attention?"
+            )
+        if target_ids is None:
+            target_ids = logits.detach().argmax(dim=1)
+        record = Capture(
+            layout=layout,
+            logits=logits.detach().float(),
+            target=target_ids,
+            attentions=[a.detach().float() for a in attentions],
+        )
+        if needs.head_outputs:
+            heads = adapter.attention_modules()[0].num_heads
+
+            def split_heads(x: Tensor) -> Tensor:
+                return x.detach().float().unflatten(-1, (heads, -1)).transpose(1, 2)
+
+            record.head_outputs = [split_heads(x) for x in head_outputs]
+        if needs.gradients:
+            score = logits.float().gather(1, target_ids[:, None]).sum()
+            wrt = attentions + (head_outputs if needs.head_outputs else [])
+            grads = torch.autograd.grad(score, wrt)
+            record.attention_grads = [g.float() for g in grads[: len(attentions)]]
+            if needs.head_outputs:
+                record.head_output_grads = [split_heads(g) for g in grads[len(attentions) :]]
+        if needs.token_states:
+            record.token_states = [{k: v.detach().float() for k, v in states.items()} for states in token_states]
+    return record

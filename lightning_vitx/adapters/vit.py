@@ -1,0 +1,115 @@
+"""Adapter for timm's VisionTransformer family: ViT, DeiT (distilled too), register tokens, avg-pool heads."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from lightning_vitx.adapters.base import TokenLayout, register_adapter
+
+__all__ = ["VisionTransformerAdapter"]
+
+
+def _is_timm_vit(model: nn.Module) -> bool:
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return False
+    return isinstance(model, VisionTransformer)
+
+
+@register_adapter
+class VisionTransformerAdapter:
+    """Reads token layout and attention modules off a timm ``VisionTransformer`` (``vit_*``, ``deit_*``).
+
+    Geometry comes from the model: prefix tokens from ``num_prefix_tokens``, the grid from the patch embedding
+    and the input size, the readout rows from ``global_pool`` (``'token'``: the class token, or class and
+    distillation tokens for distilled DeiT; ``'avg'``: the mean of the patch tokens).
+
+    Example::
+
+        >>> import timm, torch
+        >>> model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False)
+        >>> VisionTransformerAdapter(model).layout(torch.zeros(1, 3, 224, 224))
+        TokenLayout(num_prefix_tokens=2, grid_size=(14, 14), readout='token', readout_tokens=(0, 1))
+    """
+
+    family = "vit"
+    description = "timm VisionTransformer (vit_*, deit_* incl. distilled, register tokens, class_token=False + avg pool)"
+
+    def __init__(self, model: nn.Module) -> None:
+        if not self.supports(model):
+            raise TypeError(f"expected a timm VisionTransformer, got {type(model).__name__}")
+        self.model = model
+        pool = getattr(model, "global_pool", "token")
+        if getattr(model, "attn_pool", None) is not None or pool not in ("token", "avg"):
+            raise ValueError(
+                f"global_pool={pool!r} is not supported yet: expected 'token' (class token) or 'avg' "
+                "(mean of patch tokens). Create the model with global_pool='token' or 'avg'."
+            )
+        for index, block in enumerate(model.blocks):  # type: ignore[union-attr, arg-type]
+            attn = getattr(block, "attn", None)
+            if attn is None or not hasattr(attn, "attn_drop") or not hasattr(attn, "num_heads"):
+                raise TypeError(
+                    f"block {index} ({type(block).__name__}) has no timm Attention with an 'attn_drop' module, "
+                    "so its attention probabilities cannot be recorded; use a model built from timm's Block."
+                )
+
+    @classmethod
+    def supports(cls, model: nn.Module) -> bool:
+        return _is_timm_vit(model)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.num_classes)  # type: ignore[arg-type]
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        size = self.model.patch_embed.patch_size  # type: ignore[union-attr]
+        return (int(size[0]), int(size[1]))
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.blocks)  # type: ignore[union-attr, arg-type]
+
+    def attention_modules(self) -> list[nn.Module]:
+        return [block.attn for block in self.blocks()]
+
+    def readout_tokens(self) -> tuple[int, ...]:
+        if self.model.global_pool == "avg":
+            return ()
+        # VisionTransformerDistilled averages the class-token and distillation-token heads at inference.
+        return (0, 1) if getattr(self.model, "dist_token", None) is not None else (0,)
+
+    def check_images(self, images: Tensor) -> None:
+        """Raise a ``ValueError`` that says how to fix an input this model can't take."""
+        embed = self.model.patch_embed
+        in_chans = embed.proj.in_channels  # type: ignore[union-attr]
+        if images.ndim != 4:
+            hint = " Add a batch dimension with images.unsqueeze(0)." if images.ndim == 3 else ""
+            raise ValueError(f"expected images of shape [B, {in_chans}, H, W], got {list(images.shape)}.{hint}")
+        if images.shape[1] != in_chans:
+            raise ValueError(f"expected {in_chans} channels, got images of shape {list(images.shape)}")
+        height, width = images.shape[-2:]
+        img_size = embed.img_size  # type: ignore[union-attr]
+        if img_size is not None and embed.strict_img_size and (height, width) != tuple(img_size):
+            raise ValueError(
+                f"this model takes {img_size[0]}x{img_size[1]} images, got {height}x{width}. Resize the images, "
+                f"or create the model with img_size=({height}, {width}) or dynamic_img_size=True."
+            )
+        ph, pw = self.patch_size
+        if not embed.dynamic_img_pad and (height % ph or width % pw):  # type: ignore[union-attr]
+            raise ValueError(
+                f"image size {height}x{width} is not a multiple of the patch size {ph}x{pw}; resize or crop it, "
+                "or create the model with dynamic_img_pad=True."
+            )
+
+    def layout(self, images: Tensor) -> TokenLayout:
+        self.check_images(images)
+        height, width = images.shape[-2:]
+        grid = self.model.patch_embed.dynamic_feat_size((height, width))  # type: ignore[union-attr, operator]
+        readout = "avg" if self.model.global_pool == "avg" else "token"
+        return TokenLayout(
+            num_prefix_tokens=int(self.model.num_prefix_tokens),  # type: ignore[arg-type]
+            grid_size=(int(grid[0]), int(grid[1])),
+            readout=readout,
+            readout_tokens=self.readout_tokens(),
+        )

@@ -1,0 +1,37 @@
+"""Explainers: one method per module, a registry, and several methods from one capture pass.
+
+Example::
+
+    >>> import timm, torch
+    >>> import lightning_vitx.explainers as X
+    >>> X.available()
+    ['raw_attention', 'rollout', 'gradcam', 'generic_attention', 'gmar']
+    >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5)
+    >>> X.create("generic_attention", model)(torch.randn(2, 3, 224, 224), target=1).shape
+    torch.Size([2, 14, 14])
+"""
+
+from lightning_vitx.explainers._registry import ExplainerInfo, available, create, get_info, register
+from lightning_vitx.explainers.base import Explainer, ExplainerGroup, ReadoutExplainer, create_many
+from lightning_vitx.explainers.raw_attention import RawAttention  # noqa: I001  (registration order)
+from lightning_vitx.explainers.rollout import AttentionRollout
+from lightning_vitx.explainers.gradcam import AttentionGradCAM
+from lightning_vitx.explainers.generic_attention import GenericAttention
+from lightning_vitx.explainers.gmar import GMAR
+
+__all__ = [
+    "GMAR",
+    "AttentionGradCAM",
+    "AttentionRollout",
+    "Explainer",
+    "ExplainerGroup",
+    "ExplainerInfo",
+    "GenericAttention",
+    "RawAttention",
+    "ReadoutExplainer",
+    "available",
+    "create",
+    "create_many",
+    "get_info",
+    "register",
+]

@@ -1,0 +1,122 @@
+"""The explainer contract, and several explainers served from one capture pass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from lightning_vitx.adapters import Capture, CaptureNeeds, capture_pass, detect
+from lightning_vitx.adapters.capture import Target
+from lightning_vitx.explainers._registry import ExplainerInfo, create
+
+__all__ = ["Explainer", "ExplainerGroup", "ReadoutExplainer", "create_many"]
+
+
+class Explainer:
+    """``explainer(images, target) -> maps``: float32 ``[B, gh, gw]`` at the model's patch grid, higher = more
+    relevant, not normalised, on the images' device.
+
+    ``target`` is ``None`` (the predicted class), an ``int`` for all samples, or ``LongTensor[B]``. Subclasses
+    register with ``@register(ExplainerInfo(...))`` and are built with ``lightning_vitx.explainers.create``.
+    """
+
+    info: ClassVar[ExplainerInfo]
+
+    def __init__(self, model: nn.Module) -> None:
+        self.adapter = detect(model)
+        self.model = self.adapter.model
+        if self.adapter.family not in self.info.families:
+            raise TypeError(
+                f"{self.info.name} supports {list(self.info.families)} models, got a {self.adapter.family} model"
+            )
+
+    def __call__(self, images: Tensor, target: Target = None) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.info.name!r})"
+
+
+class ReadoutExplainer(Explainer):
+    """An explainer that only reads the shared capture pass; ``read`` does the method's maths."""
+
+    def capture_needs(self) -> CaptureNeeds:
+        return CaptureNeeds(gradients=self.info.needs_gradients)
+
+    def __call__(self, images: Tensor, target: Target = None) -> Tensor:
+        return self.read(capture_pass(self.adapter, images, target, self.capture_needs()))
+
+    def read(self, record: Capture) -> Tensor:
+        """Compute the maps ``[B, gh, gw]`` from a capture of the batch."""
+        raise NotImplementedError
+
+    def _block_index(self, index: int, option: str) -> int:
+        """Validate a block index option (negative counts from the last block) and return it as non-negative."""
+        depth = len(self.adapter.blocks())
+        if isinstance(index, bool) or not isinstance(index, int) or not -depth <= index < depth:
+            raise ValueError(f"{option} must be an int in [{-depth}, {depth}) for this {depth}-block model, got {index!r}")
+        return index % depth
+
+
+class ExplainerGroup:
+    """Several explainers for one model; the readout ones share a single capture pass per batch.
+
+    Calling the group returns ``{name: maps}``. Every map explains the same class per sample: the readouts'
+    capture resolves ``target`` once and the other explainers receive that resolved target.
+
+    Example::
+
+        >>> import timm, torch
+        >>> from lightning_vitx.explainers import create_many
+        >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5)
+        >>> group = create_many(["rollout", "gradcam", "gmar"], model)
+        >>> {name: tuple(maps.shape) for name, maps in group(torch.randn(2, 3, 224, 224)).items()}
+        {'rollout': (2, 14, 14), 'gradcam': (2, 14, 14), 'gmar': (2, 14, 14)}
+    """
+
+    def __init__(self, explainers: Mapping[str, Explainer]) -> None:
+        if not explainers:
+            raise ValueError("expected at least one explainer")
+        models = {id(explainer.model) for explainer in explainers.values()}
+        if len(models) != 1:
+            raise ValueError("all explainers of a group must explain the same model")
+        self.explainers = dict(explainers)
+        self.adapter = next(iter(self.explainers.values())).adapter
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.explainers)
+
+    def __call__(self, images: Tensor, target: Target = None) -> dict[str, Tensor]:
+        readouts = {n: e for n, e in self.explainers.items() if isinstance(e, ReadoutExplainer)}
+        maps: dict[str, Tensor] = {}
+        resolved: Target = target
+        if readouts:
+            needs = CaptureNeeds()
+            for explainer in readouts.values():
+                needs = needs | explainer.capture_needs()
+            record = capture_pass(self.adapter, images, target, needs)
+            maps.update({name: explainer.read(record) for name, explainer in readouts.items()})
+            resolved = record.target
+        for name, explainer in self.explainers.items():
+            if name not in maps:
+                maps[name] = explainer(images, resolved)
+        return {name: maps[name] for name in self.explainers}
+
+
+def create_many(explainers: Sequence[str] | Mapping[str, Mapping[str, Any]], model: nn.Module) -> ExplainerGroup:
+    """Build several explainers for ``model`` that run from one capture pass per batch.
+
+    Args:
+        explainers: registry names, or ``{name: options}`` to pass options to each.
+        model: the timm model to explain.
+    """
+    if isinstance(explainers, str):
+        raise TypeError(f"expected a list of explainer names, got the string {explainers!r}; use [{explainers!r}]")
+    specs = dict(explainers) if isinstance(explainers, Mapping) else {name: {} for name in explainers}
+    if not isinstance(explainers, Mapping) and len(specs) != len(explainers):
+        raise ValueError(f"duplicate explainer names in {list(explainers)}")
+    return ExplainerGroup({name: create(name, model, **dict(options)) for name, options in specs.items()})
+
