@@ -209,7 +209,6 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
     dtype, device = _model_dtype_and_device(adapter.model)
     if images.device != device:
         raise ValueError(f"images are on {images.device} but the model is on {device}; move them with .to({device})")
-    target_ids = resolve_target(target, images.shape[0], adapter.num_classes, images.device)
 
     attentions: list[Tensor] = []
     head_outputs: list[Tensor] = []
@@ -217,6 +216,7 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
     handles: list[torch.utils.hooks.RemovableHandle] = []
     autocast_off = torch.autocast(device_type=device.type, enabled=False)
     with explaining(adapter), torch.inference_mode(False), torch.set_grad_enabled(needs.gradients), autocast_off:
+        target_ids = resolve_target(target, images.shape[0], adapter.num_classes, images.device)
         try:
             handles = _register_hooks(adapter, needs, attentions, head_outputs, token_states)
             inputs = images.detach().clone().to(dtype)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from lightning_vitx.adapters import Capture, CaptureNeeds, capture_pass, detect
@@ -46,10 +47,15 @@ class ReadoutExplainer(Explainer):
         return CaptureNeeds(gradients=self.info.needs_gradients)
 
     def __call__(self, images: Tensor, target: Target = None) -> Tensor:
-        return self.read(capture_pass(self.adapter, images, target, self.capture_needs()))
+        return self.from_capture(capture_pass(self.adapter, images, target, self.capture_needs()))
+
+    def from_capture(self, record: Capture) -> Tensor:
+        """The maps ``[B, gh, gw]`` for a capture of the batch, computed in float32 whatever autocast is on."""
+        with torch.autocast(device_type=record.logits.device.type, enabled=False):
+            return self.read(record).float()
 
     def read(self, record: Capture) -> Tensor:
-        """Compute the maps ``[B, gh, gw]`` from a capture of the batch."""
+        """The method's maths: maps ``[B, gh, gw]`` from a capture. Subclasses implement it."""
         raise NotImplementedError
 
     def _block_index(self, index: int, option: str) -> int:
@@ -98,7 +104,7 @@ class ExplainerGroup:
             for explainer in readouts.values():
                 needs = needs | explainer.capture_needs()
             record = capture_pass(self.adapter, images, target, needs)
-            maps.update({name: explainer.read(record) for name, explainer in readouts.items()})
+            maps.update({name: explainer.from_capture(record) for name, explainer in readouts.items()})
             resolved = record.target
         for name, explainer in self.explainers.items():
             if name not in maps:

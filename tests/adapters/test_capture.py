@@ -1,0 +1,99 @@
+"""The capture pass: what it records, and that it leaves the model exactly as found."""
+
+import pytest
+import torch
+
+import lightning_vitx.explainers as X
+from lightning_vitx.adapters import CaptureNeeds, capture_pass, detect
+
+
+def test_gradients_match_an_independent_backward(models, make_images, copy_model):
+    model = models["deit_distilled"]
+    images = make_images(224, batch=2)
+    target = torch.tensor([3, 6])
+    record = capture_pass(detect(model), images, target, CaptureNeeds(gradients=True, token_states=True))
+
+    oracle = copy_model(model)
+    kept = []
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        kept.append(output)
+
+    for block in oracle.blocks:
+        block.attn.fused_attn = False
+        block.attn.attn_drop.register_forward_hook(keep)
+    logits = oracle(images)
+    logits.gather(1, target[:, None]).sum().backward()
+    torch.testing.assert_close(record.logits, logits.detach())
+    for ours, theirs in zip(record.attention_grads, kept, strict=True):
+        torch.testing.assert_close(ours, theirs.grad, rtol=1e-4, atol=1e-7)
+    for ours, theirs in zip(record.attentions, kept, strict=True):
+        torch.testing.assert_close(ours, theirs.detach())
+        torch.testing.assert_close(ours.sum(-1), torch.ones_like(ours[..., 0]))
+
+
+def test_token_states_are_consistent(models, make_images):
+    record = capture_pass(detect(models["vit"]), make_images(224, batch=1), needs=CaptureNeeds(token_states=True))
+    for index, states in enumerate(record.token_states):
+        torch.testing.assert_close(states["mid"], states["input"] + states["attn"])
+        torch.testing.assert_close(states["output"], states["mid"] + states["mlp"])
+        if index:
+            torch.testing.assert_close(states["input"], record.token_states[index - 1]["output"])
+
+
+def snapshot(model):
+    return {
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "training": {n: m.training for n, m in model.named_modules()},
+        "fused": {n: m.fused_attn for n, m in model.named_modules() if hasattr(m, "fused_attn")},
+        "checkpointing": model.grad_checkpointing,
+        "hooks": {
+            n: {attr: list(getattr(m, attr)) for attr in vars(m) if attr.endswith("hooks") or "hooks_" in attr}
+            for n, m in model.named_modules()
+        },
+        "rng": torch.get_rng_state(),
+    }
+
+
+def test_model_left_exactly_as_found(fresh_vit, make_images):
+    model = fresh_vit
+    model.train()
+    model.blocks[1].eval()
+    model.blocks[0].attn.fused_attn = True
+    model.blocks[1].attn.fused_attn = False
+    model.blocks[0].requires_grad_(False)
+    model.head.weight.grad = torch.full_like(model.head.weight, 0.5)
+    model.set_grad_checkpointing(True)
+    user_calls = []
+    model.blocks[2].register_forward_hook(lambda m, i, o: user_calls.append(1))
+    images = make_images(224, batch=2)
+    with torch.no_grad():
+        before_output = model(images)
+    before = snapshot(model)
+
+    group = X.create_many(X.available(), model)
+    group(images)
+    X.create("gmar", model, gradient_source="head_output")(images, 2)
+    with pytest.raises(ValueError):
+        group(images, target=99)  # raises inside the pass: the flags must still come back
+
+    after = snapshot(model)
+    for key in before:
+        if key == "params":
+            for name in before[key]:
+                torch.testing.assert_close(after[key][name], before[key][name], rtol=0, atol=0)
+        elif key == "grads":
+            for name, grad in before[key].items():
+                assert (after[key][name] is None) == (grad is None), name
+                if grad is not None:
+                    torch.testing.assert_close(after[key][name], grad, rtol=0, atol=0)
+        elif key == "rng":
+            assert torch.equal(after[key], before[key])
+        else:
+            assert after[key] == before[key], key
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), before_output, rtol=0, atol=0)
+    assert len(user_calls) == 4  # before, two explaining passes (the bad target stops before any), after

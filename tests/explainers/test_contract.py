@@ -1,0 +1,96 @@
+"""The explainer contract, for every registered explainer on every covered model."""
+
+import pytest
+import torch
+
+import lightning_vitx.explainers as X
+
+NAMES = X.available()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shape_dtype_device(name, model_case, make_images):
+    case, model, size = model_case
+    images = make_images(size, batch=2)
+    maps = X.create(name, model)(images)
+    grid = size // 16
+    assert maps.shape == (2, grid, grid)
+    assert maps.dtype == torch.float32
+    assert maps.device == images.device
+    assert torch.isfinite(maps).all()
+    assert maps.flatten(1).std(dim=1).gt(0).all(), f"{name} gave a constant map on {case}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_target_forms_agree(name, models, make_images):
+    model = models["vit"]
+    images = make_images(224, batch=3)
+    explainer = X.create(name, model)
+    predicted = model(images).argmax(dim=1)
+    by_none = explainer(images)
+    by_tensor = explainer(images, predicted)
+    torch.testing.assert_close(by_none, by_tensor, rtol=0, atol=0)
+    by_int = explainer(images, 4)
+    by_int_tensor = explainer(images, torch.full((3,), 4))
+    torch.testing.assert_close(by_int, by_int_tensor, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if X.get_info(n).needs_gradients])
+def test_gradient_methods_depend_on_target(name, models, make_images):
+    images = make_images(224, batch=2)
+    explainer = X.create(name, models["vit"])
+    assert not torch.allclose(explainer(images, 0), explainer(images, 3))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_equals_one_by_one(name, model_case, make_images):
+    _, model, size = model_case
+    batch = 3 if size == 224 else 2
+    images = make_images(size, batch=batch)
+    explainer = X.create(name, model)
+    target = torch.tensor([0, 5, 2])[:batch]
+    batched = explainer(images, target)
+    single = torch.cat([explainer(images[i : i + 1], target[i : i + 1]) for i in range(batch)])
+    torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_works_under_inference_mode_and_no_grad(name, models, make_images):
+    model = models["vit"]
+    explainer = X.create(name, model)
+    images = make_images(224, batch=2)
+    expected = explainer(images, 1)
+    with torch.inference_mode():
+        inference_images = images.clone()  # an inference tensor, as Lightning's validation batches are
+        under_inference = explainer(inference_images, 1)
+    with torch.no_grad():
+        under_no_grad = explainer(images, 1)
+    torch.testing.assert_close(under_inference, expected, rtol=0, atol=0)
+    torch.testing.assert_close(under_no_grad, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_autocast_gives_float32_maps_close_to_float32(name, models, make_images):
+    model = models["vit"]
+    explainer = X.create(name, model)
+    images = make_images(224, batch=2)
+    expected = explainer(images, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = explainer(images, 1)
+    assert maps.dtype == torch.float32
+    torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_weights_give_float32_maps(name, models, make_images, copy_model):
+    model = copy_model(models["vit"]).to(torch.bfloat16)
+    images = make_images(224, batch=2)
+    maps = X.create(name, model)(images.to(torch.bfloat16), 1)
+    expected = X.create(name, models["vit"])(images, 1)
+    assert maps.dtype == torch.float32
+    # bf16 has 3 significant digits; the maps must still rank the patches alike.
+    rank = lambda m: m.flatten(1).argsort(dim=1).argsort(dim=1).float()  # noqa: E731
+    correlation = torch.nn.functional.cosine_similarity(
+        rank(maps) - rank(maps).mean(1, keepdim=True), rank(expected) - rank(expected).mean(1, keepdim=True)
+    )
+    assert correlation.min() > 0.8, correlation
