@@ -109,7 +109,7 @@ def detect(model: nn.Module) -> Adapter:
         model = inner
     for cls in _ADAPTERS:
         if cls.supports(model):  # type: ignore[attr-defined]
-            return cls(model)  # type: ignore[no-any-return]
+            return cls(model)
     supported = "; ".join(cls.description for cls in _ADAPTERS)  # type: ignore[attr-defined]
     raise TypeError(
         f"lightning-vitx cannot explain a {type(model).__name__}: expected a timm vision transformer. "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -113,9 +114,10 @@ def explaining(adapter: Adapter) -> Iterator[None]:
     checkpointing off (it would re-run the forward hooks during backward). Restored on exit: each module's
     train/eval flag, each ``fused_attn`` and ``grad_checkpointing`` value.
     """
-    model = adapter.model
+    model: Any = adapter.model
     training = [(module, module.training) for module in model.modules()]
-    fused = [(module, module.fused_attn) for module in adapter.attention_modules() if hasattr(module, "fused_attn")]
+    attention: list[Any] = adapter.attention_modules()
+    fused = [(module, module.fused_attn) for module in attention if hasattr(module, "fused_attn")]
     checkpointing = getattr(model, "grad_checkpointing", None)
     try:
         model.eval()
@@ -144,15 +146,17 @@ def _register_hooks(
 ) -> list[torch.utils.hooks.RemovableHandle]:
     handles = []
 
-    def keep_output(store: list[Tensor]):  # type: ignore[no-untyped-def]
+    def keep_output(store: list[Tensor]) -> Any:
         return lambda module, inputs, output: store.append(output)
 
-    for attn in adapter.attention_modules():
+    attention: list[Any] = adapter.attention_modules()
+    blocks: list[Any] = adapter.blocks()
+    for attn in attention:
         handles.append(attn.attn_drop.register_forward_hook(keep_output(attentions)))
         if needs.head_outputs:
             handles.append(attn.proj.register_forward_pre_hook(lambda module, inputs: head_outputs.append(inputs[0])))
     if needs.token_states:
-        for index, block in enumerate(adapter.blocks()):
+        for index, block in enumerate(blocks):
             missing = [name for name in ("norm1", "ls1", "norm2", "ls2") if not hasattr(block, name)]
             if missing:
                 raise ValueError(
@@ -161,7 +165,7 @@ def _register_hooks(
             states: dict[str, Tensor] = {}
             token_states.append(states)
 
-            def keep(key: str, states: dict[str, Tensor] = states, use_input: bool = False):  # type: ignore[no-untyped-def]
+            def keep(key: str, states: dict[str, Tensor] = states, use_input: bool = False) -> Any:
                 def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
                     states[key] = inputs[0] if use_input else output
 
@@ -240,7 +244,8 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
             attentions=[a.detach().float() for a in attentions],
         )
         if needs.head_outputs:
-            heads = adapter.attention_modules()[0].num_heads
+            first: Any = adapter.attention_modules()[0]
+            heads = int(first.num_heads)
 
             def split_heads(x: Tensor) -> Tensor:
                 return x.detach().float().unflatten(-1, (heads, -1)).transpose(1, 2)

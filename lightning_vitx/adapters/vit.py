@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal, cast
+
 from torch import Tensor, nn
 
 from lightning_vitx.adapters.base import TokenLayout, register_adapter
@@ -34,19 +36,22 @@ class VisionTransformerAdapter:
     """
 
     family = "vit"
-    description = "timm VisionTransformer (vit_*, deit_* incl. distilled, register tokens, class_token=False + avg pool)"
+    description = (
+        "timm VisionTransformer (vit_*, deit_* incl. distilled, register tokens, class_token=False with avg pool)"
+    )
 
     def __init__(self, model: nn.Module) -> None:
         if not self.supports(model):
             raise TypeError(f"expected a timm VisionTransformer, got {type(model).__name__}")
         self.model = model
+        self._vit: Any = cast(Any, model)  # timm attributes, read without nn.Module's __getattr__ typing
         pool = getattr(model, "global_pool", "token")
         if getattr(model, "attn_pool", None) is not None or pool not in ("token", "avg"):
             raise ValueError(
                 f"global_pool={pool!r} is not supported yet: expected 'token' (class token) or 'avg' "
                 "(mean of patch tokens). Create the model with global_pool='token' or 'avg'."
             )
-        for index, block in enumerate(model.blocks):  # type: ignore[union-attr, arg-type]
+        for index, block in enumerate(self._vit.blocks):
             attn = getattr(block, "attn", None)
             if attn is None or not hasattr(attn, "attn_drop") or not hasattr(attn, "num_heads"):
                 raise TypeError(
@@ -60,43 +65,43 @@ class VisionTransformerAdapter:
 
     @property
     def num_classes(self) -> int:
-        return int(self.model.num_classes)  # type: ignore[arg-type]
+        return int(self._vit.num_classes)
 
     @property
     def patch_size(self) -> tuple[int, int]:
-        size = self.model.patch_embed.patch_size  # type: ignore[union-attr]
+        size = self._vit.patch_embed.patch_size
         return (int(size[0]), int(size[1]))
 
     def blocks(self) -> list[nn.Module]:
-        return list(self.model.blocks)  # type: ignore[union-attr, arg-type]
+        return list(self._vit.blocks)
 
     def attention_modules(self) -> list[nn.Module]:
-        return [block.attn for block in self.blocks()]
+        return [block.attn for block in self._vit.blocks]
 
     def readout_tokens(self) -> tuple[int, ...]:
-        if self.model.global_pool == "avg":
+        if self._vit.global_pool == "avg":
             return ()
         # VisionTransformerDistilled averages the class-token and distillation-token heads at inference.
-        return (0, 1) if getattr(self.model, "dist_token", None) is not None else (0,)
+        return (0, 1) if getattr(self._vit, "dist_token", None) is not None else (0,)
 
     def check_images(self, images: Tensor) -> None:
         """Raise a ``ValueError`` that says how to fix an input this model can't take."""
-        embed = self.model.patch_embed
-        in_chans = embed.proj.in_channels  # type: ignore[union-attr]
+        embed = self._vit.patch_embed
+        in_chans = embed.proj.in_channels
         if images.ndim != 4:
             hint = " Add a batch dimension with images.unsqueeze(0)." if images.ndim == 3 else ""
             raise ValueError(f"expected images of shape [B, {in_chans}, H, W], got {list(images.shape)}.{hint}")
         if images.shape[1] != in_chans:
             raise ValueError(f"expected {in_chans} channels, got images of shape {list(images.shape)}")
         height, width = images.shape[-2:]
-        img_size = embed.img_size  # type: ignore[union-attr]
+        img_size = embed.img_size
         if img_size is not None and embed.strict_img_size and (height, width) != tuple(img_size):
             raise ValueError(
                 f"this model takes {img_size[0]}x{img_size[1]} images, got {height}x{width}. Resize the images, "
                 f"or create the model with img_size=({height}, {width}) or dynamic_img_size=True."
             )
         ph, pw = self.patch_size
-        if not embed.dynamic_img_pad and (height % ph or width % pw):  # type: ignore[union-attr]
+        if not embed.dynamic_img_pad and (height % ph or width % pw):
             raise ValueError(
                 f"image size {height}x{width} is not a multiple of the patch size {ph}x{pw}; resize or crop it, "
                 "or create the model with dynamic_img_pad=True."
@@ -105,10 +110,10 @@ class VisionTransformerAdapter:
     def layout(self, images: Tensor) -> TokenLayout:
         self.check_images(images)
         height, width = images.shape[-2:]
-        grid = self.model.patch_embed.dynamic_feat_size((height, width))  # type: ignore[union-attr, operator]
-        readout = "avg" if self.model.global_pool == "avg" else "token"
+        grid = self._vit.patch_embed.dynamic_feat_size((height, width))
+        readout: Literal["token", "avg"] = "avg" if self._vit.global_pool == "avg" else "token"
         return TokenLayout(
-            num_prefix_tokens=int(self.model.num_prefix_tokens),  # type: ignore[arg-type]
+            num_prefix_tokens=int(self._vit.num_prefix_tokens),
             grid_size=(int(grid[0]), int(grid[1])),
             readout=readout,
             readout_tokens=self.readout_tokens(),

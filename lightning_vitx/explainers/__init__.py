@@ -13,11 +13,11 @@ Example::
 
 from lightning_vitx.explainers._registry import ExplainerInfo, available, create, get_info, register
 from lightning_vitx.explainers.base import Explainer, ExplainerGroup, ReadoutExplainer, create_many
-from lightning_vitx.explainers.raw_attention import RawAttention  # noqa: I001  (registration order)
-from lightning_vitx.explainers.rollout import AttentionRollout
-from lightning_vitx.explainers.gradcam import AttentionGradCAM
 from lightning_vitx.explainers.generic_attention import GenericAttention
 from lightning_vitx.explainers.gmar import GMAR
+from lightning_vitx.explainers.gradcam import AttentionGradCAM
+from lightning_vitx.explainers.raw_attention import RawAttention  # noqa: I001  (registration order)
+from lightning_vitx.explainers.rollout import AttentionRollout
 
 __all__ = [
     "GMAR",

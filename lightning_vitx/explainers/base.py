@@ -16,8 +16,10 @@ __all__ = ["Explainer", "ExplainerGroup", "ReadoutExplainer", "create_many"]
 
 
 class Explainer:
-    """``explainer(images, target) -> maps``: float32 ``[B, gh, gw]`` at the model's patch grid, higher = more
-    relevant, not normalised, on the images' device.
+    """The contract: ``explainer(images, target) -> maps``.
+
+    Maps are float32 ``[B, gh, gw]`` at the model's patch grid, higher = more relevant, not normalised, on the
+    images' device.
 
     ``target`` is ``None`` (the predicted class), an ``int`` for all samples, or ``LongTensor[B]``. Subclasses
     register with ``@register(ExplainerInfo(...))`` and are built with ``lightning_vitx.explainers.create``.
@@ -62,7 +64,9 @@ class ReadoutExplainer(Explainer):
         """Validate a block index option (negative counts from the last block) and return it as non-negative."""
         depth = len(self.adapter.blocks())
         if isinstance(index, bool) or not isinstance(index, int) or not -depth <= index < depth:
-            raise ValueError(f"{option} must be an int in [{-depth}, {depth}) for this {depth}-block model, got {index!r}")
+            raise ValueError(
+                f"{option} must be an int in [{-depth}, {depth}) for this {depth}-block model, got {index!r}"
+            )
         return index % depth
 
 
@@ -96,15 +100,17 @@ class ExplainerGroup:
         return list(self.explainers)
 
     def __call__(self, images: Tensor, target: Target = None) -> dict[str, Tensor]:
-        readouts = {n: e for n, e in self.explainers.items() if isinstance(e, ReadoutExplainer)}
+        readouts: dict[str, ReadoutExplainer] = {
+            n: e for n, e in self.explainers.items() if isinstance(e, ReadoutExplainer)
+        }
         maps: dict[str, Tensor] = {}
         resolved: Target = target
         if readouts:
             needs = CaptureNeeds()
-            for explainer in readouts.values():
-                needs = needs | explainer.capture_needs()
+            for readout in readouts.values():
+                needs = needs | readout.capture_needs()
             record = capture_pass(self.adapter, images, target, needs)
-            maps.update({name: explainer.from_capture(record) for name, explainer in readouts.items()})
+            maps.update({name: readout.from_capture(record) for name, readout in readouts.items()})
             resolved = record.target
         for name, explainer in self.explainers.items():
             if name not in maps:

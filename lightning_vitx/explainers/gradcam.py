@@ -22,8 +22,10 @@ __all__ = ["AttentionGradCAM"]
     )
 )
 class AttentionGradCAM(ReadoutExplainer):
-    """``relu(mean_h(alpha_h * a_h))`` with ``a_h`` = readout row of head ``h``'s attention over the patches
-    and ``alpha_h`` = the mean over patches of its gradient with respect to the target logit.
+    """Grad-CAM on attention: ``relu(mean_h(alpha_h * a_h))``.
+
+    ``a_h`` is the readout row of head ``h``'s attention over the patches and ``alpha_h`` the mean over patches
+    of its gradient with respect to the target logit.
 
     Args:
         model: a timm ViT / DeiT.

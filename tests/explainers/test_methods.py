@@ -122,13 +122,15 @@ def test_vector_propagation_equals_matrix_chain(case, models, make_images):
     explainer = X.create("rollout", model, head_fusion="max", discard_ratio=0.5, start_layer=2)
     torch.testing.assert_close(explainer.read(record), readout(rollout), rtol=1e-4, atol=1e-6)
     # Chefer 2021b generic rule
-    fused = [eye + (g * a).clamp(min=0).mean(dim=1) for a, g in zip(record.attentions, record.attention_grads)]
-    torch.testing.assert_close(X.create("generic_attention", model).read(record), readout(chain(fused)), rtol=1e-4, atol=1e-6)
+    pairs = list(zip(record.attentions, record.attention_grads, strict=True))
+    fused = [eye + (g * a).clamp(min=0).mean(dim=1) for a, g in pairs]
+    generic = X.create("generic_attention", model).read(record)
+    torch.testing.assert_close(generic, readout(chain(fused)), rtol=1e-4, atol=1e-6)
     # GMAR
     gmar = X.create("gmar", model, norm="l2")
     fused = [
         0.5 * eye + 0.5 * (gmar.head_weights(g)[..., None, None] * a).sum(dim=1)
-        for a, g in zip(record.attentions, record.attention_grads)
+        for a, g in pairs
     ]
     torch.testing.assert_close(gmar.read(record), readout(chain(fused)), rtol=1e-4, atol=1e-6)
 
