@@ -53,8 +53,8 @@ def register(info: ExplainerInfo) -> Callable[[E], E]:
 
 
 def available() -> list[str]:
-    """Names of the registered explainers, in registration order."""
-    return list(_REGISTRY)
+    """Names of the registered explainers, sorted."""
+    return sorted(_REGISTRY)
 
 
 def get_info(name: str) -> ExplainerInfo:

@@ -8,13 +8,13 @@ from lightning_vitx.explainers import ExplainerInfo, register
 
 
 def test_available_names():
-    assert X.available() == ["raw_attention", "rollout", "gradcam", "generic_attention", "gmar"]
+    assert X.available() == ["generic_attention", "gmar", "gradcam", "raw_attention", "rollout"]
     assert {X.get_info(n).needs_gradients for n in ["gradcam", "generic_attention", "gmar"]} == {True}
     assert {X.get_info(n).needs_gradients for n in ["raw_attention", "rollout"]} == {False}
 
 
 def test_unknown_name_lists_the_choices(models):
-    with pytest.raises(ValueError, match=r"unknown explainer 'rolout'; expected one of \['raw_attention'"):
+    with pytest.raises(ValueError, match=r"unknown explainer 'rolout'; expected one of \['generic_attention'"):
         X.create("rolout", models["vit"])
 
 
