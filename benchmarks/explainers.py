@@ -1,0 +1,122 @@
+"""Explainer cost in units of the model's own forward, printed as a table (a benchmark, not a timed test).
+
+    python benchmarks/explainers.py                       # vit_small_patch16_224, batch 16, 224 and 448 px, CPU
+    python benchmarks/explainers.py --device cuda --sizes 224
+
+Each row runs in a fresh subprocess so its peak memory is its own: peak RSS above the process's RSS after a
+warm-up no-grad forward on CPU, ``torch.cuda.max_memory_allocated`` above the model and batch on CUDA.
+Times are medians over ``--repeats`` runs after one warm-up. Quote the ratios, not the seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import timm
+import torch
+
+import lightning_vitx.explainers as X
+
+ALL = "all (one capture)"
+
+
+def build(model_name: str, size: int, batch: int, device: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, pretrained=False, img_size=size).to(device).eval()
+    images = torch.randn(batch, 3, size, size, device=device)
+    return model, images
+
+
+def runner(row: str, model: torch.nn.Module):  # type: ignore[no-untyped-def]
+    if row == "forward":
+        return lambda x: model(x)
+    if row == "forward+backward":
+
+        def forward_backward(x: torch.Tensor) -> None:
+            with torch.enable_grad():
+                model(x).max(dim=1).values.sum().backward()
+            model.zero_grad(set_to_none=True)
+
+        return forward_backward
+    if row == ALL:
+        return X.create_many(X.available(), model)
+    return X.create(row, model)
+
+
+def measure(row: str, model_name: str, size: int, batch: int, device: str, repeats: int) -> dict:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model, images = build(model_name, size, batch, device)
+    run = runner(row, model)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with torch.no_grad():
+        model(images)  # warm-up; everything below is measured relative to this
+    sync()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with torch.no_grad():
+        run(images)
+    sync()
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with torch.no_grad():  # as a user would call it; explainers leave no_grad themselves
+            run(images)
+        sync()
+        times.append(time.perf_counter() - start)
+    return {"row": row, "seconds": statistics.median(times), "peak_mib": max(peak, 0) / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vit_small_patch16_224")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(measure(args.worker, args.model, args.size, args.batch, args.device, args.repeats)))
+        return
+
+    rows = ["forward", "forward+backward", *X.available(), ALL]
+    for size in args.sizes:
+        results = {}
+        for row in rows:
+            command = [sys.executable, __file__, "--worker", row, "--size", str(size), "--model", args.model,
+                       "--batch", str(args.batch), "--repeats", str(args.repeats), "--device", args.device]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            results[row] = json.loads(output.strip().splitlines()[-1])
+        forward = results["forward"]["seconds"]
+        backward = results["forward+backward"]["seconds"]
+        tokens = (size // 16) ** 2 + 1
+        print(f"\n{args.model}, batch {args.batch}, {size}px (N = {tokens} tokens), {args.device}, "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print(f"| {'method':20s} | {'x forward':>9s} | {'x fwd+bwd':>9s} | {'peak MiB':>8s} |")
+        print(f"|{'-' * 22}|{'-' * 11}|{'-' * 11}|{'-' * 10}|")
+        for row in rows:
+            r = results[row]
+            print(f"| {row:20s} | {r['seconds'] / forward:9.2f} | {r['seconds'] / backward:9.2f} | "
+                  f"{r['peak_mib']:8.0f} |")
+        slowest = max(results[name]["seconds"] for name in X.available())
+        print(f"all five from one capture / slowest alone: {results[ALL]['seconds'] / slowest:.2f}  (target <= 1.2)")
+        print(f"sum of the five run one by one / all five from one capture: "
+              f"{sum(results[n]['seconds'] for n in X.available()) / results[ALL]['seconds']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
