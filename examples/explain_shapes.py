@@ -4,7 +4,7 @@ No account, no network: the data is generated and the model starts from random w
 panel PNG (rows = samples, columns = image and one overlay per explainer) and prints, per explainer, how
 often the most relevant patch falls on the shape.
 
-    python examples/explain_shapes.py --steps 300 --out outputs/demo
+    python examples/explain_shapes.py --steps 600 --out outputs/demo
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def patch_hits(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="training steps")
+    parser.add_argument("--steps", type=int, default=600, help="training steps")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--samples", type=int, default=6, help="held-out images in the panel")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
