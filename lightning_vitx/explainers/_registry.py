@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch import nn
 
+from lightning_vitx._registry import Registry
+
 if TYPE_CHECKING:
     from lightning_vitx.explainers.base import Explainer
 
@@ -35,36 +37,22 @@ class ExplainerInfo:
     reference: str
 
 
-_REGISTRY: dict[str, tuple[ExplainerInfo, type[Explainer]]] = {}
+_EXPLAINERS: Registry[ExplainerInfo] = Registry("explainer")
 E = TypeVar("E", bound="type[Explainer]")
 
 
 def register(info: ExplainerInfo) -> Callable[[E], E]:
     """Class decorator adding an explainer under ``info.name``; a duplicate name raises ``ValueError``."""
-
-    def decorate(cls: E) -> E:
-        if info.name in _REGISTRY:
-            raise ValueError(f"an explainer named {info.name!r} is already registered ({_REGISTRY[info.name][1]})")
-        cls.info = info
-        _REGISTRY[info.name] = (info, cls)
-        return cls
-
-    return decorate
+    return _EXPLAINERS.register(info)
 
 
 def available() -> list[str]:
     """Names of the registered explainers, sorted."""
-    return sorted(_REGISTRY)
+    return _EXPLAINERS.available()
 
 
 def get_info(name: str) -> ExplainerInfo:
-    return _lookup(name)[0]
-
-
-def _lookup(name: str) -> tuple[ExplainerInfo, type[Explainer]]:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown explainer {name!r}; expected one of {available()}")
-    return _REGISTRY[name]
+    return _EXPLAINERS.get(name)[0]
 
 
 def create(name: str, model: nn.Module, **options: Any) -> Explainer:
@@ -78,4 +66,5 @@ def create(name: str, model: nn.Module, **options: Any) -> Explainer:
         >>> explainers.create("rollout", model, head_fusion="max")(torch.randn(2, 3, 224, 224)).shape
         torch.Size([2, 14, 14])
     """
-    return _lookup(name)[1](model, **options)
+    explainer: Explainer = _EXPLAINERS.create(name, model, **options)
+    return explainer
