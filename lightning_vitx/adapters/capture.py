@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_vitx._state import eval_mode
 from lightning_vitx.adapters.base import Adapter, TokenLayout
 
 __all__ = ["Capture", "CaptureNeeds", "capture_pass", "explaining", "resolve_target"]
@@ -115,24 +116,21 @@ def explaining(adapter: Adapter) -> Iterator[None]:
     train/eval flag, each ``fused_attn`` and ``grad_checkpointing`` value.
     """
     model: Any = adapter.model
-    training = [(module, module.training) for module in model.modules()]
     attention: list[Any] = adapter.attention_modules()
     fused = [(module, module.fused_attn) for module in attention if hasattr(module, "fused_attn")]
     checkpointing = getattr(model, "grad_checkpointing", None)
-    try:
-        model.eval()
-        for module, _ in fused:
-            module.fused_attn = False
-        if checkpointing:
-            model.grad_checkpointing = False
-        yield
-    finally:
-        for module, flag in training:
-            module.training = flag
-        for module, flag in fused:
-            module.fused_attn = flag
-        if checkpointing is not None:
-            model.grad_checkpointing = checkpointing
+    with eval_mode(model):
+        try:
+            for module, _ in fused:
+                module.fused_attn = False
+            if checkpointing:
+                model.grad_checkpointing = False
+            yield
+        finally:
+            for module, flag in fused:
+                module.fused_attn = flag
+            if checkpointing is not None:
+                model.grad_checkpointing = checkpointing
 
 
 def _model_dtype_and_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:

@@ -1,0 +1,60 @@
+"""Faithfulness and localisation metrics, as ``torchmetrics.Metric`` with sum states (they sync across DDP).
+
+Every metric takes ``update(model, images, maps, target, masks=None)`` and ``compute()`` returns a dict with
+``"score"`` (plus ``"curve"`` and ``"fractions"`` for the perturbation metrics).
+
+Example::
+
+    >>> import lightning_vitx.metrics as M
+    >>> M.available()  # doctest: +NORMALIZE_WHITESPACE
+    ['deletion', 'insertion', 'negative_perturbation', 'pointing_game', 'positive_perturbation',
+     'relevance_mass', 'segmentation']
+    >>> M.create("deletion", steps=20).fractions.shape
+    torch.Size([21])
+"""
+
+from typing import Any
+
+from torchmetrics import Metric
+
+from lightning_vitx.metrics._common import METRICS, MetricInfo
+from lightning_vitx.metrics.localization import PointingGame, RelevanceMass, SegmentationScores
+from lightning_vitx.metrics.perturbation import (
+    Deletion,
+    Insertion,
+    NegativePerturbation,
+    PerturbationAUC,
+    PositivePerturbation,
+    relevance_order,
+)
+
+__all__ = [
+    "Deletion",
+    "Insertion",
+    "MetricInfo",
+    "NegativePerturbation",
+    "PerturbationAUC",
+    "PointingGame",
+    "PositivePerturbation",
+    "RelevanceMass",
+    "SegmentationScores",
+    "available",
+    "create",
+    "get_info",
+    "relevance_order",
+]
+
+
+def available() -> list[str]:
+    """Names of the registered metrics, sorted."""
+    return METRICS.available()
+
+
+def get_info(name: str) -> MetricInfo:
+    return METRICS.get(name)[0]
+
+
+def create(name: str, **options: Any) -> Metric:
+    """Build the metric registered as ``name``; ``options`` go to its constructor."""
+    metric: Metric = METRICS.create(name, **options)
+    return metric

@@ -1,0 +1,238 @@
+"""Localisation against ground-truth masks: pointing game, relevance mass, Chefer et al.'s segmentation test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from lightning_vitx.metrics._common import (
+    METRICS,
+    MetricInfo,
+    PatchGeometry,
+    as_masks,
+    check_inputs,
+    finite_maps,
+    patch_fraction,
+)
+
+__all__ = ["PointingGame", "RelevanceMass", "SegmentationScores", "batched_average_precision"]
+
+
+class _MaskMetric(Metric):
+    """Shared update plumbing: validate, drop non-finite maps and empty masks (counted in ``skipped``)."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+    skipped: Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("skipped", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.last_sample_scores: Tensor | None = None
+
+    def _valid(
+        self, model: nn.Module, images: Tensor, maps: Tensor, masks: Tensor | None
+    ) -> tuple[PatchGeometry, Tensor, Tensor]:
+        if masks is None:
+            raise ValueError(f"{type(self).__name__} needs ground-truth masks [B, H, W]; pass masks=...")
+        geometry = check_inputs(model, images, maps, masks)
+        masks = as_masks(masks).to(maps.device)
+        keep = finite_maps(maps, type(self).__name__) & masks.flatten(1).any(dim=1)
+        self.skipped += (~keep).sum().to(self.skipped)
+        return geometry, maps[keep].float(), masks[keep]
+
+
+@METRICS.register(
+    MetricInfo(
+        name="pointing_game",
+        needs_masks=True,
+        higher_is_better=True,
+        description="share of maps whose most relevant patch overlaps the object mask",
+        reference="Zhang et al. 2018, Top-down Neural Attention by Excitation Backprop (arXiv 1608.00507)",
+    )
+)
+class PointingGame(_MaskMetric):
+    """Hit when the most relevant patch (ties: the first in row-major order) has a pixel inside the mask.
+
+    Example::
+
+        >>> import torch
+        >>> metric = PointingGame()
+        >>> maps = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
+        >>> masks = torch.zeros(1, 4, 4, dtype=torch.bool); masks[0, 0, 3] = True
+        >>> metric.update(torch.nn.Identity(), torch.zeros(1, 3, 4, 4), maps, masks=masks)
+        >>> metric.compute()["score"]
+        tensor(1.)
+    """
+
+    hits: Tensor
+    count: Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("hits", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        maps: Tensor,
+        target: Tensor | int | None = None,
+        masks: Tensor | None = None,
+    ) -> None:
+        geometry, maps, masks = self._valid(model, images, maps, masks)
+        best = maps.flatten(1).argmax(dim=1)  # first maximum
+        touched = patch_fraction(masks, geometry).flatten(1).gather(1, best[:, None])[:, 0] > 0
+        self.last_sample_scores = touched.float()
+        self.hits += touched.sum().to(self.hits)
+        self.count += float(touched.numel())
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"score": self.hits / self.count}
+
+
+@METRICS.register(
+    MetricInfo(
+        name="relevance_mass",
+        needs_masks=True,
+        higher_is_better=True,
+        description="share of the positive relevance that falls inside the object mask",
+        reference="Arras, Osman & Samek 2022, CLEVR-XAI (doi 10.1016/j.inffus.2021.11.008)",
+    )
+)
+class RelevanceMass(_MaskMetric):
+    """``sum_in_mask R+ / sum R+`` with each patch's relevance spread evenly over its pixels (0 when ``R+`` is 0).
+
+    Example::
+
+        >>> import torch
+        >>> metric = RelevanceMass()
+        >>> maps = torch.tensor([[[3.0, 1.0], [-2.0, 0.0]]])
+        >>> masks = torch.zeros(1, 4, 4, dtype=torch.bool); masks[0, :2, :2] = True  # the top-left patch
+        >>> metric.update(torch.nn.Identity(), torch.zeros(1, 3, 4, 4), maps, masks=masks)
+        >>> metric.compute()["score"]
+        tensor(0.7500)
+    """
+
+    mass_sum: Tensor
+    count: Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("mass_sum", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        maps: Tensor,
+        target: Tensor | int | None = None,
+        masks: Tensor | None = None,
+    ) -> None:
+        geometry, maps, masks = self._valid(model, images, maps, masks)
+        positive = maps.clamp(min=0).flatten(1)
+        inside = (positive * patch_fraction(masks, geometry).flatten(1)).sum(dim=1)
+        total = positive.sum(dim=1)
+        mass = torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
+        self.last_sample_scores = mass
+        self.mass_sum += mass.sum().to(self.mass_sum)
+        self.count += float(mass.numel())
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"score": self.mass_sum / self.count}
+
+
+def batched_average_precision(scores: Tensor, labels: Tensor) -> Tensor:
+    """Average precision per row, as ``sklearn.metrics.average_precision_score``: ``[B, M]`` x ``[B, M]`` -> ``[B]``.
+
+    Tied scores form one threshold (precision and recall are taken at the end of each tie group).
+    """
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    sorted_scores = scores.gather(1, order)
+    hits = labels.float().gather(1, order)
+    true_positives = hits.cumsum(dim=1)
+    ranks = torch.arange(1, scores.shape[1] + 1, device=scores.device, dtype=torch.float32)
+    precision = true_positives / ranks
+    recall = true_positives / hits.sum(dim=1, keepdim=True).clamp_min(1)
+    group_end = torch.ones_like(hits, dtype=torch.bool)
+    group_end[:, :-1] = sorted_scores[:, :-1] != sorted_scores[:, 1:]
+    recall_at_ends = torch.where(group_end, recall, torch.zeros_like(recall))
+    previous = torch.cat([torch.zeros_like(recall[:, :1]), recall_at_ends.cummax(dim=1).values[:, :-1]], dim=1)
+    return (group_end * (recall - previous) * precision).sum(dim=1)
+
+
+@METRICS.register(
+    MetricInfo(
+        name="segmentation",
+        needs_masks=True,
+        higher_is_better=True,
+        description="the map as a segmentation: pixel accuracy, mIoU (score) and mAP against the mask",
+        reference="Chefer, Gur & Wolf 2021 (arXiv 2012.09838), after Guillaumin et al. 2014",
+    )
+)
+class SegmentationScores(_MaskMetric):
+    """Chefer et al.'s segmentation test.
+
+    The map is upsampled bilinearly to the image, min-max scaled, and thresholded at its mean; pixel accuracy
+    and the background/foreground IoU are accumulated over the data set,
+    mAP is the mean over images of the average precision of ``[1 - map, map]`` against ``[background, mask]``.
+
+    ``compute()`` returns ``{"score": mIoU, "pixel_accuracy", "miou", "map"}``.
+    """
+
+    correct: Tensor
+    labeled: Tensor
+    intersection: Tensor
+    union: Tensor
+    ap_sum: Tensor
+    count: Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name, default in [("correct", 0.0), ("labeled", 0.0), ("ap_sum", 0.0), ("count", 0.0)]:
+            self.add_state(name, torch.tensor(default), dist_reduce_fx="sum")
+        self.add_state("intersection", torch.zeros(2), dist_reduce_fx="sum")
+        self.add_state("union", torch.zeros(2), dist_reduce_fx="sum")
+
+    def update(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        maps: Tensor,
+        target: Tensor | int | None = None,
+        masks: Tensor | None = None,
+    ) -> None:
+        geometry, maps, masks = self._valid(model, images, maps, masks)
+        if maps.shape[0] == 0:
+            return
+        upsampled = F.interpolate(maps[:, None], size=geometry.image, mode="bilinear", align_corners=False)[:, 0]
+        flat = upsampled.flatten(1)
+        low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
+        scaled = (flat - low) / (high - low).where(high > low, torch.ones_like(high))
+        foreground = scaled > scaled.mean(dim=1, keepdim=True)
+        truth = masks.flatten(1)
+        self.correct += (foreground == truth).sum().to(self.correct)
+        self.labeled += float(truth.numel())
+        for index, (predicted, actual) in enumerate([(~foreground, ~truth), (foreground, truth)]):
+            self.intersection[index] += (predicted & actual).sum().to(self.intersection)
+            self.union[index] += (predicted | actual).sum().to(self.union)
+        ap = batched_average_precision(torch.cat([1 - scaled, scaled], dim=1), torch.cat([~truth, truth], dim=1))
+        self.last_sample_scores = ap
+        self.ap_sum += ap.sum().to(self.ap_sum)
+        self.count += float(ap.numel())
+
+    def compute(self) -> dict[str, Tensor]:
+        miou = (self.intersection / self.union).mean()
+        return {
+            "score": miou,
+            "pixel_accuracy": self.correct / self.labeled,
+            "miou": miou,
+            "map": self.ap_sum / self.count,
+        }
