@@ -13,46 +13,13 @@ import argparse
 import time
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import lightning_vitx.explainers as X
-from lightning_vitx.data import SHAPE_CLASSES, ShapesDataset
+from lightning_vitx.data import SHAPE_CLASSES, ShapesDataset, tiny_vit_for_shapes, train_on_shapes
 from lightning_vitx.rendering import model_mean_std, panel_figure
-
-
-def tiny_vit(image_size: int) -> torch.nn.Module:
-    return timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=image_size,
-        patch_size=8,
-        embed_dim=96,
-        depth=4,
-        num_heads=3,
-        num_classes=len(SHAPE_CLASSES),
-    )
-
-
-def train(model: torch.nn.Module, data: ShapesDataset, steps: int, batch_size: int) -> None:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True)
-    model.train()
-    step = 0
-    while step < steps:
-        for images, labels, _ in loader:
-            loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step % 50 == 0 or step == steps:
-                print(f"  step {step:4d}  loss {loss.item():.3f}")
-            if step == steps:
-                break
-    model.eval()
 
 
 def patch_hits(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -75,11 +42,11 @@ def main() -> None:
 
     train_data = ShapesDataset(4096, args.image_size, seed=args.seed)
     held_out = ShapesDataset(256, args.image_size, seed=args.seed + 1)
-    model = tiny_vit(args.image_size)
+    model = tiny_vit_for_shapes(args.image_size, seed=args.seed)
     print(f"training a tiny ViT ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) "
           f"on {len(train_data)} synthetic shapes for {args.steps} steps")
     start = time.perf_counter()
-    train(model, train_data, args.steps, batch_size=64)
+    train_on_shapes(model, train_data, args.steps, batch_size=64, log_every=100)
     print(f"trained in {time.perf_counter() - start:.0f}s")
 
     images, labels, masks = next(iter(DataLoader(held_out, batch_size=len(held_out))))

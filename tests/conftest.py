@@ -70,3 +70,15 @@ def make_model():
 @pytest.fixture
 def copy_model():
     return copy.deepcopy
+
+
+@pytest.fixture(scope="session")
+def shapes_model():
+    """One tiny ViT trained on the synthetic shapes for the whole suite, and held-out (images, labels, masks)."""
+    from lightning_vitx.data import ShapesDataset, tiny_vit_for_shapes, train_on_shapes
+
+    model = train_on_shapes(tiny_vit_for_shapes(64, seed=0), ShapesDataset(4096, 64, seed=0), steps=300)
+    held_out = ShapesDataset(48, 64, seed=1)
+    images, labels, masks = (torch.stack([torch.as_tensor(held_out[i][k]) for i in range(len(held_out))])
+                             for k in range(3))
+    return model, images, labels, masks

@@ -1,5 +1,5 @@
 """Data the project generates: synthetic shapes with masks, for tests, the demo and benchmarks."""
 
-from lightning_vitx.data.shapes import SHAPE_CLASSES, ShapesDataset
+from lightning_vitx.data.shapes import SHAPE_CLASSES, ShapesDataset, tiny_vit_for_shapes, train_on_shapes
 
-__all__ = ["SHAPE_CLASSES", "ShapesDataset"]
+__all__ = ["SHAPE_CLASSES", "ShapesDataset", "tiny_vit_for_shapes", "train_on_shapes"]

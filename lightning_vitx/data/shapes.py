@@ -85,3 +85,47 @@ class ShapesDataset(Dataset[tuple[Tensor, int, Tensor]]):
         colour[int(torch.randint(3, (), generator=generator))] *= 0.3  # saturated colours, far from the background
         image = torch.where(mask, colour[:, None, None], image).clamp(0.0, 1.0)
         return (image - self.mean) / self.std, label, mask
+
+
+def tiny_vit_for_shapes(image_size: int = 64, seed: int = 0) -> torch.nn.Module:
+    """A small timm ViT (patch 8, width 96, 4 blocks) sized for ``ShapesDataset``; random weights, no download."""
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=image_size,
+        patch_size=8,
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        num_classes=len(SHAPE_CLASSES),
+    )
+
+
+def train_on_shapes(
+    model: torch.nn.Module, data: ShapesDataset, steps: int, batch_size: int = 64, log_every: int = 0
+) -> torch.nn.Module:
+    """Plain AdamW training for ``steps`` batches (seeded shuffling); returns the model in eval mode."""
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    loader = DataLoader(
+        data, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(data.seed)
+    )
+    model.train()
+    step = 0
+    while step < steps:
+        for images, labels, _ in loader:
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if log_every and (step % log_every == 0 or step == steps):
+                print(f"  step {step:4d}  loss {loss.item():.3f}")
+            if step == steps:
+                break
+    return model.eval()

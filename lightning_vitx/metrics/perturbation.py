@@ -56,7 +56,9 @@ def make_baseline(images: Tensor, kind: Baseline, model: nn.Module | None = None
     if kind == "blur":
         from torchvision.transforms.functional import gaussian_blur
 
-        return gaussian_blur(images, kernel_size=[11, 11], sigma=[5.0, 5.0])
+        side = min(images.shape[-2:])
+        kernel = min(11, 2 * side - 1)  # odd, and reflect padding needs kernel // 2 < side
+        return gaussian_blur(images, kernel_size=[kernel, kernel], sigma=[5.0, 5.0])
     if kind == "mean":
         return images.mean(dim=(-2, -1), keepdim=True).expand_as(images)
     if kind == "zeros":
@@ -94,7 +96,7 @@ def perturbation_curves(
     insert: bool = False,
     max_batch: int = 64,
 ) -> Tensor:
-    """Scores ``[B, S]`` after removing (or, with ``insert``, inserting) the first ``fractions * P`` patches of ``order``.
+    """Scores ``[B, S]`` after removing (or, with ``insert``, inserting) the first ``fractions * P`` patches.
 
     Deleting replaces the chosen patches of ``images`` by ``baseline``; inserting starts from ``baseline`` and puts
     the chosen patches of ``images`` back. The ``B * S`` perturbed images are built and evaluated ``max_batch`` at a
@@ -273,7 +275,8 @@ class PerturbationAUC(_PerturbationMetric):
     """Chefer et al.'s perturbation test: top-1 agreement with the target as 10%..90% of patches are removed.
 
     ``order="positive"`` removes the most relevant first (lower is better); ``"negative"`` the least relevant first
-    (higher is better). Removed patches turn black (pixel 0 before normalisation) by default. The curve starts at
+    (higher is better); ``PositivePerturbation`` and ``NegativePerturbation`` fix the order and declare the
+    direction as ``higher_is_better``. Removed patches turn black (pixel 0 before normalisation) by default. The curve starts at
     0% (the clean image's agreement) and the AUC is divided by the span of the fractions, so it is the mean
     agreement over the curve; the paper's numbers use their own integration, so compare conventions first.
 
@@ -296,7 +299,6 @@ class PerturbationAUC(_PerturbationMetric):
             raise ValueError(f"order must be 'positive' or 'negative', got {order!r}")
         super().__init__(fractions, baseline, False, order == "positive", top1_agreement, max_batch, **kwargs)
         self.order = order
-        self.higher_is_better = order == "negative"
 
 
 @METRICS.register(
@@ -310,6 +312,8 @@ class PerturbationAUC(_PerturbationMetric):
 )
 class PositivePerturbation(PerturbationAUC):
     """``PerturbationAUC(order="positive")``: lower is better."""
+
+    higher_is_better = False
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(order="positive", **kwargs)
@@ -326,6 +330,8 @@ class PositivePerturbation(PerturbationAUC):
 )
 class NegativePerturbation(PerturbationAUC):
     """``PerturbationAUC(order="negative")``: higher is better."""
+
+    higher_is_better = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(order="negative", **kwargs)
