@@ -107,7 +107,7 @@ def tiny_vit_for_shapes(image_size: int = 64, seed: int = 0) -> torch.nn.Module:
 def train_on_shapes(
     model: torch.nn.Module, data: ShapesDataset, steps: int, batch_size: int = 64, log_every: int = 0
 ) -> torch.nn.Module:
-    """Plain AdamW training for ``steps`` batches (seeded shuffling); returns the model in eval mode."""
+    """Plain AdamW training for ``steps`` batches (seeded shuffling); returns the model in eval mode, no ``.grad``."""
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
@@ -128,4 +128,5 @@ def train_on_shapes(
                 print(f"  step {step:4d}  loss {loss.item():.3f}")
             if step == steps:
                 break
+    model.zero_grad(set_to_none=True)
     return model.eval()
