@@ -79,6 +79,7 @@ def shapes_model():
 
     model = train_on_shapes(tiny_vit_for_shapes(64, seed=0), ShapesDataset(4096, 64, seed=0), steps=300)
     held_out = ShapesDataset(48, 64, seed=1)
-    images, labels, masks = (torch.stack([torch.as_tensor(held_out[i][k]) for i in range(len(held_out))])
-                             for k in range(3))
+    images, labels, masks = (
+        torch.stack([torch.as_tensor(held_out[i][k]) for i in range(len(held_out))]) for k in range(3)
+    )
     return model, images, labels, masks

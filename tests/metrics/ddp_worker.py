@@ -15,8 +15,9 @@ def main(out_path: str) -> None:
     if world > 1:
         dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
-                              num_classes=3).eval()
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=3
+    ).eval()
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(8, 3, 32, 32, generator=generator)
     maps = torch.rand(8, 4, 4, generator=generator)

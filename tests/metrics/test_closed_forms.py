@@ -70,8 +70,12 @@ def test_perturbation_auc_closed_form():
 
 def test_ideal_beats_random_beats_reversed():
     generator = torch.Generator().manual_seed(0)
-    for name, better in [("deletion", min), ("insertion", max), ("positive_perturbation", min),
-                         ("negative_perturbation", max)]:
+    for name, better in [
+        ("deletion", min),
+        ("insertion", max),
+        ("positive_perturbation", min),
+        ("negative_perturbation", max),
+    ]:
         options = {"baseline": "zeros"}
         if "perturbation" in name:
             options["fractions"] = (0.0, 0.25, 0.5, 0.75)
@@ -130,7 +134,9 @@ def test_segmentation_exact():
 def test_batched_average_precision_matches_hand_values():
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.6], [0.5, 0.5, 0.2, 0.1]])
     labels = torch.tensor([[1, 0, 1, 0], [1, 0, 1, 0]])
-    torch.testing.assert_close(batched_average_precision(scores, labels), torch.tensor([5 / 6, 0.5 * 0.5 + 0.5 * 2 / 3]))
+    torch.testing.assert_close(
+        batched_average_precision(scores, labels), torch.tensor([5 / 6, 0.5 * 0.5 + 0.5 * 2 / 3])
+    )
 
 
 def test_chunking_does_not_change_scores():
@@ -168,5 +174,7 @@ def test_nan_maps_warn_and_are_skipped():
     maps = torch.stack([IDEAL[0], torch.full((2, 2), float("nan"))])
     for metric in (M.Deletion(steps=4, baseline="zeros"), M.PointingGame()):
         with pytest.warns(UserWarning, match="1 of 2 maps contain NaN"):
-            metric.update(PatchLinear(), IMAGES.expand(2, -1, -1, -1), maps, torch.tensor([0, 0]), MASK.expand(2, -1, -1))
+            metric.update(
+                PatchLinear(), IMAGES.expand(2, -1, -1, -1), maps, torch.tensor([0, 0]), MASK.expand(2, -1, -1)
+            )
         assert metric.skipped == 1 and metric.count == 1

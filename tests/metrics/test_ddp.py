@@ -21,8 +21,14 @@ def run(world: int, out: Path) -> None:
     port = str(free_port())
     processes = []
     for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                   OMP_NUM_THREADS="1")
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            OMP_NUM_THREADS="1",
+        )
         processes.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env))
     try:
         for process in processes:

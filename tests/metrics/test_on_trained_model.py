@@ -1,4 +1,4 @@
-"""On a tiny ViT trained on the synthetic shapes, every explainer beats random maps; metrics leave the model as found."""
+"""On a tiny ViT trained on synthetic shapes: explainers beat random maps; metrics leave the model as found."""
 
 import pytest
 import torch
