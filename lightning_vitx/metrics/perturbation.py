@@ -276,9 +276,10 @@ class PerturbationAUC(_PerturbationMetric):
 
     ``order="positive"`` removes the most relevant first (lower is better); ``"negative"`` the least relevant first
     (higher is better); ``PositivePerturbation`` and ``NegativePerturbation`` fix the order and declare the
-    direction as ``higher_is_better``. Removed patches turn black (pixel 0 before normalisation) by default. The
-    curve starts at 0% (the clean image's agreement) and the AUC is divided by the span of the fractions, so it is the mean
-    agreement over the curve; the paper's numbers use their own integration, so compare conventions first.
+    direction as ``higher_is_better``. Removed patches turn black (pixel 0 before normalisation) by default.
+    The curve starts at 0% (the clean image's agreement) and the AUC is divided by the span of the fractions,
+    so it is the mean agreement over the curve; the paper's numbers use their own integration, so compare
+    conventions first.
 
     Args:
         order: ``"positive"`` or ``"negative"``.
