@@ -1,0 +1,5 @@
+"""Lightning callbacks."""
+
+from lightning_vitx.callbacks.monitor import ExplainabilityMonitor
+
+__all__ = ["ExplainabilityMonitor"]

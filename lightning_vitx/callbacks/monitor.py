@@ -1,0 +1,321 @@
+"""ExplainabilityMonitor: explain a fixed held-out set every validation epoch, score it, log scores and pictures."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, Metric
+
+import lightning_vitx.explainers as X
+import lightning_vitx.metrics as M
+from lightning_vitx._state import eval_mode
+from lightning_vitx.adapters import detect
+from lightning_vitx.loggers import log_figure
+
+__all__ = ["ExplainabilityMonitor"]
+
+Inputs = tuple[Tensor, Tensor | None, Tensor | None]
+
+
+def default_batch_to_inputs(batch: Any) -> Inputs:
+    """``(images, labels[, masks])`` from a tuple/list, or a dict with image(s)/label(s)/target/mask(s) keys."""
+    if isinstance(batch, Mapping):
+
+        def pick(*keys: str) -> Tensor | None:
+            return next((batch[k] for k in keys if k in batch), None)
+
+        images = pick("images", "image", "x", "input")
+        labels, masks = pick("labels", "label", "targets", "target", "y"), pick("masks", "mask")
+    elif isinstance(batch, (tuple, list)):
+        images = batch[0]
+        labels = batch[1] if len(batch) > 1 else None
+        masks = batch[2] if len(batch) > 2 else None
+    else:
+        images, labels, masks = batch, None, None
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        raise TypeError(
+            "ExplainabilityMonitor could not find images [B, C, H, W] in the validation batch; pass "
+            "batch_to_inputs=lambda batch: (images, labels, masks_or_None)"
+        )
+    return images, labels, masks if isinstance(masks, Tensor) else None
+
+
+def spearman_per_sample(a: Tensor, b: Tensor) -> Tensor:
+    """Rank correlation of two ``[B, gh, gw]`` map batches, per sample (ties ranked by position)."""
+
+    def ranks(x: Tensor) -> Tensor:
+        r = x.flatten(1).argsort(dim=1, stable=True).argsort(dim=1).float()
+        return r - r.mean(dim=1, keepdim=True)
+
+    ra, rb = ranks(a), ranks(b)
+    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)
+
+
+class ExplainabilityMonitor(Callback):
+    """Every ``every_n_epochs`` validation epoch: explain a fixed held-out set, score it, log scores and panels.
+
+    Scores go through ``pl_module.log`` as ``explain/<explainer>/<metric>`` (synced across ranks, so
+    ``ModelCheckpoint(monitor="explain/rollout/deletion")`` works), plus ``explain/<explainer>/stability`` (rank
+    correlation with the previous epoch's maps) and ``explain/time_s``. Global rank zero logs a heatmap panel to
+    TensorBoard / W&B, or writes PNGs under the log dir when no image logger is attached.
+
+    Args:
+        explainers: registry names, or ``{name: options}``.
+        metrics: metric names; mask metrics are skipped when the batches carry no masks.
+        num_samples: size of the held-out set: the first validation samples (split over ranks).
+        panel_size: rows of the heatmap panel.
+        every_n_epochs: explain every n-th validation epoch.
+        target: explain the predicted class (``"pred"``) or the label (``"label"``).
+        model_attribute: name of the timm model inside the LightningModule (found automatically when unique).
+        batch_size: images per explaining pass.
+        on_error: ``"warn"`` (once per explainer, the run goes on) or ``"raise"``.
+        batch_to_inputs: ``batch -> (images, labels, masks or None)`` for batches of another shape.
+
+    Example::
+
+        >>> from lightning_vitx.callbacks import ExplainabilityMonitor
+        >>> monitor = ExplainabilityMonitor(explainers=["rollout", "gradcam"], metrics=["deletion"], num_samples=8)
+        >>> monitor.explainer_names
+        ['rollout', 'gradcam']
+    """
+
+    def __init__(
+        self,
+        explainers: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("rollout", "gradcam", "generic_attention"),
+        metrics: Sequence[str] = ("deletion", "insertion", "pointing_game"),
+        num_samples: int = 16,
+        panel_size: int = 8,
+        every_n_epochs: int = 1,
+        target: Literal["pred", "label"] = "pred",
+        model_attribute: str | None = None,
+        batch_size: int = 16,
+        on_error: Literal["warn", "raise"] = "warn",
+        batch_to_inputs: Callable[[Any], Inputs] | None = None,
+    ) -> None:
+        self.explainer_options = (
+            {name: dict(options) for name, options in explainers.items()}
+            if isinstance(explainers, Mapping)
+            else {name: {} for name in explainers}
+        )
+        for name in self.explainer_options:
+            X.get_info(name)  # unknown names fail here, with the choices
+        self.metric_names = list(metrics)
+        for name in self.metric_names:
+            M.get_info(name)
+        for option, value in [
+            ("num_samples", num_samples),
+            ("panel_size", panel_size),
+            ("every_n_epochs", every_n_epochs),
+            ("batch_size", batch_size),
+        ]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{option} must be a positive int, got {value!r}")
+        if target not in ("pred", "label"):
+            raise ValueError(f"target must be 'pred' or 'label', got {target!r}")
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
+        self.num_samples = num_samples
+        self.panel_size = panel_size
+        self.every_n_epochs = every_n_epochs
+        self.target = target
+        self.model_attribute = model_attribute
+        self.batch_size = batch_size
+        self.on_error = on_error
+        self.batch_to_inputs = batch_to_inputs or default_batch_to_inputs
+        self.samples: dict[str, Tensor | None] = {}
+        self.last_maps: dict[str, Tensor] = {}
+        self._collecting = False
+        self._explained_epochs = 0
+        self._failed: set[str] = set()
+        self._metrics: dict[str, dict[str, Metric]] = {}
+        self._stability: dict[str, MeanMetric] = {}
+
+    @property
+    def explainer_names(self) -> list[str]:
+        return list(self.explainer_options)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(explainers=self.explainer_names, metrics=self.metric_names)
+
+    # -- finding the model -------------------------------------------------------------------------------------
+    def find_model(self, pl_module: LightningModule) -> nn.Module:
+        """The timm model inside the LightningModule: ``model_attribute`` or the unique supported submodule."""
+        if self.model_attribute is not None:
+            model = getattr(pl_module, self.model_attribute, None)
+            if not isinstance(model, nn.Module):
+                raise ValueError(f"the LightningModule has no module attribute {self.model_attribute!r}")
+            detect(model)
+            return model
+        found = []
+        for name, module in pl_module.named_children():
+            try:
+                detect(module)
+            except (TypeError, ValueError):
+                continue
+            found.append((name, module))
+        if len(found) != 1:
+            names = [name for name, _ in found]
+            raise ValueError(
+                f"ExplainabilityMonitor needs exactly one timm vision transformer attribute on the LightningModule, "
+                f"found {names or 'none'}; name it with ExplainabilityMonitor(model_attribute=...)"
+            )
+        return found[0][1]
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.model = self.find_model(pl_module)
+        device = pl_module.device
+        self._metrics = {
+            explainer: {name: M.create(name).to(device) for name in self.metric_names}
+            for explainer in self.explainer_names
+        }
+        self._stability = {explainer: MeanMetric().to(device) for explainer in self.explainer_names}
+
+    def _due(self, trainer: Trainer) -> bool:
+        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._collecting = not trainer.sanity_checking and not self.samples
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._collecting or dataloader_idx != 0:
+            return
+        images, labels, masks = self.batch_to_inputs(batch)
+        quota = math.ceil(self.num_samples / trainer.world_size)
+        have = 0 if not self.samples else int(self.samples["images"].shape[0])  # type: ignore[union-attr]
+        take = min(quota - have, images.shape[0])
+        if take <= 0:
+            self._collecting = False
+            return
+        with torch.inference_mode(False):  # keep plain copies, not inference tensors
+            new = {
+                "images": images[:take].detach().cpu().clone(),
+                "labels": None if labels is None else labels[:take].detach().cpu().clone(),
+                "masks": None if masks is None else masks[:take].detach().cpu().clone(),
+            }
+        for key, value in new.items():
+            old = self.samples.get(key)
+            self.samples[key] = value if old is None or value is None else torch.cat([old, value])
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._collecting = False
+        if not self._due(trainer):  # the same answer on every rank: no collective is skipped on one rank only
+            return
+        start = time.perf_counter()
+        maps = self._explain(pl_module) if self.samples else {}  # a rank may hold no held-out sample
+        self._score(pl_module, maps)
+        self._explained_epochs += 1
+        pl_module.log("explain/time_s", time.perf_counter() - start, sync_dist=True, reduce_fx="max")
+        if trainer.is_global_zero:
+            self._log_panel(trainer, maps)
+        self.last_maps = {name: m.cpu() for name, m in maps.items()}
+
+    # -- work -----------------------------------------------------------------------------------------------
+    def _explain(self, pl_module: LightningModule) -> dict[str, Tensor]:
+        images = self.samples["images"]
+        labels = self.samples["labels"]
+        assert images is not None
+        names = [n for n in self.explainer_names if n not in self._failed]
+        out: dict[str, list[Tensor]] = {name: [] for name in names}
+        for name in names:
+            try:
+                explainer = X.create(name, self.model, **self.explainer_options[name])
+                for start in range(0, images.shape[0], self.batch_size):
+                    chunk = images[start : start + self.batch_size].to(pl_module.device)
+                    target = None
+                    if self.target == "label" and labels is not None:
+                        target = labels[start : start + self.batch_size].to(pl_module.device)
+                    out[name].append(explainer(chunk, target))
+            except Exception as error:  # noqa: BLE001 - an explainer must not kill the run unless asked
+                if self.on_error == "raise":
+                    raise
+                self._failed.add(name)
+                out.pop(name)
+                warnings.warn(
+                    f"ExplainabilityMonitor: explainer {name!r} failed and is disabled: {error!r}", stacklevel=2
+                )
+        return {name: torch.cat(chunks) for name, chunks in out.items()}
+
+    def _score(self, pl_module: LightningModule, maps: dict[str, Tensor]) -> None:
+        device = pl_module.device
+        images = self.samples.get("images")
+        labels, masks = self.samples.get("labels"), self.samples.get("masks")
+        target = labels.to(device) if self.target == "label" and labels is not None else None
+        for explainer, explanation in maps.items():
+            assert images is not None
+            for name, metric in self._metrics[explainer].items():
+                if masks is not None or not M.get_info(name).needs_masks:
+                    with torch.inference_mode(False):
+                        metric.update(
+                            self.model,
+                            images.to(device),
+                            explanation,
+                            target,
+                            None if masks is None else masks.to(device),
+                        )
+            if explainer in self.last_maps:
+                previous = self.last_maps[explainer].to(device)
+                self._stability[explainer].update(spearman_per_sample(explanation, previous))
+        # Every rank computes every metric (collectives inside), whatever it explained; a score nobody
+        # could compute (no masks anywhere, a failed explainer) is NaN on every rank and is not logged.
+        for explainer in self.explainer_names:
+            with warnings.catch_warnings():  # a rank without samples, or a disabled explainer, has no update
+                warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+                scores = {name: metric.compute()["score"] for name, metric in self._metrics[explainer].items()}
+                if self._explained_epochs > 0:
+                    scores["stability"] = self._stability[explainer].compute()
+            for name, value in scores.items():
+                if torch.isfinite(value):
+                    pl_module.log(f"explain/{explainer}/{name}", value.float())
+            for metric in [*self._metrics[explainer].values(), self._stability[explainer]]:
+                metric.reset()
+
+    def _log_panel(self, trainer: Trainer, maps: dict[str, Tensor]) -> None:
+        from lightning_vitx.rendering import model_mean_std, panel_figure
+
+        images = self.samples["images"]
+        assert images is not None
+        shown = slice(0, self.panel_size)
+        labels = self.samples["labels"]
+        device = next(self.model.parameters()).device
+        with torch.inference_mode(False), torch.no_grad(), eval_mode(self.model):
+            probabilities = self.model(images[shown].to(device)).float().softmax(1).cpu()
+        predicted = probabilities.argmax(1)
+        captions = []
+        for i, p in enumerate(predicted.tolist()):
+            label = f"label {int(labels[i])}, " if labels is not None else ""
+            captions.append(f"{label}pred {p} ({probabilities[i, p]:.2f})")
+        mean, std = model_mean_std(self.model)
+        figure = panel_figure(images[shown], {n: m[shown].cpu() for n, m in maps.items()}, mean, std, captions)
+        log_figure(trainer, "explain/panel", figure, trainer.global_step)
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "samples": dict(self.samples),
+            "last_maps": dict(self.last_maps),
+            "failed": sorted(self._failed),
+            "explained_epochs": self._explained_epochs,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.samples = dict(state_dict.get("samples", {}))
+        self.last_maps = dict(state_dict.get("last_maps", {}))
+        self._failed = set(state_dict.get("failed", []))
+        self._explained_epochs = int(state_dict.get("explained_epochs", 0))

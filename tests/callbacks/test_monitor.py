@@ -1,0 +1,127 @@
+"""The monitor in real Trainer runs on a tiny ViT and the synthetic shapes (CPU, a few batches)."""
+
+import glob
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from lightning_vitx.callbacks import ExplainabilityMonitor
+from lightning_vitx.data import ShapesDataset, tiny_vit_for_shapes
+from lightning_vitx.explainers.gmar import GMAR
+
+
+class ShapesClassifier(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.backbone = tiny_vit_for_shapes(32, seed=0)
+        self.losses = []
+
+    def training_step(self, batch, batch_idx):
+        images, labels, _ = batch
+        loss = F.cross_entropy(self.backbone(images), labels)
+        self.losses.append(loss.item())
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        images, labels, _ = batch
+        self.log("val_loss", F.cross_entropy(self.backbone(images), labels))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    def train_dataloader(self):
+        return DataLoader(ShapesDataset(64, 32, seed=0), batch_size=16, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(ShapesDataset(32, 32, seed=1), batch_size=8)
+
+
+def fit(tmp_path, callbacks, logger=False, epochs=2, seed=0, ckpt_path=None, module=None):
+    L.seed_everything(seed, verbose=False)
+    module = module or ShapesClassifier()
+    trainer = L.Trainer(
+        max_epochs=epochs, logger=logger, callbacks=callbacks, default_root_dir=tmp_path, accelerator="cpu",
+        devices=1, limit_train_batches=3, limit_val_batches=3, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks), num_sanity_val_steps=1,
+    )
+    trainer.fit(module, ckpt_path=ckpt_path)
+    return trainer, module
+
+
+def monitor(**options):
+    defaults = dict(explainers=["rollout", "gmar"], metrics=["deletion", "pointing_game"], num_samples=12, panel_size=4)
+    return ExplainabilityMonitor(**{**defaults, **options})
+
+
+def test_tensorboard_gets_scores_and_panels(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
+
+    trainer, _ = fit(tmp_path, [monitor()], logger=TensorBoardLogger(tmp_path, name="tb"))
+    events = EventAccumulator(trainer.logger.log_dir, size_guidance={IMAGES: 0, SCALARS: 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for name in ["rollout", "gmar"]:
+        for metric in ["deletion", "pointing_game"]:
+            assert len(events.Scalars(f"explain/{name}/{metric}")) == 2
+        assert len(events.Scalars(f"explain/{name}/stability")) == 1  # from the second explained epoch on
+    assert "explain/time_s" in scalars
+    panels = events.Images("explain/panel")
+    assert len(panels) == 2 and panels[0].height > 100
+    assert 0.0 <= float(trainer.callback_metrics["explain/rollout/deletion"]) <= 1.0
+
+
+def test_without_an_image_logger_pngs_are_written(tmp_path):
+    trainer, _ = fit(tmp_path, [monitor()], logger=CSVLogger(tmp_path))
+    pngs = sorted(glob.glob(f"{trainer.log_dir}/explanations/*.png"))
+    assert [p.rsplit("_", 1)[-1] for p in pngs] == ["epoch000.png", "epoch001.png"]
+    metrics = open(f"{trainer.log_dir}/metrics.csv").read()
+    assert "explain/gmar/pointing_game" in metrics
+
+
+def test_training_is_unchanged_by_the_monitor(tmp_path):
+    _, plain = fit(tmp_path / "a", [])
+    _, watched = fit(tmp_path / "b", [monitor()])
+    assert plain.losses == watched.losses
+    for p, q in zip(plain.parameters(), watched.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_resume_keeps_the_samples_and_the_stability(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = monitor()
+    fit(tmp_path, [first, checkpoint], epochs=1)
+    second = monitor()
+    trainer, _ = fit(tmp_path, [second, ModelCheckpoint(dirpath=tmp_path / "ckpt2")], epochs=2,
+                     ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert torch.equal(second.samples["images"], first.samples["images"])
+    assert "explain/rollout/stability" in trainer.callback_metrics
+
+
+def test_a_failing_explainer_warns_once_and_training_completes(tmp_path, monkeypatch):
+    def broken(self, record):
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(GMAR, "read", broken)
+    with pytest.warns(UserWarning, match="explainer 'gmar' failed and is disabled: RuntimeError"):
+        trainer, _ = fit(tmp_path, [monitor()])
+    assert trainer.current_epoch == 2
+    assert "explain/rollout/deletion" in trainer.callback_metrics
+    assert "explain/gmar/deletion" not in trainer.callback_metrics
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        fit(tmp_path, [monitor(on_error="raise")])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown explainer 'rolout'"):
+        ExplainabilityMonitor(explainers=["rolout"])
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+        ExplainabilityMonitor(metrics=["auc"])
+    with pytest.raises(ValueError, match="num_samples must be a positive int"):
+        ExplainabilityMonitor(num_samples=0)
+    with pytest.raises(ValueError, match="target must be 'pred' or 'label'"):
+        ExplainabilityMonitor(target="gt")
