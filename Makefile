@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/explain_shapes.py
+	$(PY) examples/shapes.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check lightning_vitx tests examples benchmarks

@@ -133,6 +133,7 @@ class ExplainabilityMonitor(Callback):
         self.last_maps: dict[str, Tensor] = {}
         self._collecting = False
         self._explained_epochs = 0
+        self.history: list[dict[str, float]] = []  # per explained epoch: {"epoch": e, "explain/...": score}
         self._failed: set[str] = set()
         self._metrics: dict[str, dict[str, Metric]] = {}
         self._stability: dict[str, MeanMetric] = {}
@@ -272,6 +273,7 @@ class ExplainabilityMonitor(Callback):
             if explainer in self.last_maps:
                 previous = self.last_maps[explainer].to(device)
                 self._stability[explainer].update(spearman_per_sample(explanation, previous))
+        logged: dict[str, float] = {"epoch": float(pl_module.current_epoch)}
         # Every rank computes every metric (collectives inside), whatever it explained; a score nobody
         # could compute (no masks anywhere, a failed explainer) is NaN on every rank and is not logged.
         for explainer in self.explainer_names:
@@ -283,8 +285,10 @@ class ExplainabilityMonitor(Callback):
             for name, value in scores.items():
                 if torch.isfinite(value):
                     pl_module.log(f"explain/{explainer}/{name}", value.float())
+                    logged[f"explain/{explainer}/{name}"] = float(value)
             for metric in [*self._metrics[explainer].values(), self._stability[explainer]]:
                 metric.reset()
+        self.history.append(logged)
 
     def _log_panel(self, trainer: Trainer, maps: dict[str, Tensor]) -> None:
         from lightning_vitx.rendering import model_mean_std, panel_figure
@@ -312,6 +316,7 @@ class ExplainabilityMonitor(Callback):
             "last_maps": dict(self.last_maps),
             "failed": sorted(self._failed),
             "explained_epochs": self._explained_epochs,
+            "history": list(self.history),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -319,3 +324,4 @@ class ExplainabilityMonitor(Callback):
         self.last_maps = dict(state_dict.get("last_maps", {}))
         self._failed = set(state_dict.get("failed", []))
         self._explained_epochs = int(state_dict.get("explained_epochs", 0))
+        self.history = list(state_dict.get("history", []))
