@@ -17,7 +17,7 @@ import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
 from lightning_vitx._state import eval_mode
 from lightning_vitx.adapters import detect
-from lightning_vitx.loggers import log_figure
+from lightning_vitx.loggers import curves_figure, log_figure, log_table
 
 __all__ = ["ExplainabilityMonitor"]
 
@@ -135,6 +135,8 @@ class ExplainabilityMonitor(Callback):
         self._explained_epochs = 0
         self.history: list[dict[str, float]] = []  # per explained epoch: {"epoch": e, "explain/...": score}
         self._failed: set[str] = set()
+        self._sample_scores: dict[str, Tensor] = {}
+        self._curves: dict[str, dict[str, Any]] = {}
         self._metrics: dict[str, dict[str, Metric]] = {}
         self._stability: dict[str, MeanMetric] = {}
 
@@ -258,6 +260,8 @@ class ExplainabilityMonitor(Callback):
         images = self.samples.get("images")
         labels, masks = self.samples.get("labels"), self.samples.get("masks")
         target = labels.to(device) if self.target == "label" and labels is not None else None
+        self._sample_scores = {}
+        self._curves = {}
         for explainer, explanation in maps.items():
             assert images is not None
             for name, metric in self._metrics[explainer].items():
@@ -270,6 +274,9 @@ class ExplainabilityMonitor(Callback):
                             target,
                             None if masks is None else masks.to(device),
                         )
+                    sample_scores = getattr(metric, "last_sample_scores", None)
+                    if isinstance(sample_scores, Tensor):
+                        self._sample_scores[f"{explainer}/{name}"] = sample_scores.cpu()
             if explainer in self.last_maps:
                 previous = self.last_maps[explainer].to(device)
                 self._stability[explainer].update(spearman_per_sample(explanation, previous))
@@ -279,13 +286,18 @@ class ExplainabilityMonitor(Callback):
         for explainer in self.explainer_names:
             with warnings.catch_warnings():  # a rank without samples, or a disabled explainer, has no update
                 warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
-                scores = {name: metric.compute()["score"] for name, metric in self._metrics[explainer].items()}
+                results = {name: metric.compute() for name, metric in self._metrics[explainer].items()}
+                scores = {name: result["score"] for name, result in results.items()}
                 if self._explained_epochs > 0:
                     scores["stability"] = self._stability[explainer].compute()
             for name, value in scores.items():
                 if torch.isfinite(value):
                     pl_module.log(f"explain/{explainer}/{name}", value.float())
                     logged[f"explain/{explainer}/{name}"] = float(value)
+            for name, result in results.items():
+                if "curve" in result and torch.isfinite(result["curve"]).all():
+                    x, y = result["fractions"].cpu().numpy(), result["curve"].cpu().numpy()
+                    self._curves.setdefault(name, {})[explainer] = (x, y)
             for metric in [*self._metrics[explainer].values(), self._stability[explainer]]:
                 metric.reset()
         self.history.append(logged)
@@ -306,8 +318,42 @@ class ExplainabilityMonitor(Callback):
             label = f"label {int(labels[i])}, " if labels is not None else ""
             captions.append(f"{label}pred {p} ({probabilities[i, p]:.2f})")
         mean, std = model_mean_std(self.model)
-        figure = panel_figure(images[shown], {n: m[shown].cpu() for n, m in maps.items()}, mean, std, captions)
+        shown_maps = {n: m[shown].cpu() for n, m in maps.items()}
+        figure = panel_figure(images[shown], shown_maps, mean, std, captions)
         log_figure(trainer, "explain/panel", figure, trainer.global_step)
+        if self._curves:
+            log_figure(trainer, "explain/curves", curves_figure(self._curves), trainer.global_step)
+        self._log_table(trainer, images[shown], labels, predicted, probabilities, shown_maps, mean, std)
+
+    def _log_table(
+        self,
+        trainer: Trainer,
+        images: Tensor,
+        labels: Tensor | None,
+        predicted: Tensor,
+        probabilities: Tensor,
+        maps: dict[str, Tensor],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        """One row per shown sample: image, label, prediction, one overlay per explainer, each per-sample score."""
+        from lightning_vitx.rendering import denormalize, overlay
+
+        def to_uint8(rgb: Tensor) -> Any:
+            return (rgb.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
+
+        pictures = to_uint8(denormalize(images.float(), mean, std))
+        overlays = {name: to_uint8(overlay(images, m, mean, std)) for name, m in maps.items()}
+        score_keys = sorted(self._sample_scores)
+        columns = ["sample", "image", "label", "prediction", "probability", *maps, *score_keys]
+        rows = []
+        for i in range(images.shape[0]):
+            p = int(predicted[i])
+            row = [i, pictures[i], None if labels is None else int(labels[i]), p, float(probabilities[i, p])]
+            row += [overlays[name][i] for name in maps]
+            row += [float(self._sample_scores[key][i]) for key in score_keys]
+            rows.append(row)
+        log_table(trainer, "explain/samples", columns, rows, trainer.global_step)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Logger plumbing: pictures to W&B, TensorBoard, or PNG files when no image logger is attached."""
 
-from lightning_vitx.loggers.figures import figure_to_array, log_figure
+from lightning_vitx.loggers.figures import curves_figure, figure_to_array, log_figure, log_table
 
-__all__ = ["figure_to_array", "log_figure"]
+__all__ = ["curves_figure", "figure_to_array", "log_figure", "log_table"]

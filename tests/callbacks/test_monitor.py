@@ -77,8 +77,10 @@ def test_tensorboard_gets_scores_and_panels(tmp_path):
 
 def test_without_an_image_logger_pngs_are_written(tmp_path):
     trainer, _ = fit(tmp_path, [monitor()], logger=CSVLogger(tmp_path))
-    pngs = sorted(glob.glob(f"{trainer.log_dir}/explanations/*.png"))
-    assert [p.rsplit("_", 1)[-1] for p in pngs] == ["epoch000.png", "epoch001.png"]
+    panels = sorted(glob.glob(f"{trainer.log_dir}/explanations/explain_panel_*.png"))
+    curves = sorted(glob.glob(f"{trainer.log_dir}/explanations/explain_curves_*.png"))
+    assert [p.rsplit("_", 1)[-1] for p in panels] == ["epoch000.png", "epoch001.png"]
+    assert len(curves) == 2
     metrics = open(f"{trainer.log_dir}/metrics.csv").read()
     assert "explain/gmar/pointing_game" in metrics
 
@@ -125,3 +127,28 @@ def test_bad_arguments():
         ExplainabilityMonitor(num_samples=0)
     with pytest.raises(ValueError, match="target must be 'pred' or 'label'"):
         ExplainabilityMonitor(target="gt")
+
+
+def test_wandb_offline_run_files_hold_panels_table_and_scores(tmp_path, monkeypatch):
+    import json
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(project="lvx-test", save_dir=str(tmp_path), offline=True)
+    trainer, _ = fit(tmp_path, [monitor()], logger=logger)
+    run = logger.experiment
+    assert 0.0 <= run.summary["explain/rollout/deletion"] <= 1.0
+    assert "explain/gmar/stability" in run.summary.keys()
+    logger.experiment.finish()
+    files = glob.glob(f"{tmp_path}/wandb/offline-run-*/files/media")[0]
+    assert len(glob.glob(f"{files}/images/explain/panel_*.png")) == 2
+    assert len(glob.glob(f"{files}/images/explain/curves_*.png")) == 2
+    tables = sorted(glob.glob(f"{files}/table/explain/samples_*.table.json"))
+    assert len(tables) == 2
+    table = json.load(open(tables[-1]))
+    assert table["columns"][:5] == ["sample", "image", "label", "prediction", "probability"]
+    assert "rollout/deletion" in table["columns"] and "gmar/pointing_game" in table["columns"]
+    assert len(table["data"]) == 4  # panel_size rows
