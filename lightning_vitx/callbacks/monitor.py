@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -200,7 +200,12 @@ class ExplainabilityMonitor(Callback):
         if not self._collecting or dataloader_idx != 0:
             return
         images, labels, masks = self.batch_to_inputs(batch)
-        quota = math.ceil(self.num_samples / trainer.world_size)
+        # Lightning shards validation with an unshuffled DistributedSampler: rank r's i-th sample is global id
+        # r + i * world_size. Keeping ids below the limit gives every rank its exact share of the first
+        # num_samples (uneven when they don't divide) and drops the sampler's padding duplicates.
+        world, rank = trainer.world_size, trainer.global_rank
+        limit = min(self.num_samples, self._dataset_length(trainer) or self.num_samples)
+        quota = len(range(rank, limit, world))
         have = 0 if not self.samples else int(self.samples["images"].shape[0])  # type: ignore[union-attr]
         take = min(quota - have, images.shape[0])
         if take <= 0:
@@ -208,6 +213,7 @@ class ExplainabilityMonitor(Callback):
             return
         with torch.inference_mode(False):  # keep plain copies, not inference tensors
             new = {
+                "ids": rank + (have + torch.arange(take)) * world,
                 "images": images[:take].detach().cpu().clone(),
                 "labels": None if labels is None else labels[:take].detach().cpu().clone(),
                 "masks": None if masks is None else masks[:take].detach().cpu().clone(),
@@ -215,6 +221,16 @@ class ExplainabilityMonitor(Callback):
         for key, value in new.items():
             old = self.samples.get(key)
             self.samples[key] = value if old is None or value is None else torch.cat([old, value])
+
+    @staticmethod
+    def _dataset_length(trainer: Trainer) -> int | None:
+        loaders = trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        dataset = getattr(loader, "dataset", None)
+        try:
+            return len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            return None
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._collecting = False
@@ -225,8 +241,10 @@ class ExplainabilityMonitor(Callback):
         self._score(pl_module, maps)
         self._explained_epochs += 1
         pl_module.log("explain/time_s", time.perf_counter() - start, sync_dist=True, reduce_fx="max")
+        # trainer.log_dir broadcasts under DDP: every rank resolves it, then only rank zero draws.
+        picture_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "explanations")
         if trainer.is_global_zero:
-            self._log_panel(trainer, maps)
+            self._log_panel(trainer, maps, picture_dir)
         self.last_maps = {name: m.cpu() for name, m in maps.items()}
 
     # -- work -----------------------------------------------------------------------------------------------
@@ -302,7 +320,7 @@ class ExplainabilityMonitor(Callback):
                 metric.reset()
         self.history.append(logged)
 
-    def _log_panel(self, trainer: Trainer, maps: dict[str, Tensor]) -> None:
+    def _log_panel(self, trainer: Trainer, maps: dict[str, Tensor], picture_dir: str) -> None:
         from lightning_vitx.rendering import model_mean_std, panel_figure
 
         images = self.samples["images"]
@@ -320,9 +338,9 @@ class ExplainabilityMonitor(Callback):
         mean, std = model_mean_std(self.model)
         shown_maps = {n: m[shown].cpu() for n, m in maps.items()}
         figure = panel_figure(images[shown], shown_maps, mean, std, captions)
-        log_figure(trainer, "explain/panel", figure, trainer.global_step)
+        log_figure(trainer, "explain/panel", figure, trainer.global_step, picture_dir)
         if self._curves:
-            log_figure(trainer, "explain/curves", curves_figure(self._curves), trainer.global_step)
+            log_figure(trainer, "explain/curves", curves_figure(self._curves), trainer.global_step, picture_dir)
         self._log_table(trainer, images[shown], labels, predicted, probabilities, shown_maps, mean, std)
 
     def _log_table(
@@ -349,7 +367,8 @@ class ExplainabilityMonitor(Callback):
         rows = []
         for i in range(images.shape[0]):
             p = int(predicted[i])
-            row = [i, pictures[i], None if labels is None else int(labels[i]), p, float(probabilities[i, p])]
+            sample_id = int(self.samples["ids"][i]) if self.samples.get("ids") is not None else i  # type: ignore[index]
+            row = [sample_id, pictures[i], None if labels is None else int(labels[i]), p, float(probabilities[i, p])]
             row += [overlays[name][i] for name in maps]
             row += [float(self._sample_scores[key][i]) for key in score_keys]
             rows.append(row)

@@ -16,10 +16,11 @@ def figure_to_array(figure: Any) -> np.ndarray:
     return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
 
 
-def log_figure(trainer: Any, key: str, figure: Any, step: int) -> list[str]:
-    """Send ``figure`` to every attached logger that takes images; with none, save a PNG under the log dir.
+def log_figure(trainer: Any, key: str, figure: Any, step: int, fallback_dir: str) -> list[str]:
+    """Send ``figure`` to every attached logger that takes images; with none, save a PNG in ``fallback_dir``.
 
-    Returns where it went (logger names or the PNG path). Call it on global rank zero only.
+    Returns where it went (logger names or the PNG path). Call it on global rank zero only, and resolve
+    ``fallback_dir`` on every rank before (``trainer.log_dir`` is a collective under DDP).
     """
     import matplotlib.pyplot as plt
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
@@ -33,8 +34,7 @@ def log_figure(trainer: Any, key: str, figure: Any, step: int) -> list[str]:
             logger.log_image(key=key, images=[figure_to_array(figure)], step=step)
             sent.append("wandb")
     if not sent:
-        root = trainer.log_dir or trainer.default_root_dir
-        path = os.path.join(root, "explanations", f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}.png")
+        path = os.path.join(fallback_dir, f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}.png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         figure.savefig(path, dpi=100)
         sent.append(path)
