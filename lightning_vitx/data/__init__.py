@@ -1,5 +1,13 @@
 """Data the project generates: synthetic shapes with masks, for tests, the demo and benchmarks."""
 
+from lightning_vitx.data.modules import ImageFolderDataModule, ShapesDataModule
 from lightning_vitx.data.shapes import SHAPE_CLASSES, ShapesDataset, tiny_vit_for_shapes, train_on_shapes
 
-__all__ = ["SHAPE_CLASSES", "ShapesDataset", "tiny_vit_for_shapes", "train_on_shapes"]
+__all__ = [
+    "SHAPE_CLASSES",
+    "ImageFolderDataModule",
+    "ShapesDataModule",
+    "ShapesDataset",
+    "tiny_vit_for_shapes",
+    "train_on_shapes",
+]
