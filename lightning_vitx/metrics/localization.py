@@ -23,16 +23,24 @@ __all__ = ["PointingGame", "RelevanceMass", "SegmentationScores", "batched_avera
 
 
 class _MaskMetric(Metric):
-    """Shared update plumbing: validate, drop non-finite maps and empty masks (counted in ``skipped``)."""
+    """Shared plumbing for the mask metrics.
+
+    Validates inputs, drops non-finite maps and empty masks (counted in ``skipped``) and, by default, averages a
+    per-sample score (``sample_scores``) over all samples, which syncs as two sums.
+    """
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
     skipped: Tensor
+    score_sum: Tensor
+    count: Tensor
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.add_state("skipped", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("score_sum", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
         self.last_sample_scores: Tensor | None = None
 
     def _valid(
@@ -45,6 +53,27 @@ class _MaskMetric(Metric):
         keep = finite_maps(maps, type(self).__name__) & masks.flatten(1).any(dim=1)
         self.skipped += (~keep).sum().to(self.skipped)
         return geometry, maps[keep].float(), masks[keep]
+
+    def sample_scores(self, geometry: PatchGeometry, maps: Tensor, masks: Tensor) -> Tensor:
+        """``[B]`` scores for valid samples; subclasses that average a per-sample score implement it."""
+        raise NotImplementedError
+
+    def update(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        maps: Tensor,
+        target: Tensor | int | None = None,
+        masks: Tensor | None = None,
+    ) -> None:
+        """Add a batch: ``maps [B, gh, gw]`` at the patch grid, ``masks [B, H, W]`` at image size."""
+        scores = self.sample_scores(*self._valid(model, images, maps, masks))
+        self.last_sample_scores = scores
+        self.score_sum += scores.sum().to(self.score_sum)
+        self.count += float(scores.numel())
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"score": self.score_sum / self.count}
 
 
 @METRICS.register(
@@ -70,31 +99,9 @@ class PointingGame(_MaskMetric):
         tensor(1.)
     """
 
-    hits: Tensor
-    count: Tensor
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("hits", torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
-
-    def update(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        maps: Tensor,
-        target: Tensor | int | None = None,
-        masks: Tensor | None = None,
-    ) -> None:
-        geometry, maps, masks = self._valid(model, images, maps, masks)
-        best = maps.flatten(1).argmax(dim=1)  # first maximum
-        touched = patch_fraction(masks, geometry).flatten(1).gather(1, best[:, None])[:, 0] > 0
-        self.last_sample_scores = touched.float()
-        self.hits += touched.sum().to(self.hits)
-        self.count += float(touched.numel())
-
-    def compute(self) -> dict[str, Tensor]:
-        return {"score": self.hits / self.count}
+    def sample_scores(self, geometry: PatchGeometry, maps: Tensor, masks: Tensor) -> Tensor:
+        best = maps.flatten(1).argmax(dim=1)  # the first maximum
+        return (patch_fraction(masks, geometry).flatten(1).gather(1, best[:, None])[:, 0] > 0).float()
 
 
 @METRICS.register(
@@ -120,33 +127,11 @@ class RelevanceMass(_MaskMetric):
         tensor(0.7500)
     """
 
-    mass_sum: Tensor
-    count: Tensor
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("mass_sum", torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
-
-    def update(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        maps: Tensor,
-        target: Tensor | int | None = None,
-        masks: Tensor | None = None,
-    ) -> None:
-        geometry, maps, masks = self._valid(model, images, maps, masks)
+    def sample_scores(self, geometry: PatchGeometry, maps: Tensor, masks: Tensor) -> Tensor:
         positive = maps.clamp(min=0).flatten(1)
         inside = (positive * patch_fraction(masks, geometry).flatten(1)).sum(dim=1)
         total = positive.sum(dim=1)
-        mass = torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
-        self.last_sample_scores = mass
-        self.mass_sum += mass.sum().to(self.mass_sum)
-        self.count += float(mass.numel())
-
-    def compute(self) -> dict[str, Tensor]:
-        return {"score": self.mass_sum / self.count}
+        return torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
 
 
 def batched_average_precision(scores: Tensor, labels: Tensor) -> Tensor:
@@ -192,11 +177,10 @@ class SegmentationScores(_MaskMetric):
     intersection: Tensor
     union: Tensor
     ap_sum: Tensor
-    count: Tensor
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        for name, default in [("correct", 0.0), ("labeled", 0.0), ("ap_sum", 0.0), ("count", 0.0)]:
+        for name, default in [("correct", 0.0), ("labeled", 0.0), ("ap_sum", 0.0)]:
             self.add_state(name, torch.tensor(default), dist_reduce_fx="sum")
         self.add_state("intersection", torch.zeros(2), dist_reduce_fx="sum")
         self.add_state("union", torch.zeros(2), dist_reduce_fx="sum")
