@@ -238,7 +238,8 @@ class ExplainabilityMonitor(Callback):
             return
         start = time.perf_counter()
         maps = self._explain(pl_module) if self.samples else {}  # a rank may hold no held-out sample
-        self._score(pl_module, maps)
+        with torch.inference_mode(False):  # metric states must stay normal tensors across resets and updates
+            self._score(pl_module, maps)
         self._explained_epochs += 1
         pl_module.log("explain/time_s", time.perf_counter() - start, sync_dist=True, reduce_fx="max")
         # trainer.log_dir broadcasts under DDP: every rank resolves it, then only rank zero draws.
@@ -284,14 +285,9 @@ class ExplainabilityMonitor(Callback):
             assert images is not None
             for name, metric in self._metrics[explainer].items():
                 if masks is not None or not M.get_info(name).needs_masks:
-                    with torch.inference_mode(False):
-                        metric.update(
-                            self.model,
-                            images.to(device),
-                            explanation,
-                            target,
-                            None if masks is None else masks.to(device),
-                        )
+                    metric.update(
+                        self.model, images.to(device), explanation, target, None if masks is None else masks.to(device)
+                    )
                     sample_scores = getattr(metric, "last_sample_scores", None)
                     if isinstance(sample_scores, Tensor):
                         self._sample_scores[f"{explainer}/{name}"] = sample_scores.cpu()

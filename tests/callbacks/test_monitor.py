@@ -152,3 +152,15 @@ def test_wandb_offline_run_files_hold_panels_table_and_scores(tmp_path, monkeypa
     assert table["columns"][:5] == ["sample", "image", "label", "prediction", "probability"]
     assert "rollout/deletion" in table["columns"] and "gmar/pointing_game" in table["columns"]
     assert len(table["data"]) == 4  # panel_size rows
+
+
+def test_the_same_monitor_across_validate_calls_under_inference_mode(tmp_path):
+    # trainer.validate runs under torch.inference_mode (fit's validation under no_grad): gradients must still flow
+    watcher = monitor()
+    module = ShapesClassifier()
+    for _ in range(2):
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[watcher], inference_mode=True,
+                            limit_val_batches=3, enable_progress_bar=False, default_root_dir=tmp_path)
+        trainer.validate(module, verbose=False)
+    assert len(watcher.history) == 2
+    assert "explain/rollout/stability" in watcher.history[-1]
