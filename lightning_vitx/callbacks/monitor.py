@@ -181,6 +181,25 @@ class ExplainabilityMonitor(Callback):
             for explainer in self.explainer_names
         }
         self._stability = {explainer: MeanMetric().to(device) for explainer in self.explainer_names}
+        if trainer.is_global_zero:
+            self._record_config(trainer)
+
+    def settings(self) -> dict[str, Any]:
+        """The monitor's settings, as recorded in the W&B run config so runs can be compared."""
+        return {
+            "explainers": self.explainer_options,
+            "metrics": self.metric_names,
+            "num_samples": self.num_samples,
+            "every_n_epochs": self.every_n_epochs,
+            "target": self.target,
+        }
+
+    def _record_config(self, trainer: Trainer) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update({"explainability_monitor": self.settings()}, allow_val_change=True)
 
     def _due(self, trainer: Trainer) -> bool:
         return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
@@ -237,7 +256,8 @@ class ExplainabilityMonitor(Callback):
         if not self._due(trainer):  # the same answer on every rank: no collective is skipped on one rank only
             return
         start = time.perf_counter()
-        maps = self._explain(pl_module) if self.samples else {}  # a rank may hold no held-out sample
+        show = trainer.is_global_zero and trainer.progress_bar_callback is not None
+        maps = self._explain(pl_module, show) if self.samples else {}  # a rank may hold no held-out sample
         with torch.inference_mode(False):  # metric states must stay normal tensors across resets and updates
             self._score(pl_module, maps)
         self._explained_epochs += 1
@@ -249,30 +269,48 @@ class ExplainabilityMonitor(Callback):
         self.last_maps = {name: m.cpu() for name, m in maps.items()}
 
     # -- work -----------------------------------------------------------------------------------------------
-    def _explain(self, pl_module: LightningModule) -> dict[str, Tensor]:
-        images = self.samples["images"]
-        labels = self.samples["labels"]
+    def _explain(self, pl_module: LightningModule, progress: bool = False) -> dict[str, Tensor]:
+        """Maps for every held-out sample, one capture pass per batch for all explainers.
+
+        When the shared pass raises, the explainers run one by one to find which fails; that one is disabled
+        with a warning (``on_error="warn"``) or the error surfaces (``"raise"``).
+        """
+        from tqdm.auto import tqdm
+
+        images, labels = self.samples["images"], self.samples["labels"]
         assert images is not None
-        names = [n for n in self.explainer_names if n not in self._failed]
-        out: dict[str, list[Tensor]] = {name: [] for name in names}
-        for name in names:
+        out: dict[str, list[Tensor]] = {name: [] for name in self.explainer_names if name not in self._failed}
+        bar = tqdm(total=images.shape[0], desc="Explaining", unit="img", leave=False, disable=not progress)
+        for start in range(0, images.shape[0], self.batch_size):
+            names = [name for name in out if name not in self._failed]
+            if not names:
+                break
+            chunk = images[start : start + self.batch_size].to(pl_module.device)
+            target = None
+            if self.target == "label" and labels is not None:
+                target = labels[start : start + self.batch_size].to(pl_module.device)
             try:
-                explainer = X.create(name, self.model, **self.explainer_options[name])
-                for start in range(0, images.shape[0], self.batch_size):
-                    chunk = images[start : start + self.batch_size].to(pl_module.device)
-                    target = None
-                    if self.target == "label" and labels is not None:
-                        target = labels[start : start + self.batch_size].to(pl_module.device)
-                    out[name].append(explainer(chunk, target))
-            except Exception as error:  # noqa: BLE001 - an explainer must not kill the run unless asked
-                if self.on_error == "raise":
+                maps = X.create_many({name: self.explainer_options[name] for name in names}, self.model)(chunk, target)
+            except Exception:  # noqa: BLE001 - find the failing explainer below
+                if self.on_error == "raise" and len(names) == 1:
                     raise
-                self._failed.add(name)
-                out.pop(name)
-                warnings.warn(
-                    f"ExplainabilityMonitor: explainer {name!r} failed and is disabled: {error!r}", stacklevel=2
-                )
-        return {name: torch.cat(chunks) for name, chunks in out.items()}
+                maps = {}
+                for name in names:
+                    try:
+                        maps[name] = X.create(name, self.model, **self.explainer_options[name])(chunk, target)
+                    except Exception as error:  # noqa: BLE001 - an explainer must not stop the run unless asked
+                        if self.on_error == "raise":
+                            raise
+                        self._failed.add(name)
+                        warnings.warn(
+                            f"ExplainabilityMonitor: explainer {name!r} failed and is disabled: {error!r}",
+                            stacklevel=2,
+                        )
+            for name, explanation in maps.items():
+                out[name].append(explanation)
+            bar.update(chunk.shape[0])
+        bar.close()
+        return {name: torch.cat(chunks) for name, chunks in out.items() if name not in self._failed and chunks}
 
     def _score(self, pl_module: LightningModule, maps: dict[str, Tensor]) -> None:
         device = pl_module.device

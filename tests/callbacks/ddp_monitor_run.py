@@ -29,12 +29,19 @@ class Module(L.LightningModule):
 def main(out: str, world: int) -> None:
     torch.set_num_threads(1)
     monitor = ExplainabilityMonitor(
-        explainers=["rollout", "gradcam"], metrics=["deletion", "pointing_game", "relevance_mass"], num_samples=7,
+        explainers=["rollout", "gradcam"],
+        metrics=["deletion", "pointing_game", "relevance_mass"],
+        num_samples=7,
         panel_size=4,
     )
     trainer = L.Trainer(
-        accelerator="cpu", devices=world, strategy="ddp" if world > 1 else "auto", logger=CSVLogger(out),
-        callbacks=[monitor], enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=world,
+        strategy="ddp" if world > 1 else "auto",
+        logger=CSVLogger(out),
+        callbacks=[monitor],
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.validate(Module())
     ids = monitor.samples["ids"].tolist()

@@ -45,9 +45,18 @@ def fit(tmp_path, callbacks, logger=False, epochs=2, seed=0, ckpt_path=None, mod
     L.seed_everything(seed, verbose=False)
     module = module or ShapesClassifier()
     trainer = L.Trainer(
-        max_epochs=epochs, logger=logger, callbacks=callbacks, default_root_dir=tmp_path, accelerator="cpu",
-        devices=1, limit_train_batches=3, limit_val_batches=3, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks), num_sanity_val_steps=1,
+        max_epochs=epochs,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        limit_train_batches=3,
+        limit_val_batches=3,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        num_sanity_val_steps=1,
     )
     trainer.fit(module, ckpt_path=ckpt_path)
     return trainer, module
@@ -98,8 +107,12 @@ def test_resume_keeps_the_samples_and_the_stability(tmp_path):
     first = monitor()
     fit(tmp_path, [first, checkpoint], epochs=1)
     second = monitor()
-    trainer, _ = fit(tmp_path, [second, ModelCheckpoint(dirpath=tmp_path / "ckpt2")], epochs=2,
-                     ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    trainer, _ = fit(
+        tmp_path,
+        [second, ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
+        epochs=2,
+        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+    )
     assert torch.equal(second.samples["images"], first.samples["images"])
     assert "explain/rollout/stability" in trainer.callback_metrics
 
@@ -141,6 +154,7 @@ def test_wandb_offline_run_files_hold_panels_table_and_scores(tmp_path, monkeypa
     trainer, _ = fit(tmp_path, [monitor()], logger=logger)
     run = logger.experiment
     assert 0.0 <= run.summary["explain/rollout/deletion"] <= 1.0
+    assert run.config["explainability_monitor"]["explainers"] == {"rollout": {}, "gmar": {}}
     assert "explain/gmar/stability" in run.summary.keys()
     logger.experiment.finish()
     files = glob.glob(f"{tmp_path}/wandb/offline-run-*/files/media")[0]
@@ -159,8 +173,26 @@ def test_the_same_monitor_across_validate_calls_under_inference_mode(tmp_path):
     watcher = monitor()
     module = ShapesClassifier()
     for _ in range(2):
-        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[watcher], inference_mode=True,
-                            limit_val_batches=3, enable_progress_bar=False, default_root_dir=tmp_path)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            callbacks=[watcher],
+            inference_mode=True,
+            limit_val_batches=3,
+            enable_progress_bar=False,
+            default_root_dir=tmp_path,
+        )
         trainer.validate(module, verbose=False)
     assert len(watcher.history) == 2
     assert "explain/rollout/stability" in watcher.history[-1]
+
+
+def test_all_explainers_share_one_capture_pass_per_batch(tmp_path, monkeypatch):
+    import lightning_vitx.explainers.base as base
+
+    passes = []
+    original = base.capture_pass
+    monkeypatch.setattr(base, "capture_pass", lambda *a, **k: passes.append(1) or original(*a, **k))
+    fit(tmp_path, [monitor(batch_size=12)], epochs=1)  # 12 samples, one batch, two explainers
+    assert len(passes) == 1

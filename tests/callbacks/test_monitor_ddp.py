@@ -15,8 +15,9 @@ SCRIPT = Path(__file__).with_name("ddp_monitor_run.py")
 def run(out: Path, world: int) -> None:
     out.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, str(SCRIPT), str(out), str(world)], check=True, timeout=240, env=env,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), str(world)], check=True, timeout=240, env=env, capture_output=True
+    )
 
 
 def test_ddp_scores_equal_single_process_and_only_rank_zero_draws(tmp_path):
