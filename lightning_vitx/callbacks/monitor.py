@@ -68,7 +68,8 @@ class ExplainabilityMonitor(Callback):
 
     Args:
         explainers: registry names, or ``{name: options}``.
-        metrics: metric names; mask metrics are skipped when the batches carry no masks.
+        metrics: metric names, or ``{name: options}`` (e.g. ``{"deletion": {"steps": 5}}`` halves its cost); mask
+            metrics are skipped when the batches carry no masks.
         num_samples: size of the held-out set: the first validation samples (split over ranks).
         panel_size: rows of the heatmap panel.
         every_n_epochs: explain every n-th validation epoch.
@@ -89,7 +90,7 @@ class ExplainabilityMonitor(Callback):
     def __init__(
         self,
         explainers: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("rollout", "gradcam", "generic_attention"),
-        metrics: Sequence[str] = ("deletion", "insertion", "pointing_game"),
+        metrics: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("deletion", "insertion", "pointing_game"),
         num_samples: int = 16,
         panel_size: int = 8,
         every_n_epochs: int = 1,
@@ -106,7 +107,12 @@ class ExplainabilityMonitor(Callback):
         )
         for name in self.explainer_options:
             X.get_info(name)  # unknown names fail here, with the choices
-        self.metric_names = list(metrics)
+        self.metric_options = (
+            {name: dict(options) for name, options in metrics.items()}
+            if isinstance(metrics, Mapping)
+            else {name: {} for name in metrics}
+        )
+        self.metric_names = list(self.metric_options)
         for name in self.metric_names:
             M.get_info(name)
         for option, value in [
@@ -177,7 +183,7 @@ class ExplainabilityMonitor(Callback):
         self.model = self.find_model(pl_module)
         device = pl_module.device
         self._metrics = {
-            explainer: {name: M.create(name).to(device) for name in self.metric_names}
+            explainer: {name: M.create(name, **self.metric_options[name]).to(device) for name in self.metric_names}
             for explainer in self.explainer_names
         }
         self._stability = {explainer: MeanMetric().to(device) for explainer in self.explainer_names}
@@ -188,7 +194,7 @@ class ExplainabilityMonitor(Callback):
         """The monitor's settings, as recorded in the W&B run config so runs can be compared."""
         return {
             "explainers": self.explainer_options,
-            "metrics": self.metric_names,
+            "metrics": self.metric_options,
             "num_samples": self.num_samples,
             "every_n_epochs": self.every_n_epochs,
             "target": self.target,

@@ -63,14 +63,20 @@ def fit(tmp_path, callbacks, logger=False, epochs=2, seed=0, ckpt_path=None, mod
 
 
 def monitor(**options):
-    defaults = dict(explainers=["rollout", "gmar"], metrics=["deletion", "pointing_game"], num_samples=12, panel_size=4)
+    defaults = dict(
+        explainers=["rollout", "gmar"],
+        metrics={"deletion": {"steps": 5}, "pointing_game": {}},
+        num_samples=12,
+        panel_size=4,
+    )
     return ExplainabilityMonitor(**{**defaults, **options})
 
 
 def test_tensorboard_gets_scores_and_panels(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
 
-    trainer, _ = fit(tmp_path, [monitor()], logger=TensorBoardLogger(tmp_path, name="tb"))
+    watcher = monitor()
+    trainer, _ = fit(tmp_path, [watcher], logger=TensorBoardLogger(tmp_path, name="tb"))
     events = EventAccumulator(trainer.logger.log_dir, size_guidance={IMAGES: 0, SCALARS: 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
@@ -79,6 +85,7 @@ def test_tensorboard_gets_scores_and_panels(tmp_path):
             assert len(events.Scalars(f"explain/{name}/{metric}")) == 2
         assert len(events.Scalars(f"explain/{name}/stability")) == 1  # from the second explained epoch on
     assert "explain/time_s" in scalars
+    assert watcher._metrics["rollout"]["deletion"].fractions.numel() == 6  # the options reached the metric
     panels = events.Images("explain/panel")
     assert len(panels) == 2 and panels[0].height > 100
     assert 0.0 <= float(trainer.callback_metrics["explain/rollout/deletion"]) <= 1.0
@@ -136,6 +143,8 @@ def test_bad_arguments():
         ExplainabilityMonitor(explainers=["rolout"])
     with pytest.raises(ValueError, match="unknown metric 'auc'"):
         ExplainabilityMonitor(metrics=["auc"])
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+        ExplainabilityMonitor(metrics={"auc": {}})
     with pytest.raises(ValueError, match="num_samples must be a positive int"):
         ExplainabilityMonitor(num_samples=0)
     with pytest.raises(ValueError, match="target must be 'pred' or 'label'"):
