@@ -142,6 +142,7 @@ class ExplainabilityMonitor(Callback):
         self.history: list[dict[str, float]] = []  # per explained epoch: {"epoch": e, "explain/...": score}
         self._failed: set[str] = set()
         self._sample_scores: dict[str, Tensor] = {}
+        self._probabilities: Tensor | None = None
         self._curves: dict[str, dict[str, Any]] = {}
         self._metrics: dict[str, dict[str, Metric]] = {}
         self._stability: dict[str, MeanMetric] = {}
@@ -287,23 +288,26 @@ class ExplainabilityMonitor(Callback):
         assert images is not None
         out: dict[str, list[Tensor]] = {name: [] for name in self.explainer_names if name not in self._failed}
         bar = tqdm(total=images.shape[0], desc="Explaining", unit="img", leave=False, disable=not progress)
+        group, names = None, []
         for start in range(0, images.shape[0], self.batch_size):
-            names = [name for name in out if name not in self._failed]
-            if not names:
-                break
+            if group is None or any(name in self._failed for name in names):  # built once, again after a failure
+                names = [name for name in out if name not in self._failed]
+                if not names:
+                    break
+                group = X.create_many({name: self.explainer_options[name] for name in names}, self.model)
             chunk = images[start : start + self.batch_size].to(pl_module.device)
             target = None
             if self.target == "label" and labels is not None:
                 target = labels[start : start + self.batch_size].to(pl_module.device)
             try:
-                maps = X.create_many({name: self.explainer_options[name] for name in names}, self.model)(chunk, target)
+                maps = group(chunk, target)
             except Exception:  # noqa: BLE001 - find the failing explainer below
                 if self.on_error == "raise" and len(names) == 1:
                     raise
                 maps = {}
-                for name in names:
+                for name, explainer in group.explainers.items():
                     try:
-                        maps[name] = X.create(name, self.model, **self.explainer_options[name])(chunk, target)
+                        maps[name] = explainer(chunk, target)
                     except Exception as error:  # noqa: BLE001 - an explainer must not stop the run unless asked
                         if self.on_error == "raise":
                             raise
@@ -322,7 +326,14 @@ class ExplainabilityMonitor(Callback):
         device = pl_module.device
         images = self.samples.get("images")
         labels, masks = self.samples.get("labels"), self.samples.get("masks")
-        target = labels.to(device) if self.target == "label" and labels is not None else None
+        self._probabilities = None
+        if images is not None:  # one clean forward: the class every metric scores, and the panel's captions
+            with torch.no_grad(), eval_mode(self.model):
+                self._probabilities = self.model(images.to(device)).float().softmax(dim=1)
+        target = None
+        if self._probabilities is not None:
+            use_labels = self.target == "label" and labels is not None
+            target = labels.to(device) if use_labels else self._probabilities.argmax(dim=1)  # type: ignore[union-attr]
         self._sample_scores = {}
         self._curves = {}
         for explainer, explanation in maps.items():
@@ -367,9 +378,8 @@ class ExplainabilityMonitor(Callback):
         assert images is not None
         shown = slice(0, self.panel_size)
         labels = self.samples["labels"]
-        device = next(self.model.parameters()).device
-        with torch.inference_mode(False), torch.no_grad(), eval_mode(self.model):
-            probabilities = self.model(images[shown].to(device)).float().softmax(1).cpu()
+        assert self._probabilities is not None  # computed by _score on this rank's samples
+        probabilities = self._probabilities[shown].cpu()
         predicted = probabilities.argmax(1)
         captions = []
         for i, p in enumerate(predicted.tolist()):
