@@ -12,13 +12,23 @@ from torch import nn
 NUM_CLASSES = 7
 
 # name -> (timm model name, create_model kwargs, input size)
+TINY_SWIN = {"embed_dim": 24, "depths": (2, 2, 2, 2), "num_heads": (1, 2, 4, 8), "window_size": 4}
 MODEL_CASES: dict[str, tuple[str, dict, int]] = {
     "vit": ("vit_tiny_patch16_224", {}, 224),
     "deit_distilled": ("deit_tiny_distilled_patch16_224", {}, 224),
     "registers": ("vit_tiny_patch16_224", {"reg_tokens": 4}, 224),
     "avgpool": ("vit_tiny_patch16_224", {"class_token": False, "global_pool": "avg", "fc_norm": False}, 224),
     "vit448": ("vit_tiny_patch16_224", {"img_size": 448}, 448),
+    # 72 / 4 = 18 tokens a side: windows of 4 need padding, the merges meet odd grids (9 -> 5), the last
+    # stage (3x3) runs one unshifted window.
+    "swin": ("swin_tiny_patch4_window7_224", {**TINY_SWIN, "img_size": 72}, 72),
 }
+
+
+def grid_for(case: str, size: int) -> tuple[int, int]:
+    """The map grid the contract promises: the patch grid (16 px patches for ViT, Swin's first stage: 4 px)."""
+    patch = 4 if MODEL_CASES[case][0].startswith("swin") else 16
+    return (size // patch, size // patch)
 
 
 def make_vit(name: str, seed: int = 0, depth: int | None = None, **kwargs) -> nn.Module:
@@ -29,11 +39,12 @@ def make_vit(name: str, seed: int = 0, depth: int | None = None, **kwargs) -> nn
     model = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, **kwargs)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for block in model.blocks:
-            block.attn.qkv.weight.normal_(0.0, 0.1, generator=generator)
-        for head in [model.head, getattr(model, "head_dist", None)]:
-            if head is not None:
-                head.weight.normal_(0.0, 0.5, generator=generator)
+        for module in model.modules():  # the attention modules, in block order
+            if isinstance(getattr(module, "qkv", None), nn.Linear):
+                module.qkv.weight.normal_(0.0, 0.1, generator=generator)
+        heads = model.get_classifier()  # (head, head_dist) for distilled DeiT
+        for head in heads if isinstance(heads, tuple) else (heads,):
+            head.weight.normal_(0.0, 0.5, generator=generator)
     return model.eval()
 
 
@@ -60,6 +71,11 @@ def images_for(size: int = 224, batch: int = 3, seed: int = 5) -> torch.Tensor:
 @pytest.fixture
 def make_images():
     return images_for
+
+
+@pytest.fixture
+def patch_grid():
+    return grid_for
 
 
 @pytest.fixture

@@ -2,14 +2,20 @@
 
 from lightning_vitx.adapters.base import Adapter, TokenLayout, detect, register_adapter
 from lightning_vitx.adapters.capture import Capture, CaptureNeeds, capture_pass, explaining, resolve_target
+from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention, WindowedAttention
+from lightning_vitx.adapters.swin import SwinTransformerAdapter
 from lightning_vitx.adapters.vit import VisionTransformerAdapter
 
 __all__ = [
     "Adapter",
+    "AttentionGeometry",
     "Capture",
     "CaptureNeeds",
+    "DenseAttention",
+    "SwinTransformerAdapter",
     "TokenLayout",
     "VisionTransformerAdapter",
+    "WindowedAttention",
     "capture_pass",
     "detect",
     "explaining",

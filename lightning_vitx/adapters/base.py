@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Adapter", "TokenLayout", "detect", "register_adapter"]
+from lightning_vitx.adapters.geometry import AttentionGeometry
+
+__all__ = ["Adapter", "TokenLayout", "check_patch_embed_input", "detect", "register_adapter"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class TokenLayout:
             patch tokens.
         readout_tokens: indices of the prefix tokens the head reads (``(0,)`` for ViT, ``(0, 1)`` for distilled
             DeiT, whose logits are the mean of the class and distillation heads). Empty for ``"avg"``.
+        readout_grid_size: grid of the tokens the head averages when the model merges patches on the way (Swin's
+            last stage); ``None``: the patch grid.
 
     Example::
 
@@ -36,6 +40,7 @@ class TokenLayout:
     grid_size: tuple[int, int]
     readout: Literal["token", "avg"]
     readout_tokens: tuple[int, ...] = ()
+    readout_grid_size: tuple[int, int] | None = None
 
     @property
     def num_patches(self) -> int:
@@ -46,7 +51,13 @@ class TokenLayout:
         return self.num_prefix_tokens + self.num_patches
 
     def readout_weights(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
-        """The row vector ``w`` with ``w @ tokens`` = what the head reads: ``[B, N]``, sums to 1."""
+        """The row vector ``w`` with ``w @ tokens`` = what the head reads: ``[B, N]``, sums to 1.
+
+        ``N`` counts the tokens of the last block (the readout grid's when it differs from the patch grid).
+        """
+        if self.readout_grid_size is not None:
+            count = self.readout_grid_size[0] * self.readout_grid_size[1]
+            return torch.full((batch_size, count), 1.0 / count, device=device)
         weights = torch.zeros(self.num_tokens, device=device)
         if self.readout == "token":
             weights[list(self.readout_tokens)] = 1.0 / len(self.readout_tokens)
@@ -79,6 +90,31 @@ class Adapter(Protocol):
     def layout(self, images: Tensor) -> TokenLayout: ...
 
     def check_images(self, images: Tensor) -> None: ...
+
+    def attention_geometries(self, images: Tensor) -> list[AttentionGeometry]: ...
+
+
+def check_patch_embed_input(patch_embed: Any, images: Tensor) -> None:
+    """Raise a ``ValueError`` that says how to fix ``images`` a timm ``PatchEmbed`` can't take."""
+    in_chans = patch_embed.proj.in_channels
+    if images.ndim != 4:
+        hint = " Add a batch dimension with images.unsqueeze(0)." if images.ndim == 3 else ""
+        raise ValueError(f"expected images of shape [B, {in_chans}, H, W], got {list(images.shape)}.{hint}")
+    if images.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} channels, got images of shape {list(images.shape)}")
+    height, width = images.shape[-2:]
+    img_size = patch_embed.img_size
+    if img_size is not None and patch_embed.strict_img_size and (height, width) != tuple(img_size):
+        raise ValueError(
+            f"this model takes {img_size[0]}x{img_size[1]} images, got {height}x{width}. Resize the images, "
+            f"or create the model with img_size=({height}, {width}) or dynamic_img_size=True."
+        )
+    ph, pw = patch_embed.patch_size
+    if not patch_embed.dynamic_img_pad and (height % ph or width % pw):
+        raise ValueError(
+            f"image size {height}x{width} is not a multiple of the patch size {ph}x{pw}; resize or crop it, "
+            "or create the model with dynamic_img_pad=True."
+        )
 
 
 _ADAPTERS: list[type] = []

@@ -1,6 +1,7 @@
 """One forward and at most one backward pass that records what the attention-family explainers read.
 
-Recorded per block ``l``: the attention probabilities ``A^l`` (``[B, heads, N, N]``, after softmax), optionally
+Recorded per block ``l``: the attention probabilities ``A^l`` (after softmax; ``[B, heads, N, N]`` for ViT,
+``[B, heads, windows, w, w]`` for Swin's window attention, see ``Capture.geometries``), optionally
 their gradients ``dy_c/dA^l`` with respect to the target logits, the per-head attention outputs (input of the
 output projection), and the token states around each block and sublayer.
 
@@ -14,13 +15,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from lightning_vitx._state import eval_mode
 from lightning_vitx.adapters.base import Adapter, TokenLayout
+from lightning_vitx.adapters.geometry import AttentionGeometry, WindowedAttention, spread
 
 __all__ = ["Capture", "CaptureNeeds", "capture_pass", "explaining", "resolve_target"]
 
@@ -52,8 +54,12 @@ class Capture:
         logits: ``[B, num_classes]``.
         target: ``[B]`` class explained per sample.
         attentions: per block, ``[B, heads, N, N]``; row = query token, column = key token, rows sum to 1.
+            Window attention (Swin): ``[B, heads, windows, w, w]``, per window.
+        geometries: per block, how its attention connects tokens; ``geometries[l].times(v, fused)`` multiplies a
+            row vector over the block's tokens by its head-fused attention.
         attention_grads: per block, ``d(sum_b logits[b, target[b]]) / dA``, same shapes; ``None`` unless asked.
-        head_outputs: per block, ``[B, heads, N, head_dim]`` attention output before the output projection.
+        head_outputs: per block, ``[B, heads, N, head_dim]`` attention output before the output projection
+            (``[B, heads, windows, w, head_dim]`` for window attention).
         head_output_grads: their gradients with respect to the target logits.
         token_states: per block, a dict with ``input``, ``norm1``, ``attn`` (attention branch after layer scale),
             ``mid`` (= input + attn), ``norm2``, ``mlp`` (MLP branch after layer scale) and ``output``,
@@ -64,6 +70,7 @@ class Capture:
     logits: Tensor
     target: Tensor
     attentions: list[Tensor]
+    geometries: list[AttentionGeometry]
     attention_grads: list[Tensor] | None = None
     head_outputs: list[Tensor] | None = None
     head_output_grads: list[Tensor] | None = None
@@ -73,9 +80,26 @@ class Capture:
     def batch_size(self) -> int:
         return int(self.logits.shape[0])
 
-    def readout_weights(self) -> Tensor:
-        """``[B, N]`` weights of the token rows the classifier head reads."""
+    def readout_weights(self, block: int = -1) -> Tensor:
+        """``[B, N]`` weights of the token rows the classifier head reads, over block ``block``'s tokens.
+
+        A head that averages merged tokens (Swin) reads every token of a block alike: uniform weights on the
+        grid of the block asked for.
+        """
+        if self.layout.readout_grid_size is not None:
+            count = self.geometries[block].num_tokens
+            return torch.full((self.batch_size, count), 1.0 / count, device=self.logits.device)
         return self.layout.readout_weights(self.batch_size, device=self.logits.device)
+
+    def patch_map(self, token_scores: Tensor, block: int = 0) -> Tensor:
+        """``[B, N_block]`` scores over block ``block``'s tokens -> ``[B, gh, gw]`` at the patch grid.
+
+        Prefix columns are dropped; scores on a merged (coarser) grid are spread back to the patch grid.
+        """
+        grid = self.geometries[block].grid_size
+        if grid != self.layout.grid_size:
+            token_scores = spread(token_scores, grid, self.layout.grid_size)
+        return self.layout.patch_map(token_scores)
 
     def require_gradients(self, who: str) -> list[Tensor]:
         if self.attention_grads is None:
@@ -112,25 +136,25 @@ def explaining(adapter: Adapter) -> Iterator[None]:
     """Put the model in the state explaining needs; restore every flag on exit.
 
     Inside: every module in eval mode, timm fused attention off (so the probabilities exist), gradient
-    checkpointing off (it would re-run the forward hooks during backward). Restored on exit: each module's
-    train/eval flag, each ``fused_attn`` and ``grad_checkpointing`` value.
+    checkpointing off on the model and its stages (it would re-run the forward hooks during backward). Restored
+    on exit: each module's train/eval flag, each ``fused_attn`` and ``grad_checkpointing`` value.
     """
-    model: Any = adapter.model
     attention: list[Any] = adapter.attention_modules()
     fused = [(module, module.fused_attn) for module in attention if hasattr(module, "fused_attn")]
-    checkpointing = getattr(model, "grad_checkpointing", None)
-    with eval_mode(model):
+    modules: list[Any] = list(adapter.model.modules())
+    checkpointing = [(module, module.grad_checkpointing) for module in modules if hasattr(module, "grad_checkpointing")]
+    with eval_mode(adapter.model):
         try:
             for module, _ in fused:
                 module.fused_attn = False
-            if checkpointing:
-                model.grad_checkpointing = False
+            for module, _ in checkpointing:
+                module.grad_checkpointing = False
             yield
         finally:
             for module, flag in fused:
                 module.fused_attn = flag
-            if checkpointing is not None:
-                model.grad_checkpointing = checkpointing
+            for module, flag in checkpointing:
+                module.grad_checkpointing = flag
 
 
 def _model_dtype_and_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -139,7 +163,10 @@ def _model_dtype_and_device(model: nn.Module) -> tuple[torch.dtype, torch.device
 
 
 def _register_hooks(
-    adapter: Adapter, needs: CaptureNeeds, attentions: list[Tensor], head_outputs: list[Tensor],
+    adapter: Adapter,
+    needs: CaptureNeeds,
+    attentions: list[Tensor],
+    head_outputs: list[Tensor],
     token_states: list[dict[str, Tensor]],
 ) -> list[torch.utils.hooks.RemovableHandle]:
     handles = []
@@ -181,6 +208,19 @@ def _register_hooks(
     return handles
 
 
+def _check_attention_shapes(attentions: list[Tensor], geometries: list[AttentionGeometry], batch: int) -> None:
+    for index, (attention, geometry) in enumerate(zip(attentions, geometries, strict=True)):
+        if isinstance(geometry, WindowedAttention):
+            rows, tokens = batch * geometry.num_windows, geometry.window_area
+        else:
+            rows, tokens = batch, geometry.num_tokens
+        if attention.shape[0] != rows or tuple(attention.shape[-2:]) != (tokens, tokens):
+            raise RuntimeError(
+                f"block {index} recorded attention of shape {list(attention.shape)}, expected [{rows}, heads, "
+                f"{tokens}, {tokens}] for {geometry}; the model's layout differs from what its adapter reads"
+            )
+
+
 def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs: CaptureNeeds | None = None) -> Capture:
     """Run the model once over ``images`` (and once backward when ``needs.gradients``) and record the pass.
 
@@ -208,6 +248,7 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
     if not images.is_floating_point():
         raise TypeError(f"expected floating-point images, got dtype {images.dtype}; convert with images.float()")
     layout = adapter.layout(images)
+    geometries = adapter.attention_geometries(images)
     dtype, device = _model_dtype_and_device(adapter.model)
     if images.device != device:
         raise ValueError(f"images are on {images.device} but the model is on {device}; move them with .to({device})")
@@ -233,29 +274,35 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
                 f"recorded {len(attentions)} attention maps for {len(adapter.blocks())} blocks: the model's "
                 "attention did not run through its attn_drop module. Is this a stock timm Attention?"
             )
+        batch = images.shape[0]
+        _check_attention_shapes(attentions, geometries, batch)
         if target_ids is None:
             target_ids = logits.detach().argmax(dim=1)
+
+        def per_sample(tensors: list[Tensor]) -> list[Tensor]:
+            return [g.fold(t.detach().float(), batch) for t, g in zip(tensors, geometries, strict=True)]
+
+        def split_heads(tensors: list[Tensor]) -> list[Tensor]:
+            heads = [int(cast(Any, attn).num_heads) for attn in adapter.attention_modules()]
+            split = [t.unflatten(-1, (h, -1)).transpose(1, 2) for t, h in zip(tensors, heads, strict=True)]
+            return per_sample(split)
+
         record = Capture(
             layout=layout,
             logits=logits.detach().float(),
             target=target_ids,
-            attentions=[a.detach().float() for a in attentions],
+            attentions=per_sample(attentions),
+            geometries=geometries,
         )
         if needs.head_outputs:
-            first: Any = adapter.attention_modules()[0]
-            heads = int(first.num_heads)
-
-            def split_heads(x: Tensor) -> Tensor:
-                return x.detach().float().unflatten(-1, (heads, -1)).transpose(1, 2)
-
-            record.head_outputs = [split_heads(x) for x in head_outputs]
+            record.head_outputs = split_heads(head_outputs)
         if needs.gradients:
             score = logits.float().gather(1, target_ids[:, None]).sum()
             wrt = attentions + (head_outputs if needs.head_outputs else [])
             grads = torch.autograd.grad(score, wrt)
-            record.attention_grads = [g.float() for g in grads[: len(attentions)]]
+            record.attention_grads = per_sample(list(grads[: len(attentions)]))
             if needs.head_outputs:
-                record.head_output_grads = [split_heads(g) for g in grads[len(attentions) :]]
+                record.head_output_grads = split_heads(list(grads[len(attentions) :]))
         if needs.token_states:
             record.token_states = [{k: v.detach().float() for k, v in states.items()} for states in token_states]
     return record

@@ -6,7 +6,8 @@ from typing import Any, Literal, cast
 
 from torch import Tensor, nn
 
-from lightning_vitx.adapters.base import TokenLayout, register_adapter
+from lightning_vitx.adapters.base import TokenLayout, check_patch_embed_input, register_adapter
+from lightning_vitx.adapters.geometry import DenseAttention
 
 __all__ = ["VisionTransformerAdapter"]
 
@@ -32,7 +33,7 @@ class VisionTransformerAdapter:
         >>> import timm, torch
         >>> model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False)
         >>> VisionTransformerAdapter(model).layout(torch.zeros(1, 3, 224, 224))
-        TokenLayout(num_prefix_tokens=2, grid_size=(14, 14), readout='token', readout_tokens=(0, 1))
+        TokenLayout(num_prefix_tokens=2, grid_size=(14, 14), readout='token', readout_tokens=(0, 1), readout_grid_size=None)
     """
 
     family = "vit"
@@ -86,26 +87,7 @@ class VisionTransformerAdapter:
 
     def check_images(self, images: Tensor) -> None:
         """Raise a ``ValueError`` that says how to fix an input this model can't take."""
-        embed = self._vit.patch_embed
-        in_chans = embed.proj.in_channels
-        if images.ndim != 4:
-            hint = " Add a batch dimension with images.unsqueeze(0)." if images.ndim == 3 else ""
-            raise ValueError(f"expected images of shape [B, {in_chans}, H, W], got {list(images.shape)}.{hint}")
-        if images.shape[1] != in_chans:
-            raise ValueError(f"expected {in_chans} channels, got images of shape {list(images.shape)}")
-        height, width = images.shape[-2:]
-        img_size = embed.img_size
-        if img_size is not None and embed.strict_img_size and (height, width) != tuple(img_size):
-            raise ValueError(
-                f"this model takes {img_size[0]}x{img_size[1]} images, got {height}x{width}. Resize the images, "
-                f"or create the model with img_size=({height}, {width}) or dynamic_img_size=True."
-            )
-        ph, pw = self.patch_size
-        if not embed.dynamic_img_pad and (height % ph or width % pw):
-            raise ValueError(
-                f"image size {height}x{width} is not a multiple of the patch size {ph}x{pw}; resize or crop it, "
-                "or create the model with dynamic_img_pad=True."
-            )
+        check_patch_embed_input(self._vit.patch_embed, images)
 
     def layout(self, images: Tensor) -> TokenLayout:
         self.check_images(images)
@@ -118,3 +100,8 @@ class VisionTransformerAdapter:
             readout=readout,
             readout_tokens=self.readout_tokens(),
         )
+
+    def attention_geometries(self, images: Tensor) -> list[DenseAttention]:
+        """One ``DenseAttention`` per block: every block attends over all tokens of the input's layout."""
+        layout = self.layout(images)
+        return [DenseAttention(layout.num_prefix_tokens, layout.grid_size)] * len(self._vit.blocks)

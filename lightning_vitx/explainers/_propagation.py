@@ -2,26 +2,27 @@
 
 With ``R = M_L ... M_s`` (later blocks on the left) and the readout row weights ``w``, the map is ``w R``.
 Carrying ``v = w`` through ``v <- v M_l`` for ``l = L..s`` costs ``O(L N^2)`` instead of the ``O(L N^3)``
-of the matrix chain, and gives the same numbers (tests keep the chain as an oracle).
+of the matrix chain, and gives the same numbers (tests keep the chain as an oracle). Each product runs in the
+block's own layout (``adapters.geometry``): dense for ViT, per window for Swin, where the vector is also spread
+from a merged stage's grid to the finer grid below it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["discard_lowest", "fuse_heads", "propagate_additive", "propagate_rollout", "vector_times"]
+from lightning_vitx.adapters.geometry import AttentionGeometry, spread
 
+__all__ = ["discard_lowest", "fuse_heads", "propagate_additive", "propagate_rollout"]
 
-def vector_times(vector: Tensor, matrix: Tensor) -> Tensor:
-    """``[B, N] x [B, N, N] -> [B, N]``."""
-    return torch.bmm(vector.unsqueeze(1), matrix).squeeze(1)
+Step = Callable[[Tensor, Tensor, AttentionGeometry], Tensor]
 
 
 def fuse_heads(attention: Tensor, how: str) -> Tensor:
-    """Fuse ``[B, heads, N, N]`` over heads with ``mean``, ``max`` or ``min``."""
+    """Fuse ``[B, heads, ...]`` over heads with ``mean``, ``max`` or ``min``."""
     if how == "mean":
         return attention.mean(dim=1)
     if how == "max":
@@ -31,43 +32,55 @@ def fuse_heads(attention: Tensor, how: str) -> Tensor:
     raise ValueError(f"head_fusion must be one of ['mean', 'max', 'min'], got {how!r}")
 
 
-def propagate_rollout(weights: Tensor, fused: Sequence[Tensor]) -> Tensor:
+def _propagate(weights: Tensor, fused: Sequence[Tensor], geometries: Sequence[AttentionGeometry], step: Step) -> Tensor:
+    vector, above = weights, None
+    for matrix, geometry in zip(reversed(fused), reversed(geometries), strict=True):
+        if above is not None and above.grid_size != geometry.grid_size:
+            vector = spread(vector, above.grid_size, geometry.grid_size)
+        vector, above = step(vector, matrix, geometry), geometry
+    return vector
+
+
+def _rollout_step(vector: Tensor, matrix: Tensor, geometry: AttentionGeometry) -> Tensor:
+    scaled = vector / (geometry.row_sums(matrix) + 1.0)  # rows of A + I
+    return geometry.times(scaled, matrix) + scaled
+
+
+def _additive_step(vector: Tensor, matrix: Tensor, geometry: AttentionGeometry) -> Tensor:
+    return vector + geometry.times(vector, matrix)
+
+
+def propagate_rollout(weights: Tensor, fused: Sequence[Tensor], geometries: Sequence[AttentionGeometry]) -> Tensor:
     """``w (A_L + I)' ... (A_s + I)'`` where ``'`` normalises rows to sum 1 (Abnar & Zuidema's code).
 
     For row-stochastic ``A`` (mean fusion, nothing discarded) this is the paper's ``0.5 A + 0.5 I``.
-    ``fused`` lists ``[B, N, N]`` matrices bottom-up.
+    ``fused`` lists the blocks' head-fused attention bottom-up, ``geometries`` their layouts; the result lives on
+    the first listed block's tokens.
     """
-    vector = weights
-    for matrix in reversed(fused):
-        row_sums = matrix.sum(dim=-1) + 1.0  # rows of A + I
-        scaled = vector / row_sums
-        vector = vector_times(scaled, matrix) + scaled
-    return vector
+    return _propagate(weights, fused, geometries, _rollout_step)
 
 
-def propagate_additive(weights: Tensor, fused: Sequence[Tensor]) -> Tensor:
+def propagate_additive(weights: Tensor, fused: Sequence[Tensor], geometries: Sequence[AttentionGeometry]) -> Tensor:
     """``w (I + A_L) ... (I + A_s)``: Chefer et al.'s unnormalised rule ``R <- R + A R``."""
-    vector = weights
-    for matrix in reversed(fused):
-        vector = vector + vector_times(vector, matrix)
-    return vector
+    return _propagate(weights, fused, geometries, _additive_step)
 
 
 def discard_lowest(fused: Tensor, ratio: float, num_prefix_tokens: int) -> Tensor:
-    """Zero the ``ratio`` share of smallest entries of each ``[N, N]`` matrix, per sample.
+    """Zero the ``ratio`` share of smallest entries of each sample's fused attention (``[B, ...]``).
 
     Rows and columns of prefix tokens are never discarded (the readout runs through them); ties break by
     position (stable sort), so a sample's result does not depend on the rest of its batch.
     """
     if ratio <= 0.0:
         return fused
-    batch, n, _ = fused.shape
-    protected = torch.zeros(n, n, dtype=torch.bool, device=fused.device)
-    protected[:num_prefix_tokens, :] = True
-    protected[:, :num_prefix_tokens] = True
-    count = int((n * n - int(protected.sum())) * ratio)
+    flat = fused.flatten(1)
+    protected = torch.zeros(fused.shape[1:], dtype=torch.bool, device=fused.device)
+    if num_prefix_tokens:
+        protected[..., :num_prefix_tokens, :] = True
+        protected[..., :num_prefix_tokens] = True
+    protected = protected.flatten()
+    count = int((flat.shape[1] - int(protected.sum())) * ratio)
     if count == 0:
         return fused
-    candidates = fused.masked_fill(protected, float("inf")).flatten(1)
-    lowest = candidates.argsort(dim=1, stable=True)[:, :count]
-    return fused.flatten(1).scatter(1, lowest, 0.0).view(batch, n, n)
+    lowest = flat.masked_fill(protected, float("inf")).argsort(dim=1, stable=True)[:, :count]
+    return flat.scatter(1, lowest, 0.0).view_as(fused)

@@ -131,4 +131,3 @@ def create_many(explainers: Sequence[str] | Mapping[str, Mapping[str, Any]], mod
     if not isinstance(explainers, Mapping) and len(specs) != len(explainers):
         raise ValueError(f"duplicate explainer names in {list(explainers)}")
     return ExplainerGroup({name: create(name, model, **dict(options)) for name, options in specs.items()})
-

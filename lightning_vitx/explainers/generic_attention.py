@@ -17,7 +17,7 @@ __all__ = ["GenericAttention"]
         name="generic_attention",
         needs_gradients=True,
         readout=True,
-        families=("vit",),
+        families=("vit", "swin"),
         description="R <- R + mean_h((grad A * A)^+) R over all blocks",
         reference="Chefer, Gur & Wolf 2021b, Generic Attention-model Explainability (arXiv 2103.15679)",
     )
@@ -26,7 +26,7 @@ class GenericAttention(ReadoutExplainer):
     """``w (I + Ā^L) ... (I + Ā^s)`` with ``Ā = mean_h(clamp(dy_c/dA ⊙ A, min=0))`` (clamp per head, then mean).
 
     Args:
-        model: a timm ViT / DeiT.
+        model: a timm ViT / DeiT / Swin.
         start_layer: first block included (0 = all blocks, as in the authors' ViT notebook; -1 = the last only,
             as in their CLIP notebook).
 
@@ -49,4 +49,5 @@ class GenericAttention(ReadoutExplainer):
             (grad * attention).clamp(min=0).mean(dim=1)
             for attention, grad in zip(record.attentions[self.start_layer :], grads[self.start_layer :], strict=True)
         ]
-        return record.layout.patch_map(propagate_additive(record.readout_weights(), fused))
+        relevance = propagate_additive(record.readout_weights(), fused, record.geometries[self.start_layer :])
+        return record.patch_map(relevance, block=self.start_layer)

@@ -20,7 +20,7 @@ __all__ = ["GMAR"]
         name="gmar",
         needs_gradients=True,
         readout=True,
-        families=("vit",),
+        families=("vit", "swin"),
         description="rollout with heads weighted by the L1/L2 norm of their attention gradients",
         reference="Jo et al. 2025, GMAR: Gradient-Driven Multi-Head Attention Rollout (arXiv 2504.19414)",
     )
@@ -37,7 +37,7 @@ class GMAR(ReadoutExplainer):
     the product runs later blocks on the left with the readout row read last (a third-party version reverses it).
 
     Args:
-        model: a timm ViT / DeiT.
+        model: a timm ViT / DeiT / Swin.
         norm: ``"l1"`` or ``"l2"``.
         gradient_source: ``"attention"`` or ``"head_output"``.
 
@@ -81,8 +81,8 @@ class GMAR(ReadoutExplainer):
             if record.head_output_grads is None:
                 raise ValueError("gmar with gradient_source='head_output' needs CaptureNeeds(head_outputs=True)")
             grads = record.head_output_grads
-        fused = [
-            (self.head_weights(grad)[:, :, None, None] * attention).sum(dim=1)
-            for attention, grad in zip(record.attentions, grads, strict=True)
-        ]
-        return record.layout.patch_map(propagate_rollout(record.readout_weights(), fused))
+        fused = []
+        for attention, grad in zip(record.attentions, grads, strict=True):
+            weights = self.head_weights(grad)
+            fused.append((weights.view(*weights.shape, *[1] * (attention.ndim - 2)) * attention).sum(dim=1))
+        return record.patch_map(propagate_rollout(record.readout_weights(), fused, record.geometries))

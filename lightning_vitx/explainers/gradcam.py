@@ -16,7 +16,7 @@ __all__ = ["AttentionGradCAM"]
         name="gradcam",
         needs_gradients=True,
         readout=True,
-        families=("vit",),
+        families=("vit", "swin"),
         description="Grad-CAM with heads as channels and the readout row of the attention as the feature map",
         reference="Selvaraju et al. 2017, as adapted to ViT by Chefer, Gur & Wolf 2021 (arXiv 2012.09838)",
     )
@@ -28,7 +28,7 @@ class AttentionGradCAM(ReadoutExplainer):
     of its gradient with respect to the target logit.
 
     Args:
-        model: a timm ViT / DeiT.
+        model: a timm ViT / DeiT / Swin.
         layer: block whose attention is used (default: the last, as in Chefer et al.'s code).
 
     Example::
@@ -45,10 +45,16 @@ class AttentionGradCAM(ReadoutExplainer):
         self.layer = self._block_index(layer, "layer")
 
     def read(self, record: Capture) -> Tensor:
-        weights = record.readout_weights()
-        prefix = record.layout.num_prefix_tokens
-        activation = (weights[:, None, :, None] * record.attentions[self.layer]).sum(dim=2)[..., prefix:]
-        gradient = (weights[:, None, :, None] * record.require_gradients("gradcam")[self.layer]).sum(dim=2)
-        alpha = gradient[..., prefix:].mean(dim=-1, keepdim=True)
+        geometry = record.geometries[self.layer]
+        attention = record.attentions[self.layer]
+        batch, heads = attention.shape[:2]
+        weights = record.readout_weights(self.layer).repeat_interleave(heads, dim=0)
+
+        def readout_rows(per_head: Tensor) -> Tensor:  # [B, heads, ...] -> [B, heads, N]
+            return geometry.times(weights, per_head.flatten(0, 1)).unflatten(0, (batch, heads))
+
+        activation = readout_rows(attention)
+        gradient = readout_rows(record.require_gradients("gradcam")[self.layer])
+        alpha = gradient[..., geometry.num_prefix_tokens :].mean(dim=-1, keepdim=True)
         cam = (alpha * activation).mean(dim=1).clamp(min=0)
-        return cam.reshape(-1, *record.layout.grid_size)
+        return record.patch_map(cam, block=self.layer)

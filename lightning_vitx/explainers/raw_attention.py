@@ -5,7 +5,6 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lightning_vitx.adapters import Capture
-from lightning_vitx.explainers._propagation import vector_times
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import ReadoutExplainer
 
@@ -17,7 +16,7 @@ __all__ = ["RawAttention"]
         name="raw_attention",
         needs_gradients=False,
         readout=True,
-        families=("vit",),
+        families=("vit", "swin"),
         description="attention of the readout token(s) to the patches in the last block, mean over heads",
         reference="baseline in Chefer, Gur & Wolf 2021 (arXiv 2012.09838)",
     )
@@ -26,7 +25,7 @@ class RawAttention(ReadoutExplainer):
     """``mean_h A^l[readout, patches]`` for block ``layer`` (default the last).
 
     The readout row is the class token's, the mean of class and distillation rows for distilled DeiT, or the
-    mean of the patch rows for average-pooled models.
+    mean of the patch rows for average-pooled models (on Swin: of the chosen block's tokens).
 
     Example::
 
@@ -43,4 +42,5 @@ class RawAttention(ReadoutExplainer):
 
     def read(self, record: Capture) -> Tensor:
         attention = record.attentions[self.layer].mean(dim=1)
-        return record.layout.patch_map(vector_times(record.readout_weights(), attention))
+        readout = record.geometries[self.layer].times(record.readout_weights(self.layer), attention)
+        return record.patch_map(readout, block=self.layer)

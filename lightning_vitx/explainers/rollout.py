@@ -19,7 +19,7 @@ __all__ = ["AttentionRollout"]
         name="rollout",
         needs_gradients=False,
         readout=True,
-        families=("vit",),
+        families=("vit", "swin"),
         description="product of the head-fused attention of every block, with the residual as identity",
         reference="Abnar & Zuidema 2020, Quantifying Attention Flow in Transformers (arXiv 2005.00928)",
     )
@@ -28,10 +28,10 @@ class AttentionRollout(ReadoutExplainer):
     """Rollout ``w Â^L ... Â^s`` with ``Â = rownorm(fuse_h(A) + I)``, read at the patch columns.
 
     Args:
-        model: a timm ViT / DeiT.
+        model: a timm ViT / DeiT / Swin.
         head_fusion: ``"mean"`` (the paper), ``"max"`` or ``"min"`` over heads.
         discard_ratio: share of the smallest fused entries set to 0 per block and sample (vit-explain's option);
-            the rows and columns of prefix tokens are kept.
+            the rows and columns of prefix tokens are kept. On Swin the share counts every window's entries.
         start_layer: first block included (Chefer et al.'s evaluation uses 1); negative counts from the end.
 
     Differences from the reference code: jacobgil/vit-explain divides column ``j`` by the sum of row ``j``
@@ -66,8 +66,10 @@ class AttentionRollout(ReadoutExplainer):
         self.start_layer = self._block_index(start_layer, "start_layer")
 
     def read(self, record: Capture) -> Tensor:
+        geometries = record.geometries[self.start_layer :]
         fused = [
-            discard_lowest(fuse_heads(a, self.head_fusion), self.discard_ratio, record.layout.num_prefix_tokens)
-            for a in record.attentions[self.start_layer :]
+            discard_lowest(fuse_heads(a, self.head_fusion), self.discard_ratio, g.num_prefix_tokens)
+            for a, g in zip(record.attentions[self.start_layer :], geometries, strict=True)
         ]
-        return record.layout.patch_map(propagate_rollout(record.readout_weights(), fused))
+        rolled = propagate_rollout(record.readout_weights(), fused, geometries)
+        return record.patch_map(rolled, block=self.start_layer)

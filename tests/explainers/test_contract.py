@@ -9,12 +9,11 @@ NAMES = X.available()
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_output_shape_dtype_device(name, model_case, make_images):
+def test_output_shape_dtype_device(name, model_case, make_images, patch_grid):
     case, model, size = model_case
     images = make_images(size, batch=2)
     maps = X.create(name, model)(images)
-    grid = size // 16
-    assert maps.shape == (2, grid, grid)
+    assert maps.shape == (2, *patch_grid(case, size))
     assert maps.dtype == torch.float32
     assert maps.device == images.device
     assert torch.isfinite(maps).all()

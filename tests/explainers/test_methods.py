@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lightning_vitx.explainers as X
-from lightning_vitx.adapters import Capture, CaptureNeeds, TokenLayout, capture_pass, detect
+from lightning_vitx.adapters import Capture, CaptureNeeds, DenseAttention, TokenLayout, capture_pass, detect
 from lightning_vitx.explainers._propagation import discard_lowest
 
 # Three tokens: one class token and a 1x2 patch grid. Rows are queries, columns keys.
@@ -20,6 +20,7 @@ def hand_record(attentions, grads=None):
         logits=torch.zeros(1, 7),
         target=torch.zeros(1, dtype=torch.long),
         attentions=[a[None] for a in attentions],  # [1, heads, 3, 3]
+        geometries=[DenseAttention(1, (1, 2))] * len(attentions),
         attention_grads=None if grads is None else [g[None] for g in grads],
     )
 
