@@ -32,8 +32,9 @@ class VisionTransformerAdapter:
 
         >>> import timm, torch
         >>> model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False)
-        >>> VisionTransformerAdapter(model).layout(torch.zeros(1, 3, 224, 224))
-        TokenLayout(num_prefix_tokens=2, grid_size=(14, 14), readout='token', readout_tokens=(0, 1), readout_grid_size=None)
+        >>> layout = VisionTransformerAdapter(model).layout(torch.zeros(1, 3, 224, 224))
+        >>> layout.num_prefix_tokens, layout.grid_size, layout.readout_tokens
+        (2, (14, 14), (0, 1))
     """
 
     family = "vit"
