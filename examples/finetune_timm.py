@@ -1,9 +1,13 @@
-"""Fine-tune a timm ViT / DeiT on an ImageFolder dataset with the ExplainabilityMonitor attached.
+"""Fine-tune a timm ViT / DeiT / Swin on an ImageFolder dataset with the ExplainabilityMonitor attached.
 
     root/train/<class>/*.jpg, root/val/<class>/*.jpg
 
     python examples/finetune_timm.py --data-root /data/flowers --model vit_small_patch16_224 --pretrained \\
         --epochs 10 --devices 2 --strategy ddp
+    python examples/finetune_timm.py --data-root /data/flowers --model swin_tiny_patch4_window7_224 --pretrained
+
+Swin maps come out at its first stage's grid (56x56 for 224 inputs). `--model-kwargs` passes JSON options to
+`timm.create_model` (e.g. '{"drop_path_rate": 0.1}').
 
 `--pretrained` downloads the model's weights from the Hugging Face hub (needs a network); without it the
 model starts from random weights. Images are preprocessed with the model's own `pretrained_cfg` (size,
@@ -13,6 +17,7 @@ mean, std). ImageFolder batches carry no masks, so the monitor scores with the p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import lightning as L
@@ -28,6 +33,7 @@ def main() -> None:
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--model", default="vit_small_patch16_224")
     parser.add_argument("--pretrained", action="store_true", help="download pretrained weights (needs a network)")
+    parser.add_argument("--model-kwargs", type=json.loads, default={}, help="JSON options for timm.create_model")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -45,7 +51,9 @@ def main() -> None:
 
     data = ImageFolderDataModule(args.data_root, model_name=args.model, batch_size=args.batch_size)
     classes = sorted(entry.name for entry in os.scandir(f"{args.data_root}/train") if entry.is_dir())
-    module = TimmClassifier(args.model, num_classes=len(classes), pretrained=args.pretrained, lr=args.lr)
+    module = TimmClassifier(
+        args.model, num_classes=len(classes), pretrained=args.pretrained, lr=args.lr, model_kwargs=args.model_kwargs
+    )
     loggers = {
         "tensorboard": lambda: TensorBoardLogger(args.out),
         "csv": lambda: CSVLogger(args.out),

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 SCRIPT = Path(__file__).parents[2] / "examples" / "finetune_timm.py"
@@ -24,7 +25,15 @@ def make_image_folder(root: Path) -> None:
                 Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
-def test_finetune_script_runs_and_logs_explanations(tmp_path):
+@pytest.mark.parametrize(
+    "model, model_kwargs",
+    [
+        ("vit_tiny_patch16_224", "{}"),
+        # A narrow Swin-T (224 input: 56 -> 28 -> 14 -> 7 token grids, shifted windows of 7) to keep CPU time low.
+        ("swin_tiny_patch4_window7_224", '{"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 1, 2, 2]}'),
+    ],
+)
+def test_finetune_script_runs_and_logs_explanations(tmp_path, model, model_kwargs):
     make_image_folder(tmp_path / "data")
     out = tmp_path / "out"
     command = [
@@ -33,7 +42,9 @@ def test_finetune_script_runs_and_logs_explanations(tmp_path):
         "--data-root",
         str(tmp_path / "data"),
         "--model",
-        "vit_tiny_patch16_224",
+        model,
+        "--model-kwargs",
+        model_kwargs,
         "--epochs",
         "1",
         "--batch-size",
