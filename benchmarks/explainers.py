@@ -2,6 +2,7 @@
 
     python benchmarks/explainers.py                       # vit_small_patch16_224, batch 16, 224 and 448 px, CPU
     python benchmarks/explainers.py --device cuda --sizes 224
+    python benchmarks/explainers.py --model swin_tiny_patch4_window7_224 --sizes 224
 
 Each row runs in a fresh subprocess so its peak memory is its own: peak RSS above the process's RSS after a
 warm-up no-grad forward on CPU, ``torch.cuda.max_memory_allocated`` above the model and batch on CUDA.
@@ -22,6 +23,7 @@ import timm
 import torch
 
 import lightning_vitx.explainers as X
+from lightning_vitx.adapters import detect
 
 ALL = "all (one capture)"
 
@@ -103,8 +105,11 @@ def main() -> None:
             results[row] = json.loads(output.strip().splitlines()[-1])
         forward = results["forward"]["seconds"]
         backward = results["forward+backward"]["seconds"]
-        tokens = (size // 16) ** 2 + 1
-        print(f"\n{args.model}, batch {args.batch}, {size}px (N = {tokens} tokens), {args.device}, "
+        layout = detect(timm.create_model(args.model, pretrained=False, img_size=size)).layout(
+            torch.zeros(1, 3, size, size)
+        )
+        grid = "x".join(map(str, layout.grid_size))
+        print(f"\n{args.model}, batch {args.batch}, {size}px (maps {grid}), {args.device}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         print(f"| {'method':20s} | {'x forward':>9s} | {'x fwd+bwd':>9s} | {'peak MiB':>8s} |")
         print(f"|{'-' * 22}|{'-' * 11}|{'-' * 11}|{'-' * 10}|")
