@@ -146,3 +146,22 @@ def test_layout_and_errors():
     model.reset_classifier(5, global_pool="max")
     with pytest.raises(ValueError, match="global_pool='max' is not supported"):
         detect(model)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("rollout", {"head_fusion": "max", "discard_ratio": 0.5}),
+        ("gmar", {"gradient_source": "head_output"}),
+        ("gradcam", {"layer": 0}),  # a first-stage block: the avg readout weighs its 18x18 tokens alike
+        ("raw_attention", {"layer": 3}),
+        ("generic_attention", {"start_layer": 4}),
+    ],
+)
+def test_explainer_options_on_swin(models, make_images, name, options):
+    images = make_images(72, batch=2)
+    explainer = X.create(name, models["swin"], **options)
+    maps = explainer(images, torch.tensor([1, 4]))
+    assert maps.shape == (2, 18, 18) and torch.isfinite(maps).all()
+    single = torch.cat([explainer(images[i : i + 1], torch.tensor([t])) for i, t in enumerate([1, 4])])
+    torch.testing.assert_close(maps, single, rtol=0, atol=1e-6)
