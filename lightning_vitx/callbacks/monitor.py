@@ -6,11 +6,13 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric, Metric
 
 import lightning_vitx.explainers as X
@@ -41,7 +43,7 @@ def default_batch_to_inputs(batch: Any) -> Inputs:
         images, labels, masks = batch, None, None
     if not isinstance(images, Tensor) or images.ndim != 4:
         raise TypeError(
-            "ExplainabilityMonitor could not find images [B, C, H, W] in the validation batch; pass "
+            "ExplainabilityMonitor could not find images [B, C, H, W] in the batch; pass "
             "batch_to_inputs=lambda batch: (images, labels, masks_or_None)"
         )
     return images, labels, masks if isinstance(masks, Tensor) else None
@@ -58,26 +60,88 @@ def spearman_per_sample(a: Tensor, b: Tensor) -> Tensor:
     return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)
 
 
+_MAX_ROW_DIMS = 4  # _gather_rows: rows are at most [n, C, H, W]
+
+
+def _gather_rows(
+    trainer: Trainer, rows: Mapping[str, Tensor | None], size: int, device: torch.device
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Every rank's rows on every rank, through padded ``all_gather`` calls that all ranks make in the same order.
+
+    Call it on every rank, with the same keys in the same order: ``[n, ...]`` tensors with ``n <= size``, or None
+    where this rank has none. A first gather of the shapes tells every rank the trailing shape of each key (a rank
+    without rows does not know it) and which keys nobody holds (skipped everywhere). Rows travel as float32, padded
+    to ``size``; works without a process group too (one rank).
+
+    Returns:
+        ``{key: [world * size, ...]}`` float32 on the CPU, rank r's rows at ``r * size``, for every key some rank
+        holds; and ``{key: [world * size]}`` masks of the real rows (not padding, not missing on their rank).
+    """
+    world = trainer.world_size
+
+    def all_gather(tensor: Tensor) -> Tensor:  # [world, *tensor.shape]; Lightning adds no dim on one device
+        return trainer.strategy.all_gather(tensor).reshape(world, *tensor.shape).cpu()
+
+    header = torch.full((len(rows), 1 + _MAX_ROW_DIMS), -1, dtype=torch.long)  # per key: rows, then trailing shape
+    for k, value in enumerate(rows.values()):
+        header[k, 0] = 0 if value is None else value.shape[0]
+        if value is not None and value.ndim > 1:
+            header[k, 1 : value.ndim] = torch.tensor(value.shape[1:])
+    headers = all_gather(header.to(device))  # [world, keys, 1 + _MAX_ROW_DIMS]
+    gathered, valid = {}, {}
+    for k, (key, value) in enumerate(rows.items()):
+        counts = headers[:, k, 0]
+        shapes = headers[counts > 0, k, 1:]
+        if shapes.shape[0] == 0:  # nobody holds this key: every rank skips the same gather
+            continue
+        if (shapes != shapes[0]).any():  # raised on every rank alike: no rank is left waiting in a collective
+            raise ValueError(f"held-out {key!r} have different shapes across ranks: {shapes.tolist()}")
+        padded = torch.zeros(size, *[d for d in shapes[0].tolist() if d >= 0], device=device)
+        if value is not None:
+            padded[: value.shape[0]] = value.detach()
+        gathered[key] = all_gather(padded).flatten(0, 1)
+        valid[key] = (torch.arange(size)[None] < counts[:, None]).flatten()
+    return gathered, valid
+
+
+@dataclass
+class PanelRows:
+    """The first ``panel_size`` held-out samples by global id, gathered from every rank for the panel and table."""
+
+    ids: Tensor  # [P] global sample ids, ascending
+    images: Tensor  # [P, C, H, W] as the model takes them
+    labels: Tensor | None  # [P]
+    probabilities: Tensor  # [P, classes] from the clean forward of _score
+    maps: dict[str, Tensor]  # explainer -> [P, gh, gw]
+    scores: dict[str, Tensor]  # "explainer/metric" -> [P]
+
+
 class ExplainabilityMonitor(Callback):
     """Every ``every_n_epochs`` validation epoch: explain a fixed held-out set, score it, log scores and panels.
 
     Scores go through ``pl_module.log`` as ``explain/<explainer>/<metric>`` (synced across ranks, so
     ``ModelCheckpoint(monitor="explain/rollout/deletion")`` works), plus ``explain/<explainer>/stability`` (rank
-    correlation with the previous epoch's maps) and ``explain/time_s``. Global rank zero logs a heatmap panel to
-    TensorBoard / W&B, or writes PNGs under the log dir when no image logger is attached.
+    correlation with the previous epoch's maps) and ``explain/time_s``. Global rank zero logs a heatmap panel of the
+    first ``panel_size`` samples by global id (gathered from every rank) to TensorBoard / W&B, or writes PNGs under
+    the log dir when no image logger is attached; ``last_panel`` keeps what it showed.
 
     Args:
         explainers: registry names, or ``{name: options}``.
         metrics: metric names, or ``{name: options}`` (e.g. ``{"deletion": {"steps": 5}}`` halves its cost); mask
             metrics are skipped when the batches carry no masks.
-        num_samples: size of the held-out set: the first validation samples (split over ranks).
+        num_samples: size of the held-out set: the first validation samples (split over ranks), or the first
+            samples of ``dataloader``.
         panel_size: rows of the heatmap panel.
         every_n_epochs: explain every n-th validation epoch.
         target: explain the predicted class (``"pred"``) or the label (``"label"``).
         model_attribute: name of the timm model inside the LightningModule (found automatically when unique).
         batch_size: images per explaining pass.
         on_error: ``"warn"`` (once per explainer, the run goes on) or ``"raise"``.
-        batch_to_inputs: ``batch -> (images, labels, masks or None)`` for batches of another shape.
+        batch_to_inputs: ``batch -> (images, labels, masks or None)`` for batches of another shape (a module-level
+            function under ``strategy="ddp_spawn"``: lambdas do not pickle).
+        dataloader: a held-out set of your own instead of the validation batches: its first ``num_samples`` samples
+            (batches through ``batch_to_inputs``), read once at the first explained epoch. Sample ``g`` is explained
+            on rank ``g % world_size``; every rank reads the loader itself (no ``DistributedSampler`` is added).
 
     Example::
 
@@ -99,6 +163,7 @@ class ExplainabilityMonitor(Callback):
         batch_size: int = 16,
         on_error: Literal["warn", "raise"] = "warn",
         batch_to_inputs: Callable[[Any], Inputs] | None = None,
+        dataloader: DataLoader | None = None,
     ) -> None:
         self.explainer_options = (
             {name: dict(options) for name, options in explainers.items()}
@@ -127,6 +192,11 @@ class ExplainabilityMonitor(Callback):
             raise ValueError(f"target must be 'pred' or 'label', got {target!r}")
         if on_error not in ("warn", "raise"):
             raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
+        if dataloader is not None and not isinstance(dataloader, DataLoader):
+            raise TypeError(
+                f"dataloader must be a torch.utils.data.DataLoader or None, got {type(dataloader).__name__}; "
+                "wrap the held-out dataset: dataloader=DataLoader(dataset, batch_size=...)"
+            )
         self.num_samples = num_samples
         self.panel_size = panel_size
         self.every_n_epochs = every_n_epochs
@@ -135,6 +205,7 @@ class ExplainabilityMonitor(Callback):
         self.batch_size = batch_size
         self.on_error = on_error
         self.batch_to_inputs = batch_to_inputs or default_batch_to_inputs
+        self.dataloader = dataloader
         self.samples: dict[str, Tensor | None] = {}
         self.last_maps: dict[str, Tensor] = {}
         self._collecting = False
@@ -146,6 +217,7 @@ class ExplainabilityMonitor(Callback):
         self._curves: dict[str, dict[str, Any]] = {}
         self._metrics: dict[str, dict[str, Metric]] = {}
         self._stability: dict[str, MeanMetric] = {}
+        self.last_panel: PanelRows | None = None  # what the last panel showed (the same on every rank)
 
     @property
     def explainer_names(self) -> list[str]:
@@ -212,7 +284,7 @@ class ExplainabilityMonitor(Callback):
         return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._collecting = not trainer.sanity_checking and not self.samples
+        self._collecting = self.dataloader is None and not trainer.sanity_checking and not self.samples
 
     def on_validation_batch_end(
         self,
@@ -237,16 +309,33 @@ class ExplainabilityMonitor(Callback):
         if take <= 0:
             self._collecting = False
             return
+        self._keep(rank + (have + torch.arange(take)) * world, slice(0, take), images, labels, masks)
+
+    def _collect_from_loader(self, rank: int, world: int) -> None:
+        """The first ``num_samples`` samples of ``dataloader``: this rank keeps global ids ``g % world == rank``."""
+        assert self.dataloader is not None
+        seen = 0
+        for batch in self.dataloader:
+            images, labels, masks = self.batch_to_inputs(batch)
+            ids = seen + torch.arange(min(images.shape[0], self.num_samples - seen))
+            mine = ids[ids % world == rank]
+            if mine.numel() > 0:
+                self._keep(mine, mine - seen, images, labels, masks)
+            seen += ids.numel()
+            if seen >= self.num_samples:
+                break
+
+    def _keep(
+        self, ids: Tensor, rows: slice | Tensor, images: Tensor, labels: Tensor | None, masks: Tensor | None
+    ) -> None:
+        """Append ``images[rows]`` (and their labels, masks) to the held-out set under global ``ids``, in id order."""
         with torch.inference_mode(False):  # keep plain copies, not inference tensors
-            new = {
-                "ids": rank + (have + torch.arange(take)) * world,
-                "images": images[:take].detach().cpu().clone(),
-                "labels": None if labels is None else labels[:take].detach().cpu().clone(),
-                "masks": None if masks is None else masks[:take].detach().cpu().clone(),
-            }
-        for key, value in new.items():
+            new: dict[str, Tensor | None] = {"ids": ids.cpu().clone()}
+            for key, value in [("images", images), ("labels", labels), ("masks", masks)]:
+                new[key] = None if value is None else value[rows].detach().cpu().clone()
+        for key, part in new.items():
             old = self.samples.get(key)
-            self.samples[key] = value if old is None or value is None else torch.cat([old, value])
+            self.samples[key] = part if old is None or part is None else torch.cat([old, part])
 
     @staticmethod
     def _dataset_length(trainer: Trainer) -> int | None:
@@ -262,6 +351,8 @@ class ExplainabilityMonitor(Callback):
         self._collecting = False
         if not self._due(trainer):  # the same answer on every rank: no collective is skipped on one rank only
             return
+        if self.dataloader is not None and not self.samples:
+            self._collect_from_loader(trainer.global_rank, trainer.world_size)
         start = time.perf_counter()
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
         maps = self._explain(pl_module, show) if self.samples else {}  # a rank may hold no held-out sample
@@ -269,10 +360,11 @@ class ExplainabilityMonitor(Callback):
             self._score(pl_module, maps)
         self._explained_epochs += 1
         pl_module.log("explain/time_s", time.perf_counter() - start, sync_dist=True, reduce_fx="max")
+        self.last_panel = self._gather_panel(trainer, pl_module, maps)  # collectives: every rank, always
         # trainer.log_dir broadcasts under DDP: every rank resolves it, then only rank zero draws.
         picture_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "explanations")
-        if trainer.is_global_zero:
-            self._log_panel(trainer, maps, picture_dir)
+        if trainer.is_global_zero and self.last_panel is not None:
+            self._log_panel(trainer, self.last_panel, picture_dir)
         self.last_maps = {name: m.cpu() for name, m in maps.items()}
 
     # -- work -----------------------------------------------------------------------------------------------
@@ -361,7 +453,8 @@ class ExplainabilityMonitor(Callback):
                     scores["stability"] = self._stability[explainer].compute()
             for name, value in scores.items():
                 if torch.isfinite(value):
-                    pl_module.log(f"explain/{explainer}/{name}", value.float())
+                    # Already synced by torchmetrics; sync_dist averages equal values (and keeps Lightning quiet).
+                    pl_module.log(f"explain/{explainer}/{name}", value.float(), sync_dist=True)
                     logged[f"explain/{explainer}/{name}"] = float(value)
             for name, result in results.items():
                 if "curve" in result and torch.isfinite(result["curve"]).all():
@@ -371,56 +464,78 @@ class ExplainabilityMonitor(Callback):
                 metric.reset()
         self.history.append(logged)
 
-    def _log_panel(self, trainer: Trainer, maps: dict[str, Tensor], picture_dir: str) -> None:
+    def _gather_panel(self, trainer: Trainer, pl_module: LightningModule, maps: dict[str, Tensor]) -> PanelRows | None:
+        """The first ``panel_size`` held-out samples by global id, with what the panel and table show, from all ranks.
+
+        Call it on every rank (it gathers). Each rank sends its first ``panel_size`` rows (its smallest ids); an
+        explainer, label or score column is kept when every shown row has it. None when no rank holds a sample.
+        """
+        score_keys = [f"{explainer}/{metric}" for explainer in self.explainer_names for metric in self.metric_names]
+        rows: dict[str, Tensor | None] = dict.fromkeys(["ids", "images", "labels", "probabilities"])
+        rows.update({f"map/{name}": None for name in self.explainer_names})
+        rows.update({f"score/{key}": None for key in score_keys})
+        if self.samples:
+            first = slice(0, self.panel_size)  # rows are kept in ascending id order
+            for key in ("ids", "images", "labels"):
+                value = self.samples.get(key)
+                rows[key] = None if value is None else value[first]
+            rows["probabilities"] = None if self._probabilities is None else self._probabilities[first]
+            rows.update({f"map/{name}": explanation[first] for name, explanation in maps.items()})
+            rows.update({f"score/{key}": scores[first] for key, scores in self._sample_scores.items()})
+        gathered, valid = _gather_rows(trainer, rows, self.panel_size, pl_module.device)
+        if "ids" not in gathered or "probabilities" not in gathered:
+            return None
+        real = valid["ids"].nonzero()[:, 0]
+        shown = real[gathered["ids"][real].argsort()][: self.panel_size]
+
+        def column(key: str) -> Tensor | None:
+            return gathered[key][shown] if key in gathered and bool(valid[key][shown].all()) else None
+
+        labels = column("labels")
+        panel_maps = {name: column(f"map/{name}") for name in self.explainer_names}
+        panel_scores = {key: column(f"score/{key}") for key in score_keys}
+        return PanelRows(
+            ids=gathered["ids"][shown].long(),
+            images=gathered["images"][shown],
+            labels=None if labels is None else labels.long(),
+            probabilities=gathered["probabilities"][shown],
+            maps={name: m for name, m in panel_maps.items() if m is not None},
+            scores={key: s for key, s in panel_scores.items() if s is not None},
+        )
+
+    def _log_panel(self, trainer: Trainer, panel: PanelRows, picture_dir: str) -> None:
         from lightning_vitx.rendering import model_mean_std, panel_figure
 
-        images = self.samples["images"]
-        assert images is not None
-        shown = slice(0, self.panel_size)
-        labels = self.samples["labels"]
-        assert self._probabilities is not None  # computed by _score on this rank's samples
-        probabilities = self._probabilities[shown].cpu()
-        predicted = probabilities.argmax(1)
+        predicted = panel.probabilities.argmax(1)
         captions = []
         for i, p in enumerate(predicted.tolist()):
-            label = f"label {int(labels[i])}, " if labels is not None else ""
-            captions.append(f"{label}pred {p} ({probabilities[i, p]:.2f})")
+            label = f"label {int(panel.labels[i])}, " if panel.labels is not None else ""
+            captions.append(f"{label}pred {p} ({panel.probabilities[i, p]:.2f})")
         mean, std = model_mean_std(self.model)
-        shown_maps = {n: m[shown].cpu() for n, m in maps.items()}
-        figure = panel_figure(images[shown], shown_maps, mean, std, captions)
+        figure = panel_figure(panel.images, panel.maps, mean, std, captions)
         log_figure(trainer, "explain/panel", figure, trainer.global_step, picture_dir)
         if self._curves:
             log_figure(trainer, "explain/curves", curves_figure(self._curves), trainer.global_step, picture_dir)
-        self._log_table(trainer, images[shown], labels, predicted, probabilities, shown_maps, mean, std)
+        self._log_table(trainer, panel, mean, std)
 
-    def _log_table(
-        self,
-        trainer: Trainer,
-        images: Tensor,
-        labels: Tensor | None,
-        predicted: Tensor,
-        probabilities: Tensor,
-        maps: dict[str, Tensor],
-        mean: Sequence[float],
-        std: Sequence[float],
-    ) -> None:
-        """One row per shown sample: image, label, prediction, one overlay per explainer, each per-sample score."""
+    def _log_table(self, trainer: Trainer, panel: PanelRows, mean: Sequence[float], std: Sequence[float]) -> None:
+        """One row per shown sample: id, image, label, prediction, one overlay per explainer, each per-sample score."""
         from lightning_vitx.rendering import denormalize, overlay
 
         def to_uint8(rgb: Tensor) -> Any:
             return (rgb.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
 
-        pictures = to_uint8(denormalize(images.float(), mean, std))
-        overlays = {name: to_uint8(overlay(images, m, mean, std)) for name, m in maps.items()}
-        score_keys = sorted(self._sample_scores)
-        columns = ["sample", "image", "label", "prediction", "probability", *maps, *score_keys]
+        pictures = to_uint8(denormalize(panel.images, mean, std))
+        overlays = {name: to_uint8(overlay(panel.images, m, mean, std)) for name, m in panel.maps.items()}
+        score_keys = sorted(panel.scores)
+        columns = ["sample", "image", "label", "prediction", "probability", *panel.maps, *score_keys]
         rows = []
-        for i in range(images.shape[0]):
-            p = int(predicted[i])
-            sample_id = int(self.samples["ids"][i]) if self.samples.get("ids") is not None else i  # type: ignore[index]
-            row = [sample_id, pictures[i], None if labels is None else int(labels[i]), p, float(probabilities[i, p])]
-            row += [overlays[name][i] for name in maps]
-            row += [float(self._sample_scores[key][i]) for key in score_keys]
+        for i, sample_id in enumerate(panel.ids.tolist()):
+            p = int(panel.probabilities[i].argmax())
+            label = None if panel.labels is None else int(panel.labels[i])
+            row = [sample_id, pictures[i], label, p, float(panel.probabilities[i, p])]
+            row += [overlays[name][i] for name in panel.maps]
+            row += [float(panel.scores[key][i]) for key in score_keys]
             rows.append(row)
         log_table(trainer, "explain/samples", columns, rows, trainer.global_step)
 

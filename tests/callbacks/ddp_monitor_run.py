@@ -1,11 +1,15 @@
-"""Run by test_monitor_ddp.py: validate a tiny ViT with the monitor on WORLD CPU processes (gloo) or one."""
+"""Run by test_monitor_ddp.py as ``ddp_monitor_run.py OUT STRATEGY...``: validate a tiny ViT with the monitor on one
+CPU process ("single") or two (gloo, "ddp" or "ddp_spawn"). Every rank writes what its monitor saw to
+OUT/<strategy>/<val|loader>/rank<r>.json."""
 
 import json
+import os
 import sys
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
@@ -26,29 +30,59 @@ class Module(L.LightningModule):
         return DataLoader(ShapesDataset(7, 32, seed=1), batch_size=2)  # 7 samples: shards of 4 and 3
 
 
-def main(out: str, world: int) -> None:
-    torch.set_num_threads(1)
-    monitor = ExplainabilityMonitor(
-        explainers=["rollout", "gradcam"],
-        metrics=["deletion", "pointing_game", "relevance_mass"],
-        num_samples=7,
-        panel_size=4,
-    )
+class Record(Callback):
+    """Writes the monitor's held-out ids, synced scores and panel on every rank (under ddp_spawn, in the children)."""
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def on_validation_end(self, trainer, pl_module):
+        (monitor,) = [c for c in trainer.callbacks if isinstance(c, ExplainabilityMonitor)]
+        panel = monitor.last_panel
+        record = {
+            "ids": monitor.samples["ids"].tolist() if monitor.samples else [],
+            "scores": scores(trainer),
+            "panel_ids": panel.ids.tolist(),
+            "panel_maps": {name: m.tolist() for name, m in panel.maps.items()},
+        }
+        os.makedirs(self.out, exist_ok=True)
+        with open(f"{self.out}/rank{trainer.global_rank}.json", "w") as f:
+            json.dump(record, f)
+
+
+def scores(trainer: L.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("explain/")}
+
+
+def validate(out: str, strategy: str, **options) -> L.Trainer:
+    defaults = dict(explainers=["rollout", "gradcam"], metrics=["deletion", "pointing_game", "relevance_mass"])
+    monitor = ExplainabilityMonitor(**{**defaults, "num_samples": 7, "panel_size": 4, **options})
     trainer = L.Trainer(
         accelerator="cpu",
-        devices=world,
-        strategy="ddp" if world > 1 else "auto",
+        devices=1 if strategy == "single" else 2,
+        strategy="auto" if strategy == "single" else strategy,
         logger=CSVLogger(out),
-        callbacks=[monitor],
+        callbacks=[monitor, Record(out)],
         enable_progress_bar=False,
         enable_model_summary=False,
     )
     trainer.validate(Module())
-    ids = monitor.samples["ids"].tolist()
-    scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("explain/")}
-    with open(f"{out}/rank{trainer.global_rank}.json", "w") as f:
-        json.dump({"ids": ids, "scores": scores, "log_dir": trainer.log_dir}, f)
+    return trainer
+
+
+def main(out: str, strategy: str) -> None:
+    if strategy == "ddp_spawn":  # the children write their records; scores come back to this process
+        trainer = validate(f"{out}/{strategy}/val", strategy)
+        with open(f"{out}/{strategy}/val/parent.json", "w") as f:
+            json.dump({"scores": scores(trainer)}, f)
+        return
+    validate(f"{out}/{strategy}/val", strategy)
+    # The user's loader: more samples than num_samples, batches that do not match the shards.
+    validate(f"{out}/{strategy}/loader", strategy, dataloader=DataLoader(ShapesDataset(10, 32, seed=1), batch_size=3))
+    validate(f"{out}/{strategy}/one", strategy, num_samples=1)  # rank 1 holds no sample, yet enters every collective
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    torch.set_num_threads(1)
+    for strategy in sys.argv[2:]:  # "ddp" must run alone: its second process runs this script again
+        main(sys.argv[1], strategy)

@@ -149,6 +149,8 @@ def test_bad_arguments():
         ExplainabilityMonitor(num_samples=0)
     with pytest.raises(ValueError, match="target must be 'pred' or 'label'"):
         ExplainabilityMonitor(target="gt")
+    with pytest.raises(TypeError, match="dataloader must be a torch.utils.data.DataLoader or None, got ShapesDataset"):
+        ExplainabilityMonitor(dataloader=ShapesDataset(4, 32))
 
 
 def test_wandb_offline_run_files_hold_panels_table_and_scores(tmp_path, monkeypatch):
@@ -205,3 +207,52 @@ def test_all_explainers_share_one_capture_pass_per_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(base, "capture_pass", lambda *a, **k: passes.append(1) or original(*a, **k))
     fit(tmp_path, [monitor(batch_size=12)], epochs=1)  # 12 samples, one batch, two explainers
     assert len(passes) == 1
+
+
+def validate(tmp_path, watcher, module, limit_val_batches=3):
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[watcher],
+        limit_val_batches=limit_val_batches,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.validate(module, verbose=False)
+
+
+def test_a_dataloader_gives_the_scores_of_the_same_validation_samples(tmp_path):
+    module = ShapesClassifier()
+    by_batches = monitor()
+    validate(tmp_path, by_batches, module)
+    # 12 samples in batches of 5 from a longer loader; one validation batch (8 samples) would not hold them
+    by_loader = monitor(dataloader=DataLoader(ShapesDataset(40, 32, seed=1), batch_size=5))
+    validate(tmp_path, by_loader, module, limit_val_batches=1)
+    assert by_loader.samples["ids"].tolist() == list(range(12))
+    assert torch.equal(by_loader.samples["images"], by_batches.samples["images"])
+    (expected,), (scores,) = by_batches.history, by_loader.history
+    assert scores.keys() == expected.keys() and len(expected) >= 5
+    for key, value in expected.items():
+        if key != "explain/time_s":
+            assert scores[key] == pytest.approx(value, abs=1e-6), key
+    assert by_loader.last_panel.ids.tolist() == [0, 1, 2, 3]
+    for name, maps in by_batches.last_panel.maps.items():
+        torch.testing.assert_close(by_loader.last_panel.maps[name], maps)
+
+
+def test_a_shuffled_dataloader_is_read_once_and_restored_from_the_state(tmp_path):
+    module = ShapesClassifier()
+    loader = DataLoader(ShapesDataset(40, 32, seed=1), batch_size=5, shuffle=True)
+    first = monitor(dataloader=loader)
+    validate(tmp_path, first, module)
+    images = first.samples["images"].clone()
+    validate(tmp_path, first, module)
+    assert torch.equal(first.samples["images"], images)
+    assert first.history[-1]["explain/rollout/stability"] == pytest.approx(1.0)  # same samples, same model
+    restored = monitor(dataloader=loader)
+    restored.load_state_dict(first.state_dict())
+    validate(tmp_path, restored, module)
+    assert torch.equal(restored.samples["images"], images)
+    assert restored.history[-1]["explain/gmar/stability"] == pytest.approx(1.0)

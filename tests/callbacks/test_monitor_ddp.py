@@ -1,37 +1,102 @@
-"""Two CPU processes (gloo, strategy="ddp") with uneven shards: same scores as one process; no hang."""
+"""Two CPU processes (gloo) with uneven shards, under "ddp" and "ddp_spawn": the same scores and panel as one process.
+
+The runs of ddp_monitor_run.py (one process, ddp, ddp_spawn) start together and are shared by the tests below; they
+are bounded by a timeout, so a hang in a collective fails instead of stalling the suite.
+"""
 
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).with_name("ddp_monitor_run.py")
+TIMEOUT_S = 300
 
 
-def run(out: Path, world: int) -> None:
-    out.mkdir()
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """OUT/<strategy>/<val|loader>/rank<r>.json for each strategy (ddp_spawn: val only, plus parent.json)."""
+    out = tmp_path_factory.mktemp("ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), str(world)], check=True, timeout=240, env=env, capture_output=True
-    )
+    launches = {}
+    for strategies in [["ddp"], ["single", "ddp_spawn"]]:  # two launches at once; the second saves an import
+        log = out / f"{'_'.join(strategies)}.log"
+        with open(log, "w") as stream:  # each launch runs in its own session, so a hang can be killed whole
+            command = [sys.executable, str(SCRIPT), str(out), *strategies]
+            launches[log] = subprocess.Popen(
+                command, env=env, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True
+            )
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        for log, process in launches.items():
+            code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            assert code == 0, f"{log.name} failed:\n{log.read_text()[-4000:]}"
+    finally:
+        for process in launches.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    return out
 
 
-def test_ddp_scores_equal_single_process_and_only_rank_zero_draws(tmp_path):
-    run(tmp_path / "single", 1)
-    run(tmp_path / "ddp", 2)
-    single = json.load(open(tmp_path / "single" / "rank0.json"))
-    rank0 = json.load(open(tmp_path / "ddp" / "rank0.json"))
-    rank1 = json.load(open(tmp_path / "ddp" / "rank1.json"))
+def load(runs: Path, strategy: str, run: str, name: str) -> dict:
+    return json.load(open(runs / strategy / run / f"{name}.json"))
+
+
+def assert_same_scores(scores: dict, expected: dict) -> None:
+    assert set(scores) == set(expected) and len(expected) >= 6
+    for key, value in expected.items():
+        if key != "explain/time_s":
+            assert scores[key] == pytest.approx(value, abs=1e-6), key
+
+
+def assert_same_panel(panel: dict, expected: dict) -> None:
+    assert panel["panel_ids"] == expected["panel_ids"] == [0, 1, 2, 3]  # the first ids of both shards, in order
+    assert set(panel["panel_maps"]) == set(expected["panel_maps"]) == {"rollout", "gradcam"}
+    for name, maps in expected["panel_maps"].items():
+        torch.testing.assert_close(torch.tensor(panel["panel_maps"][name]), torch.tensor(maps), rtol=1e-5, atol=1e-6)
+
+
+def test_ddp_scores_and_panel_equal_single_process_and_only_rank_zero_draws(runs):
+    single = load(runs, "single", "val", "rank0")
+    rank0, rank1 = load(runs, "ddp", "val", "rank0"), load(runs, "ddp", "val", "rank1")
     assert single["ids"] == list(range(7))
     assert rank0["ids"] == [0, 2, 4, 6] and rank1["ids"] == [1, 3, 5]  # uneven shards, no padding duplicate
-    assert set(rank0["scores"]) == set(single["scores"]) and len(single["scores"]) >= 6
-    for key, value in single["scores"].items():
-        if key != "explain/time_s":
-            assert rank0["scores"][key] == pytest.approx(value, abs=1e-6), key
-            assert rank1["scores"][key] == pytest.approx(value, abs=1e-6), key
-    pngs = glob.glob(f"{tmp_path}/ddp/**/explain_panel_*.png", recursive=True)
+    assert_same_scores(rank0["scores"], single["scores"])
+    assert_same_scores(rank1["scores"], single["scores"])
+    assert_same_panel(rank0, single)
+    pngs = glob.glob(f"{runs}/ddp/val/**/explain_panel_*.png", recursive=True)
     assert len(pngs) == 1  # rank 0 only
+
+
+def test_ddp_with_a_dataloader_shards_it_by_rank_and_scores_as_one_process(runs):
+    single = load(runs, "single", "val", "rank0")
+    assert load(runs, "single", "loader", "rank0")["ids"] == list(range(7))
+    rank0, rank1 = load(runs, "ddp", "loader", "rank0"), load(runs, "ddp", "loader", "rank1")
+    assert rank0["ids"] == [0, 2, 4, 6] and rank1["ids"] == [1, 3, 5]
+    assert_same_scores(rank0["scores"], single["scores"])
+    assert_same_scores(rank1["scores"], single["scores"])
+    assert_same_panel(rank0, single)
+
+
+def test_ddp_spawn_completes_with_the_scores_of_one_process(runs):
+    single = load(runs, "single", "val", "rank0")
+    assert_same_scores(load(runs, "ddp_spawn", "val", "parent")["scores"], single["scores"])  # back from the children
+    rank0, rank1 = load(runs, "ddp_spawn", "val", "rank0"), load(runs, "ddp_spawn", "val", "rank1")
+    assert rank0["ids"] == [0, 2, 4, 6] and rank1["ids"] == [1, 3, 5]
+    assert_same_panel(rank0, single)
+
+
+def test_ddp_with_a_rank_that_holds_no_sample(runs):
+    single = load(runs, "single", "one", "rank0")
+    rank0, rank1 = load(runs, "ddp", "one", "rank0"), load(runs, "ddp", "one", "rank1")
+    assert rank0["ids"] == [0] and rank1["ids"] == []
+    assert_same_scores(rank0["scores"], single["scores"])
+    assert_same_scores(rank1["scores"], single["scores"])
+    assert rank0["panel_ids"] == rank1["panel_ids"] == single["panel_ids"] == [0]

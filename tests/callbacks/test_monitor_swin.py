@@ -2,7 +2,6 @@
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import lightning_vitx.explainers as X
