@@ -1,5 +1,5 @@
 """Lightning callbacks."""
 
-from lightning_vitx.callbacks.monitor import ExplainabilityMonitor
+from lightning_vitx.callbacks.monitor import ExplainabilityMonitor, PanelRows
 
-__all__ = ["ExplainabilityMonitor"]
+__all__ = ["ExplainabilityMonitor", "PanelRows"]
