@@ -10,7 +10,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
+import lightning_vitx.explainers as X
 from lightning_vitx.callbacks import ExplainabilityMonitor
+from lightning_vitx.classification import TimmClassifier
 from lightning_vitx.data import ShapesDataset, tiny_vit_for_shapes
 from lightning_vitx.explainers.gmar import GMAR
 
@@ -184,17 +186,7 @@ def test_the_same_monitor_across_validate_calls_under_inference_mode(tmp_path):
     watcher = monitor()
     module = ShapesClassifier()
     for _ in range(2):
-        trainer = L.Trainer(
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            callbacks=[watcher],
-            inference_mode=True,
-            limit_val_batches=3,
-            enable_progress_bar=False,
-            default_root_dir=tmp_path,
-        )
-        trainer.validate(module, verbose=False)
+        validate(tmp_path, watcher, module)  # Trainer(inference_mode=True), the default
     assert len(watcher.history) == 2
     assert "explain/rollout/stability" in watcher.history[-1]
 
@@ -256,3 +248,28 @@ def test_a_shuffled_dataloader_is_read_once_and_restored_from_the_state(tmp_path
     validate(tmp_path, restored, module)
     assert torch.equal(restored.samples["images"], images)
     assert restored.history[-1]["explain/gmar/stability"] == pytest.approx(1.0)
+
+
+SWIN = {"embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "window_size": 4, "img_size": 32}
+
+
+class SwinShapes(TimmClassifier):
+    def train_dataloader(self):
+        return DataLoader(ShapesDataset(32, 32, seed=0), batch_size=16, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(ShapesDataset(16, 32, seed=1), batch_size=8)
+
+
+def test_monitor_explains_and_scores_a_swin(tmp_path):
+    module = SwinShapes("swin_tiny_patch4_window7_224", num_classes=3, model_kwargs=SWIN)
+    names = ["rollout", "raw_attention", "gradcam", "generic_attention", "gmar"]
+    watcher = monitor(explainers=names, metrics={"deletion": {"steps": 4}, "pointing_game": {}}, num_samples=6)
+    trainer, _ = fit(tmp_path, [watcher], epochs=1, module=module)
+    for name in names:
+        assert f"explain/{name}/deletion" in trainer.callback_metrics
+        assert 0.0 <= float(trainer.callback_metrics[f"explain/{name}/pointing_game"]) <= 1.0
+    # Maps at Swin's first-stage grid (32 / 4 = 8), equal to the explainers called directly on the same samples.
+    images = torch.stack([torch.as_tensor(ShapesDataset(16, 32, seed=1)[i][0]) for i in range(6)])
+    expected = X.create("rollout", module.model)(images)
+    torch.testing.assert_close(watcher.last_maps["rollout"], expected, rtol=1e-5, atol=1e-7)
