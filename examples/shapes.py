@@ -1,9 +1,13 @@
 """`make demo`: train a tiny timm ViT from scratch on synthetic shapes with the ExplainabilityMonitor attached.
 
 No account, no network: the data is generated (coloured shapes on noise, with masks, so localisation scores
-are real) and the model starts from random weights. Logs to TensorBoard by default (`--logger wandb` logs to
-W&B, offline unless you are logged in; `--logger csv` writes PNG panels), and ends with a table of scores per
-explainer and epoch, and where the pictures are.
+are real) and the model starts from random weights. The class is the shape of the coloured object; every image
+also holds grey decoy shapes (`--distractors`), so attending to any salient object is not enough: the
+explanations point at the coloured shape only once the model has learnt what decides the class. The monitor
+explains the untrained model first (row `init`, a validation pass before training), then every epoch.
+
+Logs to TensorBoard by default (`--logger wandb` logs to W&B, offline unless you are logged in; `--logger csv`
+writes PNG panels), and ends with a table of scores per explainer and epoch, and where the pictures are.
 
     python examples/shapes.py --epochs 6
 """
@@ -26,7 +30,14 @@ from lightning_vitx.rendering import model_mean_std, panel_figure
 
 
 class ShapesClassifier(L.LightningModule):
-    def __init__(self, image_size: int = 64, train_size: int = 4096, val_size: int = 256, lr: float = 1e-3) -> None:
+    def __init__(
+        self,
+        image_size: int = 64,
+        train_size: int = 8192,
+        val_size: int = 256,
+        lr: float = 1e-3,
+        distractors: int = 2,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.vit = tiny_vit_for_shapes(image_size)
@@ -44,14 +55,20 @@ class ShapesClassifier(L.LightningModule):
         self.log("val_acc", (logits.argmax(1) == labels).float().mean(), prog_bar=True)
 
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=0.05)
+        # A ViT from scratch on a few hundred steps: warm up, then anneal (one cycle), with a short Adam memory.
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=0.05, betas=(0.9, 0.99))
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, self.hparams.lr, total_steps=total, pct_start=0.15)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def dataset(self, size: int, seed: int) -> ShapesDataset:
+        return ShapesDataset(size, self.hparams.image_size, seed=seed, distractors=self.hparams.distractors)
 
     def train_dataloader(self) -> DataLoader:
-        data = ShapesDataset(self.hparams.train_size, self.hparams.image_size, seed=0)
-        return DataLoader(data, batch_size=64, shuffle=True)
+        return DataLoader(self.dataset(self.hparams.train_size, seed=0), batch_size=64, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(ShapesDataset(self.hparams.val_size, self.hparams.image_size, seed=1), batch_size=64)
+        return DataLoader(self.dataset(self.hparams.val_size, seed=1), batch_size=64)
 
 
 def make_logger(kind: str, root: Path):  # type: ignore[no-untyped-def]
@@ -65,7 +82,7 @@ def make_logger(kind: str, root: Path):  # type: ignore[no-untyped-def]
     return L.pytorch.loggers.CSVLogger(root, name="shapes")
 
 
-def print_table(history: list[dict[str, float]]) -> None:
+def print_table(history: list[dict[str, float]], labels: list[str]) -> None:
     keys = sorted({k for row in history for k in row if k.startswith("explain/")})
     explainers = sorted({k.split("/")[1] for k in keys})
     metrics = [
@@ -74,10 +91,10 @@ def print_table(history: list[dict[str, float]]) -> None:
     ]
     print(f"\n{'explainer':18s} {'epoch':>5s} " + " ".join(f"{m:>14s}" for m in metrics))
     for explainer in explainers:
-        for row in history:
+        for row, label in zip(history, labels, strict=True):
             cells = [row.get(f"explain/{explainer}/{m}") for m in metrics]
             text = " ".join(f"{c:14.3f}" if c is not None else f"{'-':>14s}" for c in cells)
-            print(f"{explainer:18s} {int(row['epoch']):5d} {text}")
+            print(f"{explainer:18s} {label:>5s} {text}")
     print("(deletion: lower is better; insertion, pointing_game, relevance_mass: higher is better)")
 
 
@@ -87,6 +104,8 @@ def main() -> None:
     parser.add_argument("--logger", choices=["tensorboard", "wandb", "csv"], default="tensorboard")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--samples", type=int, default=32, help="held-out images explained every epoch")
+    parser.add_argument("--distractors", type=int, default=2, help="grey decoy shapes per image (0: the shape alone)")
+    parser.add_argument("--train-size", type=int, default=8192, help="training images per epoch")
     args = parser.parse_args()
 
     L.seed_everything(0, verbose=False)
@@ -99,17 +118,25 @@ def main() -> None:
     logger = make_logger(args.logger, args.out)
     trainer = L.Trainer(
         max_epochs=args.epochs, accelerator="cpu", devices=1, logger=logger, callbacks=[monitor],
-        default_root_dir=args.out, enable_checkpointing=False, log_every_n_steps=16,
+        default_root_dir=args.out, enable_checkpointing=False, log_every_n_steps=16, gradient_clip_val=1.0,
+        num_sanity_val_steps=0,  # the validation before training below checks the loop, and is explained
     )
-    module = ShapesClassifier()
+    module = ShapesClassifier(train_size=args.train_size, distractors=args.distractors)
+    trainer.validate(module, verbose=False)  # the untrained model: the baseline the epochs are compared with
     trainer.fit(module)
 
-    print_table(monitor.history)
-    first, last = monitor.history[0], monitor.history[-1]
-    for name in X.available():
-        key = f"explain/{name}/pointing_game"
-        if key in first and key in last:
-            print(f"pointing game, {name}: first epoch {first[key]:.3f} -> last epoch {last[key]:.3f}")
+    labels = ["init"] + [str(int(row["epoch"])) for row in monitor.history[1:]]
+    print_table(monitor.history, labels)
+    untrained, first, last = monitor.history[0], monitor.history[1], monitor.history[-1]
+    for metric in ("pointing_game", "relevance_mass"):
+        for name in X.available():
+            key = f"explain/{name}/{metric}"
+            if key in untrained and key in first and key in last:
+                print(
+                    f"{metric.replace('_', ' ')}, {name}: untrained {untrained[key]:.3f} -> first epoch "
+                    f"{first[key]:.3f} -> last epoch {last[key]:.3f}"
+                )
+    print(f"val_acc, last epoch: {float(trainer.callback_metrics['val_acc']):.3f}")
     images = monitor.samples["images"][:6]
     mean, std = model_mean_std(module.vit)
     figure = panel_figure(images, {n: m[:6] for n, m in monitor.last_maps.items()}, mean, std)

@@ -1,13 +1,14 @@
 """Data the project generates: synthetic shapes with masks, for tests, the demo and benchmarks."""
 
 from lightning_vitx.data.modules import ImageFolderDataModule, ShapesDataModule
-from lightning_vitx.data.shapes import SHAPE_CLASSES, ShapesDataset, tiny_vit_for_shapes, train_on_shapes
+from lightning_vitx.data.shapes import SHAPE_CLASSES, ShapesDataset, ShapesSample, tiny_vit_for_shapes, train_on_shapes
 
 __all__ = [
     "SHAPE_CLASSES",
     "ImageFolderDataModule",
     "ShapesDataModule",
     "ShapesDataset",
+    "ShapesSample",
     "tiny_vit_for_shapes",
     "train_on_shapes",
 ]

@@ -15,6 +15,8 @@ __all__ = ["ImageFolderDataModule", "ShapesDataModule"]
 class ShapesDataModule(L.LightningDataModule):
     """Synthetic shapes with masks (batches are ``(images, labels, masks)``), generated on the fly.
 
+    ``distractors`` grey decoy shapes per image make the task need the coloured object (see ``ShapesDataset``).
+
     Example::
 
         >>> data = ShapesDataModule(image_size=32, train_size=8, val_size=4, batch_size=4)
@@ -24,19 +26,27 @@ class ShapesDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, image_size: int = 64, train_size: int = 4096, val_size: int = 256, batch_size: int = 64, seed: int = 0
+        self,
+        image_size: int = 64,
+        train_size: int = 4096,
+        val_size: int = 256,
+        batch_size: int = 64,
+        seed: int = 0,
+        distractors: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.image_size, self.train_size, self.val_size = image_size, train_size, val_size
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.distractors = batch_size, seed, distractors
+
+    def dataset(self, size: int, seed: int) -> ShapesDataset:
+        return ShapesDataset(size, self.image_size, seed=seed, distractors=self.distractors)
 
     def train_dataloader(self) -> DataLoader:
-        data = ShapesDataset(self.train_size, self.image_size, seed=self.seed)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=True)
+        return DataLoader(self.dataset(self.train_size, self.seed), batch_size=self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(ShapesDataset(self.val_size, self.image_size, seed=self.seed + 1), batch_size=self.batch_size)
+        return DataLoader(self.dataset(self.val_size, self.seed + 1), batch_size=self.batch_size)
 
 
 class ImageFolderDataModule(L.LightningDataModule):
