@@ -11,6 +11,7 @@ forward pass of one image. Quote the ratios, not the seconds.
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 
 import lightning as L
@@ -31,6 +32,7 @@ def validate(module: L.LightningModule, data: L.LightningDataModule, callbacks: 
         accelerator="cpu",
         devices=1,
         logger=False,
+        default_root_dir=tempfile.gettempdir(),  # the monitor's PNGs (no logger) land there, not in the checkout
         callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
