@@ -50,14 +50,17 @@ class TokenLayout:
     def num_tokens(self) -> int:
         return self.num_prefix_tokens + self.num_patches
 
-    def readout_weights(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
+    def readout_weights(
+        self, batch_size: int, device: torch.device | str | None = None, grid_size: tuple[int, int] | None = None
+    ) -> Tensor:
         """The row vector ``w`` with ``w @ tokens`` = what the head reads: ``[B, N]``, sums to 1.
 
-        ``N`` counts the tokens of the last block (the readout grid's when it differs from the patch grid).
+        ``N`` counts the tokens of the last block. A head that averages merged tokens (Swin) reads every token of
+        a block alike: ``grid_size`` picks the grid of an earlier block to weigh (default: the readout grid).
         """
         if self.readout_grid_size is not None:
-            count = self.readout_grid_size[0] * self.readout_grid_size[1]
-            return torch.full((batch_size, count), 1.0 / count, device=device)
+            rows, cols = grid_size or self.readout_grid_size
+            return torch.full((batch_size, rows * cols), 1.0 / (rows * cols), device=device)
         weights = torch.zeros(self.num_tokens, device=device)
         if self.readout == "token":
             weights[list(self.readout_tokens)] = 1.0 / len(self.readout_tokens)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lightning_vitx._state import eval_mode
 from lightning_vitx.adapters.base import Adapter, TokenLayout
-from lightning_vitx.adapters.geometry import AttentionGeometry, WindowedAttention, spread
+from lightning_vitx.adapters.geometry import AttentionGeometry, spread
 
 __all__ = ["Capture", "CaptureNeeds", "capture_pass", "explaining", "resolve_target"]
 
@@ -81,15 +81,9 @@ class Capture:
         return int(self.logits.shape[0])
 
     def readout_weights(self, block: int = -1) -> Tensor:
-        """``[B, N]`` weights of the token rows the classifier head reads, over block ``block``'s tokens.
-
-        A head that averages merged tokens (Swin) reads every token of a block alike: uniform weights on the
-        grid of the block asked for.
-        """
-        if self.layout.readout_grid_size is not None:
-            count = self.geometries[block].num_tokens
-            return torch.full((self.batch_size, count), 1.0 / count, device=self.logits.device)
-        return self.layout.readout_weights(self.batch_size, device=self.logits.device)
+        """``[B, N]`` weights of the token rows the classifier head reads, over block ``block``'s tokens."""
+        grid = self.geometries[block].grid_size
+        return self.layout.readout_weights(self.batch_size, device=self.logits.device, grid_size=grid)
 
     def patch_map(self, token_scores: Tensor, block: int = 0) -> Tensor:
         """``[B, N_block]`` scores over block ``block``'s tokens -> ``[B, gh, gw]`` at the patch grid.
@@ -210,10 +204,7 @@ def _register_hooks(
 
 def _check_attention_shapes(attentions: list[Tensor], geometries: list[AttentionGeometry], batch: int) -> None:
     for index, (attention, geometry) in enumerate(zip(attentions, geometries, strict=True)):
-        if isinstance(geometry, WindowedAttention):
-            rows, tokens = batch * geometry.num_windows, geometry.window_area
-        else:
-            rows, tokens = batch, geometry.num_tokens
+        rows, tokens = geometry.captured_shape(batch)
         if attention.shape[0] != rows or tuple(attention.shape[-2:]) != (tokens, tokens):
             raise RuntimeError(
                 f"block {index} recorded attention of shape {list(attention.shape)}, expected [{rows}, heads, "

@@ -37,6 +37,10 @@ class DenseAttention:
     def num_tokens(self) -> int:
         return self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
 
+    def captured_shape(self, batch_size: int) -> tuple[int, int]:
+        """``(rows, tokens)`` of the attention as the module computes it: ``[rows, heads, tokens, tokens]``."""
+        return batch_size, self.num_tokens
+
     def fold(self, captured: Tensor, batch_size: int) -> Tensor:
         """A tensor as the attention module saw it (batch first) -> the per-sample layout: unchanged here."""
         return captured
@@ -88,6 +92,10 @@ class WindowedAttention:
     @property
     def window_area(self) -> int:
         return self.window_size[0] * self.window_size[1]
+
+    def captured_shape(self, batch_size: int) -> tuple[int, int]:
+        """``(rows, tokens)`` of the attention as the module computes it: one row per sample and window."""
+        return batch_size * self.num_windows, self.window_area
 
     def fold(self, captured: Tensor, batch_size: int) -> Tensor:
         """``[B * windows, heads, ...]`` -> ``[B, heads, windows, ...]``."""
