@@ -1,7 +1,8 @@
 """Data the project generates: synthetic shapes with masks, for tests, the demo and benchmarks."""
 
 from lightning_vitx.data.modules import ImageFolderDataModule, ShapesDataModule
-from lightning_vitx.data.shapes import SHAPE_CLASSES, ShapesDataset, ShapesSample, tiny_vit_for_shapes, train_on_shapes
+from lightning_vitx.data.shapes import SHAPE_CLASSES, ShapesDataset, ShapesSample
+from lightning_vitx.data.training import ShapesTraining, held_out_accuracy, tiny_vit_for_shapes, train_on_shapes
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -9,6 +10,8 @@ __all__ = [
     "ShapesDataModule",
     "ShapesDataset",
     "ShapesSample",
+    "ShapesTraining",
+    "held_out_accuracy",
     "tiny_vit_for_shapes",
     "train_on_shapes",
 ]
