@@ -6,6 +6,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,18 @@ from torch import Tensor, nn
 
 from lightning_vitx._registry import Registry
 
-__all__ = ["METRICS", "MetricInfo", "PatchGeometry", "check_inputs", "expand_patches", "finite_maps"]
+__all__ = [
+    "METRICS",
+    "MetricInfo",
+    "PatchGeometry",
+    "as_masks",
+    "check_inputs",
+    "check_target",
+    "expand_patches",
+    "finite_samples",
+    "num_classes_of",
+    "warn_if_empty",
+]
 
 
 @dataclass(frozen=True)
@@ -77,11 +89,20 @@ def check_inputs(model: nn.Module, images: Tensor, maps: Tensor, masks: Tensor |
     return PatchGeometry(grid=grid, patch=patch, image=(int(height), int(width)))
 
 
-def as_masks(masks: Tensor) -> Tensor:
-    """``[B, H, W]`` or ``[B, 1, H, W]``, bool or 0/1 -> bool ``[B, H, W]``."""
+def as_masks(masks: Tensor, ignore_index: int | None = 255) -> Tensor:
+    """``[B, H, W]`` or ``[B, 1, H, W]`` -> bool ``[B, H, W]``: which pixels are the object.
+
+    Bool masks: True. Integer masks: any value other than 0 and ``ignore_index`` (the "void" label of segmentation
+    datasets, 255 by default; void pixels count as not object). Float masks: values above 0.5.
+    """
     if masks.ndim == 4:
         masks = masks[:, 0]
-    return masks.bool() if masks.dtype == torch.bool else masks > 0.5
+    if masks.dtype == torch.bool:
+        return masks
+    if masks.dtype.is_floating_point:
+        return masks > 0.5
+    objects = masks != 0
+    return objects & (masks != ignore_index) if ignore_index is not None else objects
 
 
 def expand_patches(patch_values: Tensor, geometry: PatchGeometry) -> Tensor:
@@ -99,25 +120,65 @@ def patch_fraction(masks: Tensor, geometry: PatchGeometry) -> Tensor:
     return F.avg_pool2d(padded, kernel_size=(ph, pw))[:, 0]
 
 
-def finite_maps(maps: Tensor, who: str) -> Tensor:
-    """Boolean ``[B]``: maps without NaN or inf. Warns when some are not (those samples are skipped and counted)."""
-    finite = torch.isfinite(maps).flatten(1).all(dim=1)
-    bad = int((~finite).sum())
-    if bad:
+def finite_samples(images: Tensor, maps: Tensor, who: str) -> Tensor:
+    """Boolean ``[B]``: samples whose image and map hold no NaN or inf. Warns when some do (skipped and counted)."""
+    finite_images = torch.isfinite(images).flatten(1).all(dim=1).to(maps.device)
+    finite_maps = torch.isfinite(maps).flatten(1).all(dim=1)
+    bad_images, bad_maps = int((~finite_images).sum()), int((~finite_maps).sum())
+    if bad_images or bad_maps:
+        total = maps.shape[0]
+        parts = [f"{bad} of {total} {kind}" for bad, kind in [(bad_images, "images"), (bad_maps, "maps")] if bad]
         warnings.warn(
-            f"{who}: {bad} of {maps.shape[0]} maps contain NaN or inf; those samples are skipped", stacklevel=3
+            f"{who}: {' and '.join(parts)} contain NaN or inf; those samples are skipped (counted in `skipped`)",
+            stacklevel=3,
         )
-    return finite
+    return finite_images & finite_maps
+
+
+def warn_if_empty(metric: Any) -> None:
+    """Warn that ``compute()`` gives NaN when no sample was usable (all skipped, or no update)."""
+    if float(metric.count) == 0:
+        warnings.warn(
+            f"{type(metric).__name__}: no usable sample ({int(metric.skipped)} skipped); the score is NaN",
+            stacklevel=3,
+        )
+
+
+def num_classes_of(model: nn.Module) -> int | None:
+    """The model's class count where it says (timm's ``num_classes``), else None."""
+    count = getattr(model, "num_classes", None)
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else None
+
+
+def check_target(target: Tensor | int | None, batch: int, num_classes: int | None, who: str) -> None:
+    """Raise ``TypeError``/``ValueError`` for a target that is not None, an int or ``LongTensor[B]`` in range."""
+    expected = f"None (the predicted class), an int or an integer tensor of shape [{batch}]"
+    if target is None:
+        return
+    if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
+        raise TypeError(f"{who}: expected target as {expected}, got {type(target).__name__}")
+    if isinstance(target, Tensor):
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+            raise TypeError(f"{who}: expected target as {expected}, got a {target.dtype} tensor")
+        if target.shape != (batch,):
+            raise ValueError(f"{who}: expected target as {expected}, got shape {list(target.shape)}")
+    values = torch.as_tensor(target)
+    if values.numel() and (values.min() < 0 or (num_classes is not None and values.max() >= num_classes)):
+        classes = f"{num_classes} classes (0..{num_classes - 1})" if num_classes is not None else "class indices"
+        raise ValueError(
+            f"{who}: target out of range for {classes}: got values {int(values.min())}..{int(values.max())}"
+        )
 
 
 def resolve_metric_target(
     target: Tensor | int | None, logits_fn: Callable[[], Tensor], batch: int, device: torch.device
 ) -> Tensor:
-    """``None`` -> the predicted class (one clean forward); an int -> for all; a tensor -> as ``LongTensor[B]``."""
+    """``None`` -> the predicted class (one clean forward); an int -> for all; a tensor -> as ``LongTensor[B]``.
+
+    The target is checked first (:func:`check_target`).
+    """
     if target is None:
         return logits_fn().argmax(dim=1)
     if isinstance(target, int):
         return torch.full((batch,), target, dtype=torch.long, device=device)
-    if target.shape != (batch,) or target.dtype.is_floating_point:
-        raise ValueError(f"expected target as an int or LongTensor[{batch}], got {target.dtype} {list(target.shape)}")
     return target.to(device=device, dtype=torch.long)

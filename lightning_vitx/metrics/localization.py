@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -15,8 +16,11 @@ from lightning_vitx.metrics._common import (
     PatchGeometry,
     as_masks,
     check_inputs,
-    finite_maps,
+    check_target,
+    finite_samples,
+    num_classes_of,
     patch_fraction,
+    warn_if_empty,
 )
 
 __all__ = ["PointingGame", "RelevanceMass", "SegmentationScores", "batched_average_precision"]
@@ -25,8 +29,10 @@ __all__ = ["PointingGame", "RelevanceMass", "SegmentationScores", "batched_avera
 class _MaskMetric(Metric):
     """Shared plumbing for the mask metrics.
 
-    Validates inputs, drops non-finite maps and empty masks (counted in ``skipped``) and, by default, averages a
-    per-sample score (``sample_scores``) over all samples, which syncs as two sums.
+    Validates inputs, drops samples with a non-finite image or map, or an empty mask (counted in ``skipped``,
+    with a warning) and, by default, averages a per-sample score (``sample_scores``) over all samples, which syncs
+    as two sums. Which mask pixels are the object: see :func:`lightning_vitx.metrics._common.as_masks`; integer
+    masks equal to ``ignore_index`` (255 by default, the "void" label of segmentation datasets) are not object.
     """
 
     is_differentiable = False
@@ -36,21 +42,34 @@ class _MaskMetric(Metric):
     score_sum: Tensor
     count: Tensor
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, ignore_index: int | None = 255, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+            raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
+        self.ignore_index = ignore_index
         self.add_state("skipped", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("score_sum", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
         self.last_sample_scores: Tensor | None = None
 
     def _valid(
-        self, model: nn.Module, images: Tensor, maps: Tensor, masks: Tensor | None
+        self, model: nn.Module, images: Tensor, maps: Tensor, masks: Tensor | None, target: Tensor | int | None
     ) -> tuple[PatchGeometry, Tensor, Tensor]:
+        who = type(self).__name__
         if masks is None:
-            raise ValueError(f"{type(self).__name__} needs ground-truth masks [B, H, W]; pass masks=...")
+            raise ValueError(f"{who} needs ground-truth masks [B, H, W]; pass masks=...")
         geometry = check_inputs(model, images, maps, masks)
-        masks = as_masks(masks).to(maps.device)
-        keep = finite_maps(maps, type(self).__name__) & masks.flatten(1).any(dim=1)
+        check_target(target, images.shape[0], num_classes_of(model), who)
+        masks = as_masks(masks, self.ignore_index).to(maps.device)
+        finite = finite_samples(images, maps, who)
+        empty = ~masks.flatten(1).any(dim=1)
+        if empty.any():
+            warnings.warn(
+                f"{who}: {int(empty.sum())} of {masks.shape[0]} masks have no object pixel; those samples are "
+                "skipped (counted in `skipped`)",
+                stacklevel=3,
+            )
+        keep = finite & ~empty
         self.skipped += (~keep).sum().to(self.skipped)
         return geometry, maps[keep].float(), masks[keep]
 
@@ -67,12 +86,13 @@ class _MaskMetric(Metric):
         masks: Tensor | None = None,
     ) -> None:
         """Add a batch: ``maps [B, gh, gw]`` at the patch grid, ``masks [B, H, W]`` at image size."""
-        scores = self.sample_scores(*self._valid(model, images, maps, masks))
+        scores = self.sample_scores(*self._valid(model, images, maps, masks, target))
         self.last_sample_scores = scores
         self.score_sum += scores.sum().to(self.score_sum)
         self.count += float(scores.numel())
 
     def compute(self) -> dict[str, Tensor]:
+        warn_if_empty(self)
         return {"score": self.score_sum / self.count}
 
 
@@ -193,7 +213,7 @@ class SegmentationScores(_MaskMetric):
         target: Tensor | int | None = None,
         masks: Tensor | None = None,
     ) -> None:
-        geometry, maps, masks = self._valid(model, images, maps, masks)
+        geometry, maps, masks = self._valid(model, images, maps, masks, target)
         if maps.shape[0] == 0:
             return
         upsampled = F.interpolate(maps[:, None], size=geometry.image, mode="bilinear", align_corners=False)[:, 0]
@@ -213,6 +233,7 @@ class SegmentationScores(_MaskMetric):
         self.count += float(ap.numel())
 
     def compute(self) -> dict[str, Tensor]:
+        warn_if_empty(self)
         miou = (self.intersection / self.union).mean()
         return {
             "score": miou,

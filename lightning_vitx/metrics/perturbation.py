@@ -20,9 +20,12 @@ from lightning_vitx.metrics._common import (
     MetricInfo,
     PatchGeometry,
     check_inputs,
+    check_target,
     expand_patches,
-    finite_maps,
+    finite_samples,
+    num_classes_of,
     resolve_metric_target,
+    warn_if_empty,
 )
 
 __all__ = [
@@ -167,10 +170,16 @@ class _PerturbationMetric(Metric):
         masks: Tensor | None = None,
     ) -> None:
         """Add a batch: ``images [B, C, H, W]`` as the model takes them, ``maps [B, gh, gw]`` at the patch grid."""
+        who = type(self).__name__
         geometry = check_inputs(model, images, maps)
-        keep = finite_maps(maps, type(self).__name__)
+        num_classes = num_classes_of(model)
+        if num_classes is None and target is not None:  # a model that does not say: ask it once
+            with eval_mode(model), torch.no_grad():
+                num_classes = int(model(images[:1]).shape[1])
+        check_target(target, images.shape[0], num_classes, who)
+        keep = finite_samples(images, maps, who)
         self.skipped += (~keep).sum().to(self.skipped)
-        images, maps = images[keep], maps[keep]
+        images, maps = images[keep.to(images.device)], maps[keep]
         if isinstance(target, Tensor):
             target = target[keep.to(target.device)]
         if images.shape[0] == 0:
@@ -197,6 +206,7 @@ class _PerturbationMetric(Metric):
         self.count += float(curves.shape[0])
 
     def compute(self) -> dict[str, Tensor]:
+        warn_if_empty(self)
         curve = self.curve_sum / self.count
         fractions = self.fractions.to(curve.device)
         score = torch.trapezoid(curve, fractions) / (fractions[-1] - fractions[0])
