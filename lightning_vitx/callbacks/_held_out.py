@@ -1,0 +1,163 @@
+"""The monitor's held-out set: reading batches, checking what they hold, keeping samples under global ids.
+
+Two kinds of problem, two behaviours. What ``batch_to_inputs`` returns is checked on the first batch the monitor
+sees (a configuration mistake: :class:`MonitorConfigError` names the argument and the fix, before training).
+Faults in single samples later on (an image with NaN, an image of another size) are data faults: the sample is
+left out of the held-out set with one warning, and counted.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "HeldOut",
+    "Inputs",
+    "MonitorConfigError",
+    "check_inputs",
+    "collect_from_loader",
+    "default_batch_to_inputs",
+]
+
+Inputs = tuple[Tensor, Tensor | None, Tensor | None]
+
+
+class MonitorConfigError(ValueError):
+    """A monitor setting that cannot work with this model or data; raised before the first training step."""
+
+
+def default_batch_to_inputs(batch: Any) -> Inputs:
+    """``(images, labels[, masks])`` from a tuple/list, or a dict with image(s)/label(s)/target/mask(s) keys."""
+    if isinstance(batch, Mapping):
+
+        def pick(*keys: str) -> Any:
+            return next((batch[k] for k in keys if k in batch), None)
+
+        images = pick("images", "image", "x", "input")
+        labels, masks = pick("labels", "label", "targets", "target", "y"), pick("masks", "mask")
+    elif isinstance(batch, (tuple, list)):
+        images = batch[0]
+        labels = batch[1] if len(batch) > 1 else None
+        masks = batch[2] if len(batch) > 2 else None
+    else:
+        images, labels, masks = batch, None, None
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        raise MonitorConfigError(
+            "ExplainabilityMonitor could not find images [B, C, H, W] in the batch; pass "
+            "batch_to_inputs=a function of the batch returning (images, labels_or_None, masks_or_None)"
+        )
+    return images, labels if isinstance(labels, Tensor) else None, masks if isinstance(masks, Tensor) else None
+
+
+def _described(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def check_inputs(inputs: Any, needs_labels: bool) -> Inputs:
+    """What ``batch_to_inputs`` returned, checked: raise :class:`MonitorConfigError` naming the fix, or return it.
+
+    ``images``: float ``[B, C, H, W]``; ``labels``: None or integer ``[B]``; ``masks``: None or ``[B, H, W]`` /
+    ``[B, 1, H, W]`` at the image size. ``needs_labels`` (``target="label"``) makes labels required.
+    """
+    fix = "batch_to_inputs must return (images, labels_or_None, masks_or_None) as torch tensors"
+    if not isinstance(inputs, (tuple, list)) or len(inputs) != 3:
+        raise MonitorConfigError(f"{fix}; it returned {_described(inputs)}")
+    images, labels, masks = inputs
+    if not isinstance(images, Tensor) or images.ndim != 4 or not images.dtype.is_floating_point:
+        raise MonitorConfigError(f"{fix}: images must be a float tensor [B, C, H, W], got {_described(images)}")
+    batch, height, width = images.shape[0], images.shape[2], images.shape[3]
+    if labels is not None:
+        integer = isinstance(labels, Tensor) and not labels.dtype.is_floating_point and labels.dtype != torch.bool
+        if not integer or labels.shape != (batch,):
+            raise MonitorConfigError(
+                f"{fix}: labels must be None or an integer tensor [{batch}] (class indices), got {_described(labels)}"
+            )
+    elif needs_labels:
+        raise MonitorConfigError(
+            "ExplainabilityMonitor(target='label') needs labels, but batch_to_inputs gave None: use target='pred' "
+            "or return the labels from batch_to_inputs"
+        )
+    if masks is not None:
+        shape = tuple(masks.shape) if isinstance(masks, Tensor) else None
+        if shape not in ((batch, height, width), (batch, 1, height, width)):
+            raise MonitorConfigError(
+                f"{fix}: masks must be None or a tensor [{batch}, {height}, {width}] (or [{batch}, 1, {height}, "
+                f"{width}]) at the image size, got {_described(masks)}; resize them with the images"
+            )
+    return images, labels, masks
+
+
+class HeldOut:
+    """The held-out samples one rank explains, in ascending global id order, as CPU tensors.
+
+    ``samples`` holds ``ids``, ``images``, ``labels`` and ``masks`` (the last two may be None) and is what the
+    monitor checkpoints. ``add`` leaves out samples with non-finite images, or of another size than the first
+    kept, with one warning per kind; ``dropped`` counts them.
+    """
+
+    def __init__(self, samples: dict[str, Tensor | None] | None = None) -> None:
+        self.samples: dict[str, Tensor | None] = dict(samples or {})
+        self.dropped: dict[str, int] = {}
+        self.seen = 0  # samples offered to ``add`` (kept or not): the next global id of a validation shard
+
+    def __len__(self) -> int:
+        images = self.samples.get("images")
+        return 0 if images is None else int(images.shape[0])
+
+    def add(
+        self, ids: Tensor, rows: slice | Tensor, images: Tensor, labels: Tensor | None, masks: Tensor | None
+    ) -> None:
+        """Keep ``images[rows]`` (and their labels, masks) under global ``ids``."""
+        self.seen += int(ids.numel())
+        with torch.inference_mode(False):  # plain copies, not inference tensors
+            part: dict[str, Tensor | None] = {"ids": ids.cpu().clone()}
+            for key, value in [("images", images), ("labels", labels), ("masks", masks)]:
+                part[key] = None if value is None else value[rows].detach().cpu().clone()
+        kept = part["images"]
+        assert kept is not None
+        good = torch.isfinite(kept).flatten(1).all(dim=1)
+        self._drop("non-finite", int((~good).sum()), "their images hold NaN or inf")
+        old = self.samples.get("images")
+        if old is not None and old.shape[1:] != kept.shape[1:]:
+            self._drop(
+                "other-size", int(good.sum()), f"they are {list(kept.shape[1:])}, the first were {list(old.shape[1:])}"
+            )
+            return
+        for key, value in part.items():
+            value = None if value is None else value[good]
+            previous = self.samples.get(key)
+            self.samples[key] = value if previous is None or value is None else torch.cat([previous, value])
+
+    def _drop(self, kind: str, count: int, why: str) -> None:
+        if count == 0:
+            return
+        if kind not in self.dropped:
+            warnings.warn(
+                f"ExplainabilityMonitor: {count} held-out samples left out because {why}; later ones are left out "
+                "too and counted (see the monitor's `dropped`)",
+                stacklevel=4,
+            )
+        self.dropped[kind] = self.dropped.get(kind, 0) + count
+
+
+def collect_from_loader(
+    held_out: HeldOut, loader: Any, to_inputs: Callable[[Any], Inputs], limit: int, rank: int, world: int
+) -> None:
+    """The first ``limit`` samples of ``loader``: this rank keeps global ids ``g % world == rank``."""
+    seen = 0
+    for batch in loader:
+        images, labels, masks = to_inputs(batch)
+        ids = seen + torch.arange(min(images.shape[0], limit - seen))
+        mine = ids[ids % world == rank]
+        if mine.numel() > 0:
+            held_out.add(mine, mine - seen, images, labels, masks)
+        seen += ids.numel()
+        if seen >= limit:
+            break

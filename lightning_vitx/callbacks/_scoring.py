@@ -1,0 +1,138 @@
+"""The monitor's scores: one torchmetrics state per explainer and metric, updated ``batch_size`` images at a time."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, Metric
+
+import lightning_vitx.metrics as M
+from lightning_vitx._state import eval_mode
+
+__all__ = ["Scoring", "spearman_per_sample"]
+
+
+def spearman_per_sample(a: Tensor, b: Tensor) -> Tensor:
+    """Rank correlation of two ``[B, gh, gw]`` map batches, per sample (ties ranked by position)."""
+
+    def ranks(x: Tensor) -> Tensor:
+        r = x.flatten(1).argsort(dim=1, stable=True).argsort(dim=1).float()
+        return r - r.mean(dim=1, keepdim=True)
+
+    ra, rb = ranks(a), ranks(b)
+    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)
+
+
+def _chunks(size: int, *tensors: Tensor | None) -> Iterator[list[Any]]:
+    """``size`` rows at a time of each tensor (None stays None)."""
+    total = next(t for t in tensors if t is not None).shape[0]
+    for start in range(0, total, size):
+        yield [None if t is None else t[start : start + size] for t in tensors]
+
+
+class Scoring:
+    """Metric and stability states of one monitor; what the last update saw (probabilities, per-sample scores).
+
+    ``update`` runs every pass over the model ``batch_size`` images at a time (the clean forward and each
+    metric's update), so the monitor's memory follows ``batch_size``, not the held-out set's size.
+    """
+
+    def __init__(
+        self,
+        explainers: Sequence[str],
+        metric_options: Mapping[str, Mapping[str, Any]],
+        device: torch.device,
+        batch_size: int,
+    ) -> None:
+        self.metrics: dict[str, dict[str, Metric]] = {
+            explainer: {name: M.create(name, **options).to(device) for name, options in metric_options.items()}
+            for explainer in explainers
+        }
+        self.stability = {explainer: MeanMetric().to(device) for explainer in explainers}
+        self.batch_size = batch_size
+        self.probabilities: Tensor | None = None  # [N, classes] of the last update, this rank's samples
+        self.sample_scores: dict[str, Tensor] = {}  # "explainer/metric" -> [N]
+        self.curves: dict[str, dict[str, Any]] = {}  # metric -> explainer -> (fractions, mean curve)
+
+    def update(
+        self,
+        model: nn.Module,
+        samples: Mapping[str, Tensor | None],
+        maps: Mapping[str, Tensor],
+        previous_maps: Mapping[str, Tensor],
+        use_labels: bool,
+        device: torch.device,
+        raise_errors: bool,
+        warn: Callable[[str, str], None],
+    ) -> set[str]:
+        """Update every metric with this rank's ``maps``; the ``explainer/metric`` keys that raised."""
+        images, labels, masks = samples.get("images"), samples.get("labels"), samples.get("masks")
+        failed: set[str] = set()
+        self.probabilities, self.sample_scores = None, {}
+        if images is None or images.shape[0] == 0:
+            return failed
+        # One clean forward: the class every metric scores, and the panel's captions.
+        with torch.no_grad(), eval_mode(model):
+            self.probabilities = torch.cat(
+                [model(chunk.to(device)).float().softmax(dim=1) for (chunk,) in _chunks(self.batch_size, images)]
+            )
+        target = labels if use_labels and labels is not None else self.probabilities.argmax(dim=1).cpu()
+        for explainer, explanation in maps.items():
+            for name, metric in self.metrics[explainer].items():
+                if masks is None and M.get_info(name).needs_masks:
+                    continue  # NaN on every rank: no masks to score against
+                key, per_sample = f"{explainer}/{name}", []
+                try:
+                    for image, expl, tgt, mask in _chunks(self.batch_size, images, explanation, target, masks):
+                        mask = None if mask is None else mask.to(device)
+                        metric.update(model, image.to(device), expl.to(device), tgt.to(device), mask)
+                        scores = getattr(metric, "last_sample_scores", None)
+                        if isinstance(scores, Tensor):
+                            per_sample.append(scores.cpu())
+                except Exception as error:  # noqa: BLE001 - a metric must not stop the run unless asked
+                    if raise_errors:
+                        raise
+                    failed.add(key)
+                    warn(f"metric/{key}", f"metric {name!r} failed on {explainer!r}: {error!r}")
+                    continue
+                if per_sample and sum(s.numel() for s in per_sample) == images.shape[0]:
+                    self.sample_scores[key] = torch.cat(per_sample)  # per-sample only when no sample was skipped
+            previous = previous_maps.get(explainer)
+            if previous is not None and previous.shape == explanation.shape:
+                self.stability[explainer].update(spearman_per_sample(explanation, previous.to(device)))
+        return failed
+
+    def compute(self, prefix: str, disabled: set[str], failed: set[str], with_stability: bool) -> dict[str, float]:
+        """``{prefix/explainer/metric: score}`` for every pair, computed or NaN; stability where asked.
+
+        Computing is a collective: call it on every rank with the same ``disabled`` explainers and ``failed``
+        keys. Resets the states.
+        """
+        scores: dict[str, float] = {}
+        for explainer, metrics in self.metrics.items():
+            computed = {}
+            with warnings.catch_warnings():  # a rank without samples, or a disabled explainer, has no update
+                warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+                warnings.filterwarnings("ignore", message=".*no usable sample.*")
+                for name, metric in metrics.items():
+                    if explainer not in disabled and f"{explainer}/{name}" not in failed:
+                        computed[name] = metric.compute()
+                if with_stability and explainer not in disabled:
+                    scores[f"{prefix}/{explainer}/stability"] = float(self.stability[explainer].compute())
+            for name in metrics:
+                value = float(computed[name]["score"]) if name in computed else math.nan
+                scores[f"{prefix}/{explainer}/{name}"] = value
+            for name, result in computed.items():
+                if "curve" in result and torch.isfinite(result["curve"]).all():
+                    x, y = result["fractions"].cpu().numpy(), result["curve"].cpu().numpy()
+                    self.curves.setdefault(name, {})[explainer] = (x, y)
+                elif name in self.curves:
+                    self.curves[name].pop(explainer, None)
+            for metric in [*metrics.values(), self.stability[explainer]]:
+                metric.reset()
+        return scores
