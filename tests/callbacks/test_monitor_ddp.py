@@ -6,6 +6,7 @@ are bounded by a timeout, so a hang in a collective fails instead of stalling th
 
 import glob
 import json
+import math
 import os
 import signal
 import subprocess
@@ -100,3 +101,16 @@ def test_ddp_with_a_rank_that_holds_no_sample(runs):
     assert_same_scores(rank0["scores"], single["scores"])
     assert_same_scores(rank1["scores"], single["scores"])
     assert rank0["panel_ids"] == rank1["panel_ids"] == single["panel_ids"] == [0]
+
+
+def test_an_explainer_failing_on_one_rank_is_disabled_on_every_rank_in_the_same_epoch(runs):
+    single = load(runs, "single", "val", "rank0")["scores"]
+    for rank in ("rank0", "rank1"):
+        record = load(runs, "ddp", "rank1fails", rank)
+        assert record["failed"] == ["gmar"]  # rank 0 ran gmar fine, and still disabled it
+        assert set(record["panel_maps"]) == {"rollout"}
+        scores = record["scores"]
+        assert all(math.isnan(scores[key]) for key in scores if key.startswith("explain/gmar/"))
+        for key, value in single.items():  # the explainer that worked everywhere: scores of all samples
+            if key.startswith("explain/rollout/"):
+                assert scores[key] == pytest.approx(value, abs=1e-6), key
