@@ -11,15 +11,15 @@ import torch
 from lightning.pytorch import Trainer
 from torch import Tensor
 
-__all__ = ["any_rank", "gather_rows"]
+__all__ = ["gather_rows", "sum_over_ranks"]
 
 
-def any_rank(trainer: Trainer, flags: Sequence[bool], device: torch.device) -> list[bool]:
-    """Which of ``flags`` is set on any rank: one small all-reduce (every rank passes the same number of flags)."""
-    local = torch.tensor([float(flag) for flag in flags], device=device)
-    if trainer.world_size > 1 and len(flags) > 0:
+def sum_over_ranks(trainer: Trainer, values: Sequence[float], device: torch.device) -> list[float]:
+    """``values`` summed over every rank: one small all-reduce (every rank passes as many values, in one order)."""
+    local = torch.tensor([float(value) for value in values], dtype=torch.float64, device=device)
+    if trainer.world_size > 1 and len(values) > 0:
         local = trainer.strategy.reduce(local, reduce_op="sum")
-    return [bool(value > 0) for value in local.tolist()]
+    return [float(value) for value in local.tolist()]
 
 
 _MAX_ROW_DIMS = 4  # gather_rows: rows are at most [n, C, H, W]

@@ -58,6 +58,7 @@ class Scoring:
         self.probabilities: Tensor | None = None  # [N, classes] of the last update, this rank's samples
         self.sample_scores: dict[str, Tensor] = {}  # "explainer/metric" -> [N]
         self.curves: dict[str, dict[str, Any]] = {}  # metric -> explainer -> (fractions, mean curve)
+        self.skipped_maps: dict[str, int] = {}  # explainer -> maps of the last update with NaN or inf
 
     def update(
         self,
@@ -74,6 +75,7 @@ class Scoring:
         images, labels, masks = samples.get("images"), samples.get("labels"), samples.get("masks")
         failed: set[str] = set()
         self.probabilities, self.sample_scores = None, {}
+        self.skipped_maps = {name: int((~torch.isfinite(m).flatten(1).all(dim=1)).sum()) for name, m in maps.items()}
         if images is None or images.shape[0] == 0:
             return failed
         # One clean forward: the class every metric scores, and the panel's captions.

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
-from lightning_vitx.callbacks._collectives import any_rank
+from lightning_vitx.callbacks._collectives import sum_over_ranks
 from lightning_vitx.callbacks._explaining import explain_in_batches
 from lightning_vitx.callbacks._held_out import (
     HeldOut,
@@ -39,6 +39,7 @@ from lightning_vitx.callbacks._held_out import (
 )
 from lightning_vitx.callbacks._model import find_model
 from lightning_vitx.callbacks._panel import PanelRows, gather_panel, log_pictures
+from lightning_vitx.callbacks._resume import restore
 from lightning_vitx.callbacks._scoring import Scoring
 
 __all__ = ["ExplainabilityMonitor"]
@@ -182,12 +183,14 @@ class ExplainabilityMonitor(Callback):
         return self._generate_state_key(**keys if self.name == "explain" else {"name": self.name, **keys})
 
     def score_keys(self) -> list[str]:
-        """Every ``<name>/<explainer>/<metric>`` and ``<name>/<explainer>/stability`` key this monitor logs."""
-        return [
-            f"{self.name}/{explainer}/{metric}"
-            for explainer in self.explainer_names
-            for metric in [*self.metric_names, "stability"]
-        ]
+        """Every key this monitor logs.
+
+        ``<name>/<explainer>/<metric>``, ``<name>/<explainer>/stability``, ``<name>/<explainer>/skipped`` (maps
+        with NaN or inf), ``<name>/dropped`` (held-out samples left out) and ``<name>/time_s``.
+        """
+        per_explainer = [*self.metric_names, "stability", "skipped"]
+        keys = [f"{self.name}/{explainer}/{key}" for explainer in self.explainer_names for key in per_explainer]
+        return [*keys, f"{self.name}/dropped", f"{self.name}/time_s"]
 
     # -- setup: configuration mistakes fail here, before training -----------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -203,7 +206,7 @@ class ExplainabilityMonitor(Callback):
 
     def _check_watchers(self, trainer: Trainer) -> None:
         """A ModelCheckpoint / EarlyStopping watching a ``<name>/...`` key this monitor never logs: say so now."""
-        keys = {*self.score_keys(), f"{self.name}/time_s"}
+        keys = set(self.score_keys())
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             watched = getattr(callback, "monitor", None)
             if isinstance(watched, str) and watched.startswith(f"{self.name}/") and watched not in keys:
@@ -358,8 +361,8 @@ class ExplainabilityMonitor(Callback):
                 self.on_error == "raise",
                 self._warn_once,
             )
-            failed = self._agree(trainer, pl_module, failed_here, metric_failures)
-            scores = self.scoring.compute(self.name, self._failed, failed, self._explained_epochs > 0)
+            failed, counts = self._agree(trainer, pl_module, failed_here, metric_failures)
+            scores = {**self.scoring.compute(self.name, self._failed, failed, self._explained_epochs > 0), **counts}
         self._explained_epochs += 1
         scores[f"{self.name}/time_s"] = time.perf_counter() - start
         self._log_scores(pl_module, scores, to_loggers=True)
@@ -390,27 +393,40 @@ class ExplainabilityMonitor(Callback):
         self.last_maps = {name: m.cpu() for name, m in maps.items()}
 
     # -- work -----------------------------------------------------------------------------------------------
-    def _agree(self, trainer: Trainer, pl_module: LightningModule, explainers: set[str], metrics: set[str]) -> set[str]:
-        """Failures of any rank, on every rank: disables failed explainers everywhere; the failed metric keys."""
+    def _agree(
+        self, trainer: Trainer, pl_module: LightningModule, explainers: set[str], metrics: set[str]
+    ) -> tuple[set[str], dict[str, float]]:
+        """Failures and skip counts of every rank, on every rank, from one all-reduce.
+
+        Disables an explainer that failed on any rank everywhere; returns the metric keys that failed on any rank,
+        and the counts to log: ``<name>/<explainer>/skipped`` (maps with NaN or inf, which the metrics skip) and
+        ``<name>/dropped`` (held-out samples left out).
+        """
         names = [name for name in self.explainer_names if name not in self._failed]
         keys = [f"{e}/{m}" for e in self.explainer_names for m in self.metric_names]
-        flags = any_rank(trainer, [n in explainers for n in names] + [k in metrics for k in keys], pl_module.device)
-        for name, flag in zip(names, flags[: len(names)], strict=True):
+        skipped = self.scoring.skipped_maps
+        values = [float(n in explainers) for n in names] + [float(k in metrics) for k in keys]
+        values += [skipped.get(n, 0) for n in self.explainer_names] + [sum(self.held_out.dropped.values())]
+        totals = sum_over_ranks(trainer, values, pl_module.device)
+        for name, flag in zip(names, totals[: len(names)], strict=True):
             if flag and name not in explainers:
                 self._warn_once(f"explainer/{name}", f"explainer {name!r} failed on another rank and is disabled")
             if flag:
                 self._failed.add(name)
-        return {key for key, flag in zip(keys, flags[len(names) :], strict=True) if flag}
+        failed = {key for key, flag in zip(keys, totals[len(names) : len(names) + len(keys)], strict=True) if flag}
+        counts = totals[len(names) + len(keys) :]
+        logged = {f"{self.name}/{n}/skipped": count for n, count in zip(self.explainer_names, counts, strict=False)}
+        logged[f"{self.name}/dropped"] = counts[-1]
+        return failed, logged
 
     def _log_scores(self, pl_module: LightningModule, scores: Mapping[str, float], to_loggers: bool) -> None:
         """Every key, every validation epoch: finite scores to the loggers (``to_loggers``), all to callback_metrics.
 
         Values are already synced (or NaN on every rank alike); ``sync_dist`` averages equal values.
         """
-        keys = [key for key in self.score_keys() if not key.endswith("/stability") or key in scores]
-        for key in [*keys, f"{self.name}/time_s"]:
-            if key.endswith("/time_s") and key not in scores:
-                continue
+        for key in self.score_keys():
+            if key not in scores and key.endswith(("/stability", "/time_s")):
+                continue  # stability from the second explained epoch on; time only where something was timed
             value = scores.get(key, math.nan)
             logger = to_loggers and math.isfinite(value)
             reduce = "max" if key.endswith("/time_s") else "mean"
@@ -429,6 +445,7 @@ class ExplainabilityMonitor(Callback):
     # -- checkpoints -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
+            "settings": self._state_settings(),
             "samples": dict(self.samples),
             "last_maps": dict(self.last_maps),
             "failed": sorted(self._failed),
@@ -436,9 +453,19 @@ class ExplainabilityMonitor(Callback):
             "history": list(self.history),
         }
 
+    def _state_settings(self) -> dict[str, Any]:
+        return {
+            "num_samples": self.num_samples,
+            "own_dataloader": self.dataloader is not None,
+            "explainers": self.explainer_options,
+            "metrics": self.metric_options,
+        }
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.held_out = HeldOut(state_dict.get("samples", {}))
-        self.last_maps = dict(state_dict.get("last_maps", {}))
-        self._failed = set(state_dict.get("failed", []))
-        self._explained_epochs = int(state_dict.get("explained_epochs", 0))
-        self.history = list(state_dict.get("history", []))
+        """Restore the held-out set, last maps and history, reconciled with this monitor's settings (``restore``)."""
+        restored = restore(state_dict, self._state_settings(), self.name, self._warn_once)
+        self.held_out = HeldOut(restored.samples)
+        self.last_maps = restored.last_maps
+        self.history = restored.history
+        self._explained_epochs = restored.explained_epochs
+        self._failed = set()  # tried again after a resume

@@ -111,9 +111,31 @@ def test_a_nan_image_among_the_panel_samples_is_left_out_and_training_completes(
         trainer = fit(tmp_path, [watcher], Classifier(val_data=Edited(nan_image)))
     assert completed(trainer, tmp_path)
     assert watcher.held_out.dropped == {"non-finite": 1}
+    assert float(trainer.callback_metrics["explain/dropped"]) == 1.0
     assert watcher.samples["ids"].tolist() == [0, 2, 3, 4, 5, 6, 7]  # the global ids of the samples kept
     assert math.isfinite(float(trainer.callback_metrics["explain/rollout/deletion"]))
     assert watcher.last_panel.ids.tolist() == [0, 2, 3, 4]
+
+
+def test_a_map_with_nan_is_skipped_by_the_metrics_counted_and_drawn(tmp_path, monkeypatch):
+    from lightning_vitx.explainers.rollout import AttentionRollout
+
+    original = AttentionRollout.read
+
+    def one_nan_map(self, record):
+        maps = original(self, record).clone()
+        maps[0, 0, 0] = float("nan")
+        return maps
+
+    monkeypatch.setattr(AttentionRollout, "read", one_nan_map)
+    watcher = monitor(batch_size=4)  # two explaining passes: two NaN maps of eight
+    with pytest.warns(UserWarning, match="1 of 4 maps contain NaN or inf"):
+        trainer = fit(tmp_path, [watcher])
+    assert completed(trainer, tmp_path)
+    assert float(trainer.callback_metrics["explain/rollout/skipped"]) == 2.0
+    assert float(trainer.callback_metrics["explain/gmar/skipped"]) == 0.0
+    assert math.isfinite(float(trainer.callback_metrics["explain/rollout/deletion"]))
+    assert "rollout" in watcher.last_panel.maps
 
 
 def test_validation_images_of_two_sizes_keep_the_first_size_and_training_completes(tmp_path):

@@ -1,0 +1,67 @@
+"""Resuming the monitor from a checkpoint made with other settings: say so, and do what the change asks for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+__all__ = ["Restored", "restore"]
+
+
+@dataclass
+class Restored:
+    """What a monitor takes back from its checkpointed state."""
+
+    samples: dict[str, Tensor | None]
+    last_maps: dict[str, Tensor]
+    history: list[dict[str, float]]
+    explained_epochs: int
+
+
+def restore(
+    state: Mapping[str, Any], settings: Mapping[str, Any], name: str, warn: Callable[[str, str], None]
+) -> Restored:
+    """The checkpointed ``state`` reconciled with the monitor's current ``settings``, each change with a warning.
+
+    Another ``num_samples`` or held-out source: the held-out set is collected again and stability restarts. An
+    explainer whose options changed: its stability and history restart. A metric whose options changed: its history
+    restarts. Explainers disabled before the checkpoint are tried again (the caller clears them).
+    """
+    saved = state.get("settings", settings)  # a state from before settings were recorded: trusted as it is
+    samples, last_maps = dict(state.get("samples", {})), dict(state.get("last_maps", {}))
+    history = [dict(row) for row in state.get("history", [])]
+    now = "the dataloader" if settings["own_dataloader"] else "validation"
+    if (saved["num_samples"], saved["own_dataloader"]) != (settings["num_samples"], settings["own_dataloader"]):
+        was = "a dataloader" if saved["own_dataloader"] else "validation batches"
+        warn(
+            "resume/samples",
+            f"the checkpoint's held-out set was {saved['num_samples']} samples from {was}; collecting "
+            f"{settings['num_samples']} from {now} again, and stability restarts",
+        )
+        samples, last_maps = {}, {}
+    changed = _changed(saved["explainers"], settings["explainers"])
+    changed_metrics = _changed(saved["metrics"], settings["metrics"])
+    if changed or changed_metrics:
+        warn(
+            "resume/options",
+            f"options changed since the checkpoint for explainers {changed} and metrics {changed_metrics}: "
+            "their stability and history restart",
+        )
+        prefixes = tuple(f"{name}/{explainer}/" for explainer in changed)
+        suffixes = tuple(f"/{metric}" for metric in changed_metrics)
+        history = [
+            {k: v for k, v in row.items() if not (k.startswith(prefixes) or k.endswith(suffixes))} for row in history
+        ]
+        last_maps = {explainer: m for explainer, m in last_maps.items() if explainer not in changed}
+    failed = sorted(state.get("failed", []))
+    if failed:
+        warn("resume/failed", f"explainers {failed} were disabled before the checkpoint; trying them again")
+    return Restored(samples, last_maps, history, int(state.get("explained_epochs", 0)))
+
+
+def _changed(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Names in both whose options differ."""
+    return [key for key in current if key in saved and dict(saved[key]) != dict(current[key])]
