@@ -103,37 +103,48 @@ class HeldOut:
     """
 
     def __init__(self, samples: dict[str, Tensor | None] | None = None) -> None:
-        self.samples: dict[str, Tensor | None] = dict(samples or {})
+        self._samples: dict[str, Tensor | None] = dict(samples or {})
+        self._parts: list[dict[str, Tensor | None]] = []  # added since, concatenated once when read
+        images = self._samples.get("images")
+        self._count = 0 if images is None else int(images.shape[0])
+        self._shape = None if images is None or self._count == 0 else images.shape[1:]
         self.dropped: dict[str, int] = {}
         self.seen = 0  # samples offered to ``add`` (kept or not): the next global id of a validation shard
 
     def __len__(self) -> int:
-        images = self.samples.get("images")
-        return 0 if images is None else int(images.shape[0])
+        return self._count
+
+    @property
+    def samples(self) -> dict[str, Tensor | None]:
+        """``{ids, images, labels, masks}``; the parts added since the last read are concatenated once."""
+        if self._parts:
+            parts = [self._samples, *self._parts] if self._samples else self._parts
+            self._samples = {key: _cat([part[key] for part in parts]) for key in parts[0]}
+            self._parts = []
+        return self._samples
 
     def add(
         self, ids: Tensor, rows: slice | Tensor, images: Tensor, labels: Tensor | None, masks: Tensor | None
     ) -> None:
         """Keep ``images[rows]`` (and their labels, masks) under global ``ids``."""
         self.seen += int(ids.numel())
-        with torch.inference_mode(False):  # plain copies, not inference tensors
-            part: dict[str, Tensor | None] = {"ids": ids.cpu().clone()}
-            for key, value in [("images", images), ("labels", labels), ("masks", masks)]:
-                part[key] = None if value is None else value[rows].detach().cpu().clone()
-        kept = part["images"]
-        assert kept is not None
-        good = torch.isfinite(kept).flatten(1).all(dim=1)
+        kept = images[rows]
+        good = torch.isfinite(kept).flatten(1).all(dim=1).cpu()
         self._drop("non-finite", int((~good).sum()), "their images hold NaN or inf")
-        old = self.samples.get("images")
-        if old is not None and old.shape[1:] != kept.shape[1:]:
+        if self._shape is not None and self._shape != kept.shape[1:]:
             self._drop(
-                "other-size", int(good.sum()), f"they are {list(kept.shape[1:])}, the first were {list(old.shape[1:])}"
+                "other-size", int(good.sum()), f"they are {list(kept.shape[1:])}, the first were {list(self._shape)}"
             )
             return
-        for key, value in part.items():
-            value = None if value is None else value[good]
-            previous = self.samples.get(key)
-            self.samples[key] = value if previous is None or value is None else torch.cat([previous, value])
+        if not bool(good.any()):
+            return
+        self._shape = kept.shape[1:]
+        with torch.inference_mode(False):  # plain copies, not inference tensors
+            part: dict[str, Tensor | None] = {"ids": ids.cpu()[good].clone()}
+            for key, value in [("images", images), ("labels", labels), ("masks", masks)]:
+                part[key] = None if value is None else value[rows].detach().cpu()[good].clone()
+        self._parts.append(part)
+        self._count += int(good.sum())
 
     def _drop(self, kind: str, count: int, why: str) -> None:
         if count == 0:
@@ -145,6 +156,12 @@ class HeldOut:
                 stacklevel=4,
             )
         self.dropped[kind] = self.dropped.get(kind, 0) + count
+
+
+def _cat(values: list[Tensor | None]) -> Tensor | None:
+    """One tensor of all ``values``; None if any part lacks them (labels or masks missing from some batch)."""
+    present = [value for value in values if value is not None]
+    return torch.cat(present) if len(present) == len(values) else None
 
 
 def collect_from_loader(
