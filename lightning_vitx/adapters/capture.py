@@ -24,7 +24,7 @@ from lightning_vitx._state import eval_mode
 from lightning_vitx.adapters.base import Adapter, TokenLayout
 from lightning_vitx.adapters.geometry import AttentionGeometry, spread
 
-__all__ = ["Capture", "CaptureNeeds", "capture_pass", "explaining", "resolve_target"]
+__all__ = ["Capture", "CaptureNeeds", "capture_pass", "check_inputs", "explaining", "resolve_target"]
 
 Target = int | Tensor | None
 
@@ -151,8 +151,18 @@ def explaining(adapter: Adapter) -> Iterator[None]:
                 module.grad_checkpointing = flag
 
 
-def _model_dtype_and_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
-    param = next(model.parameters())
+def check_inputs(adapter: Adapter, images: Tensor) -> tuple[torch.dtype, torch.device]:
+    """Raise a clear error for ``images`` the model can't take; return the model's dtype and device."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"expected images as a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"expected floating-point images, got dtype {images.dtype}; convert with images.float()")
+    adapter.check_images(images)
+    param = next(adapter.model.parameters())
+    if images.device != param.device:
+        raise ValueError(
+            f"images are on {images.device} but the model is on {param.device}; move them with .to({param.device})"
+        )
     return param.dtype, param.device
 
 
@@ -234,15 +244,9 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
         (12, (2, 3, 197, 197))
     """
     needs = needs or CaptureNeeds()
-    if not isinstance(images, Tensor):
-        raise TypeError(f"expected images as a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(f"expected floating-point images, got dtype {images.dtype}; convert with images.float()")
+    dtype, device = check_inputs(adapter, images)
     layout = adapter.layout(images)
     geometries = adapter.attention_geometries(images)
-    dtype, device = _model_dtype_and_device(adapter.model)
-    if images.device != device:
-        raise ValueError(f"images are on {images.device} but the model is on {device}; move them with .to({device})")
 
     attentions: list[Tensor] = []
     head_outputs: list[Tensor] = []

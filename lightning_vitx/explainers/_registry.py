@@ -27,6 +27,8 @@ class ExplainerInfo:
         families: model families it supports (adapter ``family`` values, e.g. ``("vit",)``).
         description: one line for docs and ``--help`` listings.
         reference: the paper it follows.
+        signed: True when maps can be negative (relevance with a sign, drawn with a diverging colormap centred
+            at zero); False for maps that are non-negative by construction.
     """
 
     name: str
@@ -35,6 +37,7 @@ class ExplainerInfo:
     families: tuple[str, ...]
     description: str
     reference: str
+    signed: bool = False
 
 
 _EXPLAINERS: Registry[ExplainerInfo] = Registry("explainer")

@@ -41,6 +41,15 @@ class Explainer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.info.name!r})"
 
+    def _block_index(self, index: int, option: str) -> int:
+        """Validate a block index option (negative counts from the last block) and return it as non-negative."""
+        depth = len(self.adapter.blocks())
+        if isinstance(index, bool) or not isinstance(index, int) or not -depth <= index < depth:
+            raise ValueError(
+                f"{option} must be an int in [{-depth}, {depth}) for this {depth}-block model, got {index!r}"
+            )
+        return index % depth
+
 
 class ReadoutExplainer(Explainer):
     """An explainer that only reads the shared capture pass; ``read`` does the method's maths."""
@@ -59,15 +68,6 @@ class ReadoutExplainer(Explainer):
     def read(self, record: Capture) -> Tensor:
         """The method's maths: maps ``[B, gh, gw]`` from a capture. Subclasses implement it."""
         raise NotImplementedError
-
-    def _block_index(self, index: int, option: str) -> int:
-        """Validate a block index option (negative counts from the last block) and return it as non-negative."""
-        depth = len(self.adapter.blocks())
-        if isinstance(index, bool) or not isinstance(index, int) or not -depth <= index < depth:
-            raise ValueError(
-                f"{option} must be an int in [{-depth}, {depth}) for this {depth}-block model, got {index!r}"
-            )
-        return index % depth
 
 
 class ExplainerGroup:

@@ -8,7 +8,8 @@ from lightning_vitx.explainers import ExplainerInfo, register
 
 
 def test_available_names():
-    assert X.available() == ["generic_attention", "gmar", "gradcam", "raw_attention", "rollout"]
+    expected = ["generic_attention", "gmar", "gradcam", "raw_attention", "rollout", "transformer_attribution"]
+    assert X.available() == expected
     assert {X.get_info(n).needs_gradients for n in ["gradcam", "generic_attention", "gmar"]} == {True}
     assert {X.get_info(n).needs_gradients for n in ["raw_attention", "rollout"]} == {False}
 

@@ -1,0 +1,280 @@
+"""Transformer attribution: the rules by hand, the batched pass against a dense per-image oracle, conservation."""
+
+import pytest
+import timm
+import torch
+from timm.models.vision_transformer import ResPostBlock
+
+import lightning_vitx.explainers as X
+from lightning_vitx.adapters import detect, explaining
+from lightning_vitx.explainers import transformer_attribution as T
+
+# Tiny models: 32x32 images in 8x8 patches (a 4x4 grid), width 16, two heads.
+TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 16, "num_heads": 2, "num_classes": 5}
+TINY_CASES = {
+    "vit": ("vit_tiny_patch16_224", {}),
+    "registers": ("vit_tiny_patch16_224", {"reg_tokens": 2}),
+    "deit_distilled": ("deit_tiny_distilled_patch16_224", {}),
+}
+
+
+def tiny_model(case="vit", depth=2, seed=0):
+    name, kwargs = TINY_CASES[case]
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, depth=depth, **TINY, **kwargs).eval()
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # peaked attention and distinct classes, as in conftest.make_vit
+        for block in model.blocks:
+            block.attn.qkv.weight.normal_(0.0, 0.5, generator=generator)
+    return model
+
+
+def tiny_images(batch=3, seed=5):
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+# --- each rule on numbers small enough to work out by hand -------------------------------------------------------
+
+
+def test_linear_rule_by_hand():
+    # x+ = [1, 0], x- = [0, -1]; W+ = [[2, 0], [1, 3]], W- = [[0, -1], [0, 0]]; z = [2 + 1, 1] = [3, 1].
+    # R = [1, 0]: s = [1/3, 0]; R_x = x+ (s W+) + x- (s W-) = [2/3, 0] + [0, -1 * -1/3] = [2/3, 1/3].
+    x, weight = torch.tensor([[1.0, -1.0]]), torch.tensor([[2.0, -1.0], [1.0, 3.0]])
+    relevance = T._linear_rule(torch.tensor([[1.0, 0.0]]), x, weight)
+    torch.testing.assert_close(relevance, torch.tensor([[2 / 3, 1 / 3]]))
+
+
+def test_add_rule_by_hand():
+    # a + b = [1, 1], R = [1, 1]: LRP-0 gives R_a = [2, 1] (sum 3), R_b = [-1, 0] (sum -1). Shares of the total 2:
+    # 3/4 * 2 = 1.5 and 1/4 * 2 = 0.5, so R_a = [2, 1] * 1.5 / 3 = [1, 0.5], R_b = [-1, 0] * 0.5 / -1 = [0.5, 0].
+    a, b = torch.tensor([[2.0, 1.0]]), torch.tensor([[-1.0, 0.0]])
+    r_a, r_b = T._add_rule(torch.tensor([[1.0, 1.0]]), a, b)
+    torch.testing.assert_close(r_a, torch.tensor([[1.0, 0.5]]))
+    torch.testing.assert_close(r_b, torch.tensor([[0.5, 0.0]]))
+
+
+def test_add_rule_sums_run_per_sample():
+    a, b = torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([[-1.0, 0.0], [3.0, -1.0]])
+    relevance = torch.tensor([[1.0, 1.0], [0.5, 2.0]])
+    r_a, r_b = T._add_rule(relevance, a, b)
+    for i in range(2):
+        alone = T._add_rule(relevance[i : i + 1], a[i : i + 1], b[i : i + 1])
+        torch.testing.assert_close(r_a[i : i + 1], alone[0])
+        torch.testing.assert_close(r_b[i : i + 1], alone[1])
+    torch.testing.assert_close((r_a + r_b).sum(1), relevance.sum(1))
+
+
+def test_matmul_rule_by_hand():
+    # [1, 2] @ [3, 4]^T = 11 with R = 11: s = 1; R_a = [1*3, 2*4] / 2, R_b = [3*1, 4*2] / 2.
+    r_a, r_b = T._matmul_rule(torch.tensor([[11.0]]), torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0], [4.0]]))
+    torch.testing.assert_close(r_a, torch.tensor([[1.5, 4.0]]))
+    torch.testing.assert_close(r_b, torch.tensor([[1.5], [4.0]]))
+
+
+def test_safe_divide_is_zero_where_the_denominator_is():
+    quotient = T._safe_divide(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0.0, 2.0, -1e-9]))
+    torch.testing.assert_close(quotient, torch.tensor([0.0, 0.5, 1e9]))
+
+
+# --- an independent dense oracle: one image at a time, index notation, autograd VJPs, the N x N matrix chain ------
+
+
+@torch.enable_grad()
+def oracle_linear(relevance, x, weight):
+    x_pos, x_neg = x.clamp(min=0).requires_grad_(True), x.clamp(max=0).requires_grad_(True)
+    z = x_pos @ weight.clamp(min=0).T + x_neg @ weight.clamp(max=0).T
+    g_pos, g_neg = torch.autograd.grad(z, (x_pos, x_neg), relevance / (z + 1e-9))
+    return (x_pos * g_pos + x_neg * g_neg).detach()
+
+
+def oracle_add(relevance, a, b):
+    r_a, r_b = a * relevance / (a + b), b * relevance / (a + b)
+    sum_a, sum_b = r_a.sum(), r_b.sum()
+    total = relevance.sum()
+    return r_a * (sum_a.abs() / (sum_a.abs() + sum_b.abs()) * total / sum_a), r_b * (
+        sum_b.abs() / (sum_a.abs() + sum_b.abs()) * total / sum_b
+    )
+
+
+def oracle_map(model, image, target, start_layer=0):
+    """Chefer et al.'s transformer attribution for one image, written out with explicit N x N matrices."""
+    tokens = []
+    handle = model.blocks[0].register_forward_pre_hook(lambda m, i: tokens.append(i[0]))
+    with torch.no_grad():
+        model(image[None])
+    handle.remove()
+    x = tokens[0][0]  # [N, D]
+    num_tokens, width = x.shape
+    kept, attentions = [], []
+    for block in model.blocks:
+        heads = block.attn.num_heads
+        h1 = block.norm1(x)
+        q, k, v = block.attn.qkv(h1).reshape(num_tokens, 3, heads, -1).permute(1, 2, 0, 3)  # [heads, N, d] each
+        attention = torch.softmax(torch.einsum("hid,hjd->hij", q, k) * block.attn.scale, dim=-1)
+        attentions.append(attention)
+        o = torch.einsum("hij,hjd->ihd", attention, v).reshape(num_tokens, width)
+        a = block.attn.proj(o)
+        mid = x + a
+        h2 = block.norm2(mid)
+        f1 = block.mlp.act(block.mlp.fc1(h2))
+        m = block.mlp.fc2(f1)
+        kept.append(dict(x=x, h1=h1, q=q, k=k, v=v, A=attention, o=o, a=a, mid=mid, h2=h2, f1=f1, m=m))
+        x = mid + m
+    final = model.norm(x)
+    classifiers = [model.head] + ([model.head_dist] if getattr(model, "head_dist", None) is not None else [])
+    rows = list(range(len(classifiers)))  # the class token, and the distillation token after it
+    heads_out = [classifier(final[row]) for classifier, row in zip(classifiers, rows, strict=True)]
+    logits = sum(heads_out) / len(heads_out)
+    torch.testing.assert_close(logits, model(image[None])[0].detach(), rtol=1e-4, atol=1e-5)
+    grads = torch.autograd.grad(logits[target], attentions)
+
+    with torch.no_grad():
+        start = torch.zeros_like(logits)
+        start[target] = 1.0
+        shares = [start] if len(rows) == 1 else list(oracle_add(start, heads_out[0], heads_out[1]))
+        relevance = torch.zeros_like(final)
+        for row, share, classifier in zip(rows, shares, classifiers, strict=True):
+            relevance[row] = oracle_linear(share[None], final[row][None], classifier.weight)[0]
+        fused = [None] * len(model.blocks)
+        for index in reversed(range(len(model.blocks))):
+            block, s = model.blocks[index], kept[index]
+            residual, branch = oracle_add(relevance, s["mid"], s["m"])
+            branch = oracle_linear(oracle_linear(branch, s["f1"], block.mlp.fc2.weight), s["h2"], block.mlp.fc1.weight)
+            relevance = residual + branch
+            residual, branch = oracle_add(relevance, s["x"], s["a"])
+            r_o = oracle_linear(branch, s["o"], block.attn.proj.weight).reshape(num_tokens, -1, s["v"].shape[-1])
+            scaled = r_o.transpose(0, 1) / torch.einsum("hij,hjd->hid", s["A"], s["v"])  # [heads, N, d]
+            r_attention = s["A"] * torch.einsum("hjd,hid->hij", s["v"], scaled) / 2
+            r_v = s["v"] * torch.einsum("hij,hid->hjd", s["A"], scaled) / 2
+            fused[index] = (grads[index] * r_attention).clamp(min=0).mean(dim=0)
+            dots = r_attention / torch.einsum("hid,hjd->hij", s["q"], s["k"])
+            r_q = s["q"] * torch.einsum("hjd,hij->hid", s["k"], dots) / 2
+            r_k = s["k"] * torch.einsum("hid,hij->hjd", s["q"], dots) / 2
+            r_qkv = torch.stack([r_q, r_k, r_v]).permute(2, 0, 1, 3).reshape(num_tokens, -1)
+            relevance = residual + oracle_linear(r_qkv, s["h1"], block.attn.qkv.weight)
+        chain = torch.eye(num_tokens)
+        for matrix in fused[start_layer:]:
+            chain = (torch.eye(num_tokens) + matrix) @ chain  # later blocks on the left
+        readout = chain[rows].mean(dim=0)
+    grid = model.patch_embed.grid_size
+    return readout[model.num_prefix_tokens :].reshape(grid)
+
+
+@pytest.mark.parametrize("case", list(TINY_CASES))
+@pytest.mark.parametrize("start_layer", [0, 1])
+def test_batched_pass_equals_the_dense_oracle(case, start_layer):
+    model = tiny_model(case)
+    images = tiny_images()
+    target = torch.tensor([0, 3, 4])
+    maps = X.create("transformer_attribution", model, start_layer=start_layer)(images, target)
+    for i in range(len(images)):
+        expected = oracle_map(model, images[i], int(target[i]), start_layer)
+        assert expected.std() > 0
+        torch.testing.assert_close(maps[i], expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_relevance_is_conserved_block_by_block():
+    """With alpha 1 and the renormalised residual rule, every block's input carries the logit's relevance, 1.
+
+    Exactly so up to rounding, except where a Linear output has no positive contribution (``z = 0``: every
+    ``x_i W_ji <= 0``), whose relevance the rule drops; at width 16 that happens (a ``2**-16`` chance per output
+    and token), hence width 64 here.
+    """
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=3, **{**TINY, "embed_dim": 64}).eval()
+    heads = T._check_supported(model)
+    with explaining(detect(model)), T._recording(model, heads) as record, torch.no_grad():
+        logits = model(tiny_images(batch=4))
+    with torch.no_grad():
+        relevance = T._top_relevance(record, heads, logits.argmax(dim=1))
+        torch.testing.assert_close(relevance.sum(dim=(1, 2)), torch.ones(4), rtol=0, atol=1e-4)
+        for index in reversed(range(3)):
+            attention, relevance = T._block_relevance(model.blocks[index], record.blocks[index], relevance, True)
+            torch.testing.assert_close(relevance.sum(dim=(1, 2)), torch.ones(4), rtol=0, atol=1e-4)
+            # the attention branch's share of 1, halved between A and v
+            assert attention.sum(dim=(1, 2, 3)).ge(0).all() and attention.sum(dim=(1, 2, 3)).le(0.5 + 1e-5).all()
+
+
+def test_start_layer_option():
+    model = tiny_model()
+    images = tiny_images(batch=2)
+    last_only = X.create("transformer_attribution", model, start_layer=-1)(images, 1)
+    torch.testing.assert_close(last_only, X.create("transformer_attribution", model, start_layer=1)(images, 1))
+    with pytest.raises(ValueError, match=r"start_layer must be an int in \[-2, 2\)"):
+        X.create("transformer_attribution", model, start_layer=2)
+
+
+# --- the model is left as found; unsupported models say so -------------------------------------------------------
+
+
+def state(model):
+    return {
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "grads": {n: p.grad for n, p in model.named_parameters()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "training": {n: m.training for n, m in model.named_modules()},
+        "fused": {n: m.fused_attn for n, m in model.named_modules() if hasattr(m, "fused_attn")},
+        "hooks": {
+            n: {attr: list(getattr(m, attr)) for attr in vars(m) if attr.endswith("hooks") or "hooks_" in attr}
+            for n, m in model.named_modules()
+        },
+    }
+
+
+def test_model_left_exactly_as_found_also_when_the_pass_raises():
+    model = tiny_model().train()
+    model.blocks[0].eval()
+    model.blocks[0].attn.fused_attn = True
+    model.blocks[1].attn.fused_attn = False
+    model.blocks[0].requires_grad_(False)
+    images = tiny_images(batch=2)
+    with torch.no_grad():
+        before_output = model(images)  # no dropout in this model: train mode gives the same numbers
+    before = state(model)
+    explainer = X.create("transformer_attribution", model)
+    explainer(images, 2)
+
+    def fail(module, inputs, output):
+        raise RuntimeError("user hook fails halfway")
+
+    handle = model.blocks[1].mlp.register_forward_hook(fail)
+    with pytest.raises(RuntimeError, match="halfway"):
+        explainer(images)
+    handle.remove()
+    after = state(model)
+    for name, param in before["params"].items():
+        torch.testing.assert_close(after["params"][name], param, rtol=0, atol=0)
+    assert all(grad is None for grad in after["grads"].values())
+    for key in ("requires_grad", "training", "fused", "hooks"):
+        assert after[key] == before[key], key
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), before_output, rtol=0, atol=0)
+
+
+def test_unsupported_models_raise_a_clear_type_error():
+    avgpool = timm.create_model("vit_tiny_patch16_224", pretrained=False, class_token=False, global_pool="avg", **TINY)
+    with pytest.raises(TypeError, match=r"class-token ViTs \(global_pool='token'\), got global_pool='avg'"):
+        X.create("transformer_attribution", avgpool)
+    post_norm = timm.create_model("vit_tiny_patch16_224", pretrained=False, block_fn=ResPostBlock, **TINY)
+    with pytest.raises(TypeError, match="pre-norm Block.*block 0 is a ResPostBlock"):
+        X.create("transformer_attribution", post_norm)
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        img_size=32,
+        embed_dim=8,
+        depths=(1, 1),
+        num_heads=(1, 1),
+        window_size=4,
+    )
+    with pytest.raises(TypeError, match=r"transformer_attribution supports \['vit'\] models, got a swin model"):
+        X.create("transformer_attribution", swin)
+    headless = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**TINY, "num_classes": 0})
+    with pytest.raises(TypeError, match="needs a Linear classifier head"):
+        X.create("transformer_attribution", headless)
+
+
+def test_registry_entry():
+    info = X.get_info("transformer_attribution")
+    assert (info.needs_gradients, info.readout, info.families, info.signed) == (True, False, ("vit",), False)
+    assert not X.get_info("rollout").signed
