@@ -35,11 +35,20 @@ def _chunks(size: int, *tensors: Tensor | None) -> Iterator[list[Any]]:
         yield [None if t is None else t[start : start + size] for t in tensors]
 
 
+def _create(name: str, options: Mapping[str, Any], batch_size: int) -> Metric:
+    """The metric, its perturbed images evaluated ``batch_size`` at a time unless the options say otherwise."""
+    metric = M.create(name, **options)
+    if "max_batch" not in options and isinstance(getattr(metric, "max_batch", None), int):
+        metric.max_batch = batch_size
+    return metric
+
+
 class Scoring:
     """Metric and stability states of one monitor; what the last update saw (probabilities, per-sample scores).
 
-    ``update`` runs every pass over the model ``batch_size`` images at a time (the clean forward and each
-    metric's update), so the monitor's memory follows ``batch_size``, not the held-out set's size.
+    ``update`` runs every pass over the model ``batch_size`` images at a time (the clean forward, each metric's
+    update, and its perturbed images unless its options set ``max_batch``), so the monitor's memory follows
+    ``batch_size``, not the held-out set's size.
     """
 
     def __init__(
@@ -50,7 +59,7 @@ class Scoring:
         batch_size: int,
     ) -> None:
         self.metrics: dict[str, dict[str, Metric]] = {
-            explainer: {name: M.create(name, **options).to(device) for name, options in metric_options.items()}
+            explainer: {name: _create(name, options, batch_size).to(device) for name, options in metric_options.items()}
             for explainer in explainers
         }
         self.stability = {explainer: MeanMetric().to(device) for explainer in explainers}

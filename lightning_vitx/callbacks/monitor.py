@@ -62,9 +62,8 @@ class ExplainabilityMonitor(Callback):
     value; use ``EarlyStopping(..., check_finite=False)`` so a NaN does not stop the run. A callback watching a
     ``<name>/...`` key the monitor never logs is a configuration error at setup.
 
-    Memory: every pass over the model (the explainers, the clean forward, each metric's perturbed images, up to
-    the metric's own ``max_batch``) takes at most ``batch_size`` held-out images at a time, whatever
-    ``num_samples`` is.
+    Memory: every pass over the model (the explainers, the clean forward, each metric's perturbed images unless
+    its options set ``max_batch``) takes at most ``batch_size`` images at a time, whatever ``num_samples`` is.
 
     Args:
         explainers: registry names, or ``{name: options}``.
