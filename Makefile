@@ -45,7 +45,7 @@ bench: $(STAMP)
 # Regenerate the lock from pyproject.toml's ranges with the dev and all extras (uv, installed into .venv first).
 lock: $(STAMP)
 	$(PY) -m pip install --quiet uv
-	printf 'setuptools>=68\n' | $(VENV)/bin/uv pip compile pyproject.toml - --extra dev --extra all \
+	printf 'setuptools>=77\n' | $(VENV)/bin/uv pip compile pyproject.toml - --extra dev --extra all \
 		--python-version $(LOCK_PYTHON) $(addprefix -c ,$(MACHINE_CONSTRAINTS)) --upgrade -o $(LOCK)
 
 # Not run by CI: the newest releases the ranges allow (past this machine's cap: pip config files are ignored), in their
