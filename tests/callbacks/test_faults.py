@@ -215,6 +215,15 @@ def test_a_disabled_explainer_keeps_its_keys_as_nan(tmp_path, monkeypatch):
     assert math.isnan(float(trainer.callback_metrics["explain/gmar/deletion"]))
 
 
+def test_a_mask_metric_on_batches_without_masks_keeps_its_key_as_nan(tmp_path):
+    watcher = monitor(batch_to_inputs=no_masks)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "best", monitor="explain/rollout/pointing_game", mode="max")
+    trainer = fit(tmp_path, [watcher, checkpoint])
+    assert completed(trainer, tmp_path)
+    assert math.isnan(float(trainer.callback_metrics["explain/rollout/pointing_game"]))
+    assert math.isfinite(float(trainer.callback_metrics["explain/rollout/deletion"]))
+
+
 def test_a_checkpoint_watching_a_key_never_logged_fails_at_setup(tmp_path):
     watcher = ExplainabilityMonitor(explainers=["rollout"], metrics=["deletion"], num_samples=4)
     with pytest.raises(MonitorConfigError, match=r"ModelCheckpoint\(monitor='explain/gmar/deletion'\) watches a key"):
@@ -232,6 +241,10 @@ def numpy_inputs(batch):
 def small_masks(batch):
     images, labels, masks = batch
     return images, labels, masks[:, ::2, ::2]
+
+
+def no_masks(batch):
+    return batch[0], batch[1], None
 
 
 def no_labels(batch):
