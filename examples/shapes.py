@@ -86,7 +86,8 @@ def print_table(history: list[dict[str, float]], labels: list[str]) -> None:
     keys = sorted({k for row in history for k in row if k.startswith("explain/")})
     explainers = sorted({k.split("/")[1] for k in keys})
     metrics = [
-        m for m in ("deletion", "insertion", "pointing_game", "relevance_mass", "stability")
+        m
+        for m in ("deletion", "insertion", "pointing_game", "relevance_mass", "stability")
         if any(k.endswith("/" + m) for k in keys)
     ]
     print(f"\n{'explainer':18s} {'epoch':>5s} " + " ".join(f"{m:>14s}" for m in metrics))
@@ -117,8 +118,15 @@ def main() -> None:
     )
     logger = make_logger(args.logger, args.out)
     trainer = L.Trainer(
-        max_epochs=args.epochs, accelerator="cpu", devices=1, logger=logger, callbacks=[monitor],
-        default_root_dir=args.out, enable_checkpointing=False, log_every_n_steps=16, gradient_clip_val=1.0,
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=[monitor],
+        default_root_dir=args.out,
+        enable_checkpointing=False,
+        log_every_n_steps=16,
+        gradient_clip_val=1.0,
         num_sanity_val_steps=0,  # the validation before training below checks the loop, and is explained
     )
     module = ShapesClassifier(train_size=args.train_size, distractors=args.distractors)
@@ -139,7 +147,11 @@ def main() -> None:
     print(f"val_acc, last epoch: {float(trainer.callback_metrics['val_acc']):.3f}")
     images = monitor.samples["images"][:6]
     mean, std = model_mean_std(module.vit)
-    figure = panel_figure(images, {n: m[:6] for n, m in monitor.last_maps.items()}, mean, std)
+    signed = {name: X.get_info(name).signed for name in monitor.last_maps}
+    title = f"epoch {int(monitor.history[-1]['epoch'])}, {type(module.vit).__name__}, predicted class explained"
+    figure = panel_figure(
+        images, {n: m[:6] for n, m in monitor.last_maps.items()}, mean, std, signed=signed, title=title
+    )
     path = args.out / "explanations.png"
     figure.savefig(path, dpi=100)
     print(f"\nlast epoch's heatmap panel: {path.resolve()}")

@@ -87,8 +87,13 @@ def log_pictures(
     curves: Mapping[str, Mapping[str, Any]],
     picture_dir: str,
     disabled: Sequence[str] = (),
+    per_map_scale: bool = False,
 ) -> None:
-    """From global rank zero: the heatmap panel, the perturbation curves and (on W&B) the per-sample table."""
+    """From global rank zero: the heatmap panel, the perturbation curves and (on W&B) the per-sample table.
+
+    Each explainer's maps share one colour scale (``per_map_scale`` scales each map to its own range).
+    """
+    import lightning_vitx.explainers as X
     from lightning_vitx.rendering import model_mean_std, panel_figure
 
     predicted = panel.probabilities.argmax(1)
@@ -97,25 +102,37 @@ def log_pictures(
         label = f"label {int(panel.labels[i])}, " if panel.labels is not None else ""
         captions.append(f"{label}pred {p} ({panel.probabilities[i, p]:.2f})")
     mean, std = model_mean_std(model)
-    figure = panel_figure(panel.images, panel.maps, mean, std, captions)
+    signed = {name: X.get_info(name).signed for name in panel.maps}
+    figure = panel_figure(panel.images, panel.maps, mean, std, captions, signed=signed, per_map=per_map_scale)
     if disabled:
         figure.suptitle(f"disabled after a failure: {', '.join(disabled)}", fontsize=9, color="tab:red")
     log_figure(trainer, f"{prefix}/panel", figure, trainer.global_step, picture_dir)
     if curves:
         figure = curves_figure({name: dict(lines) for name, lines in curves.items()})
         log_figure(trainer, f"{prefix}/curves", figure, trainer.global_step, picture_dir)
-    _log_table(trainer, f"{prefix}/samples", panel, mean, std)
+    _log_table(trainer, f"{prefix}/samples", panel, mean, std, signed, per_map_scale)
 
 
-def _log_table(trainer: Trainer, key: str, panel: PanelRows, mean: Sequence[float], std: Sequence[float]) -> None:
+def _log_table(
+    trainer: Trainer,
+    key: str,
+    panel: PanelRows,
+    mean: Sequence[float],
+    std: Sequence[float],
+    signed: Mapping[str, bool],
+    per_map_scale: bool,
+) -> None:
     """One row per shown sample: id, image, label, prediction, one overlay per explainer, each per-sample score."""
-    from lightning_vitx.rendering import denormalize, overlay
+    from lightning_vitx.rendering import denormalize, overlay, per_map_scales, shared_scale
 
     def to_uint8(rgb: Tensor) -> Any:
         return (rgb.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
 
     pictures = to_uint8(denormalize(panel.images, mean, std))
-    overlays = {name: to_uint8(overlay(panel.images, m, mean, std)) for name, m in panel.maps.items()}
+    overlays = {}
+    for name, m in panel.maps.items():
+        scale = per_map_scales(m, signed[name]) if per_map_scale else shared_scale(m, signed[name])
+        overlays[name] = to_uint8(overlay(panel.images, m, mean, std, scale=scale, signed=signed[name]))
     score_keys = sorted(panel.scores)
     columns = ["sample", "image", "label", "prediction", "probability", *panel.maps, *score_keys]
     rows = []

@@ -85,6 +85,8 @@ class ExplainabilityMonitor(Callback):
         dataloader: a held-out set of your own instead of the validation batches: its first ``num_samples`` samples
             (batches through ``batch_to_inputs``), read once at the first explained epoch. Sample ``g`` is explained
             on rank ``g % world_size``; every rank reads the loader itself (no ``DistributedSampler`` is added).
+        per_map_scale: scale each drawn map to its own range; by default all maps of one explainer in one pass
+            share a colour scale, shown by a colour bar, so rows and epochs compare.
         name: prefix of every logged key, of the picture tags and of the state key; give each monitor its own
             when a Trainer has several (two models, or two configurations).
 
@@ -110,6 +112,7 @@ class ExplainabilityMonitor(Callback):
         batch_to_inputs: Callable[[Any], Inputs] | None = None,
         dataloader: DataLoader | None = None,
         name: str = "explain",
+        per_map_scale: bool = False,
     ) -> None:
         self.explainer_options = (
             {name: dict(options) for name, options in explainers.items()}
@@ -148,6 +151,7 @@ class ExplainabilityMonitor(Callback):
         if model_attribute is not None and (not isinstance(model_attribute, str) or not model_attribute):
             raise ValueError(f"model_attribute must be a dotted attribute path or None, got {model_attribute!r}")
         self.name = name
+        self.per_map_scale = bool(per_map_scale)
         self.num_samples = num_samples
         self.panel_size = panel_size
         self.every_n_epochs = every_n_epochs
@@ -253,6 +257,7 @@ class ExplainabilityMonitor(Callback):
             "num_samples": self.num_samples,
             "every_n_epochs": self.every_n_epochs,
             "target": self.target,
+            "per_map_scale": self.per_map_scale,
         }
 
     def _record_config(self, trainer: Trainer) -> None:
@@ -384,7 +389,9 @@ class ExplainabilityMonitor(Callback):
             try:
                 disabled = sorted(self._failed)
                 curves = self.scoring.curves
-                log_pictures(trainer, self.name, self.model, self.last_panel, curves, picture_dir, disabled)
+                log_pictures(
+                    trainer, self.name, self.model, self.last_panel, curves, picture_dir, disabled, self.per_map_scale
+                )
             except Exception as error:  # noqa: BLE001 - a picture must not cost the run
                 if self.on_error == "raise":
                     raise

@@ -1,4 +1,4 @@
-"""Rendering relevance maps: overlays on the model's own view of the image, and panels."""
+"""Rendering relevance maps: colour scales, overlays on the model's own view of the image, and panels."""
 
 from lightning_vitx.rendering.heatmap import (
     colorize,
@@ -8,5 +8,17 @@ from lightning_vitx.rendering.heatmap import (
     overlay,
     panel_figure,
 )
+from lightning_vitx.rendering.scale import MapScale, flat_maps, per_map_scales, shared_scale
 
-__all__ = ["colorize", "denormalize", "model_mean_std", "normalize_maps", "overlay", "panel_figure"]
+__all__ = [
+    "MapScale",
+    "colorize",
+    "denormalize",
+    "flat_maps",
+    "model_mean_std",
+    "normalize_maps",
+    "overlay",
+    "panel_figure",
+    "per_map_scales",
+    "shared_scale",
+]

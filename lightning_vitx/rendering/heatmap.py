@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_vitx.rendering.scale import UNSIGNED_CMAP, MapScale, flat_maps, per_map_scales, shared_scale
+
 __all__ = ["colorize", "denormalize", "model_mean_std", "normalize_maps", "overlay", "panel_figure"]
 
 
@@ -41,7 +43,7 @@ def normalize_maps(maps: Tensor) -> Tensor:
     return scaled.where(finite, 0.0).view_as(maps)
 
 
-def colorize(maps01: Tensor, cmap: str = "jet") -> Tensor:
+def colorize(maps01: Tensor, cmap: str = UNSIGNED_CMAP) -> Tensor:
     """``[B, H, W]`` in ``[0, 1]`` -> RGB ``[B, 3, H, W]`` through a matplotlib colormap."""
     import matplotlib
 
@@ -51,17 +53,30 @@ def colorize(maps01: Tensor, cmap: str = "jet") -> Tensor:
 
 
 def overlay(
-    images: Tensor, maps: Tensor, mean: Sequence[float], std: Sequence[float], alpha: float = 0.5, cmap: str = "jet"
+    images: Tensor,
+    maps: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    alpha: float = 0.7,
+    cmap: str | None = None,
+    scale: MapScale | Sequence[MapScale] | None = None,
+    signed: bool = False,
 ) -> Tensor:
-    """Blend each map, upsampled bilinearly to the image size and min-max scaled, over the image.
+    """Blend each map, upsampled bilinearly to the image size, over the image, on a stated colour scale.
+
+    The heat is blended in proportion to its strength (``alpha`` times the colour position, or its distance from
+    the middle for signed maps), so the image stays visible where there is little relevance.
 
     Args:
         images: ``[B, 3, H, W]`` normalised as the model takes them.
         maps: ``[B, gh, gw]`` relevance at the patch grid.
         mean: per-channel mean the images were normalised with (see ``model_mean_std``).
         std: per-channel std.
-        alpha: weight of the heatmap.
-        cmap: a matplotlib colormap name.
+        alpha: weight of the strongest heat.
+        cmap: a matplotlib colormap name; default ``inferno``, or ``RdBu_r`` for signed maps.
+        scale: one ``MapScale`` for all maps, one per map, or None: one scale shared by the batch
+            (``shared_scale(maps, signed)``), so the maps compare.
+        signed: whether the maps have a sign (zero in the middle of a diverging colormap).
 
     Returns:
         RGB ``[B, 3, H, W]`` float in ``[0, 1]``.
@@ -71,9 +86,15 @@ def overlay(
         >>> overlay(torch.zeros(2, 3, 32, 32), torch.rand(2, 4, 4), (0.5,) * 3, (0.5,) * 3).shape
         torch.Size([2, 3, 32, 32])
     """
+    scales = scale if isinstance(scale, Sequence) else [scale or shared_scale(maps, signed)] * maps.shape[0]
+    if len(scales) != maps.shape[0]:
+        raise ValueError(f"expected one scale or {maps.shape[0]} scales, got {len(scales)}")
     upsampled = F.interpolate(maps[:, None].float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
-    heat = colorize(normalize_maps(upsampled[:, 0]), cmap)
-    return (1 - alpha) * denormalize(images.float(), mean, std) + alpha * heat
+    positions = torch.stack([s.apply(m) for s, m in zip(scales, upsampled[:, 0], strict=True)])
+    heat = colorize(positions, cmap or scales[0].cmap)
+    strength = (2 * positions - 1).abs() if scales[0].signed else positions
+    weight = alpha * strength[:, None]
+    return (1 - weight) * denormalize(images.float(), mean, std) + weight * heat
 
 
 def panel_figure(
@@ -82,19 +103,32 @@ def panel_figure(
     mean: Sequence[float],
     std: Sequence[float],
     captions: Sequence[str] | None = None,
-    cmap: str = "jet",
+    signed: Mapping[str, bool] | None = None,
+    per_map: bool = False,
+    title: str | None = None,
 ) -> Any:
-    """A matplotlib figure: one row per sample, the image then one overlay per explainer, titled."""
+    """A matplotlib figure: one row per sample, the image then one overlay per explainer, with colour bars.
+
+    Each explainer column has one colour scale for all its rows (``shared_scale``), shown by a colour bar under
+    the column; ``per_map=True`` scales each map to its own range instead (the bar then reads 0..1 of each map's
+    range). Flat maps (constant, or all zero) are drawn flat and marked in their cell. ``signed`` names the
+    explainers whose maps have a sign (diverging colormap centred at zero).
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    signed = signed or {}
     rows, columns = images.shape[0], 1 + len(maps)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.0 * rows), squeeze=False)
-    overlays = [overlay(images, explanation, mean, std, cmap=cmap) for explanation in maps.values()]
-    pictures = [denormalize(images.float(), mean, std), *overlays]
-    titles = ["image", *maps]
+    figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.0 * rows + 0.6), squeeze=False)
+    pictures = [denormalize(images.float(), mean, std)]
+    scales: list[MapScale | list[MapScale]] = []
+    for name, explanation in maps.items():
+        is_signed = bool(signed.get(name, False))
+        scale = per_map_scales(explanation, is_signed) if per_map else shared_scale(explanation, is_signed)
+        pictures.append(overlay(images, explanation, mean, std, scale=scale, signed=is_signed))
+        scales.append(scale)
     for row in range(rows):
         for column in range(columns):
             axis = axes[row][column]
@@ -102,8 +136,40 @@ def panel_figure(
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
-                axis.set_title(titles[column], fontsize=9)
+                axis.set_title(["image", *maps][column], fontsize=9)
         if captions is not None:
             axes[row][0].set_ylabel(captions[row], fontsize=8)
-    figure.tight_layout()
+    for column, (explanation, scale) in enumerate(zip(maps.values(), scales, strict=True), start=1):
+        _mark_flat(axes[:, column], explanation)
+        _colour_bar(figure, axes[:, column], scale)
+    if title:
+        figure.suptitle(title, fontsize=9)
     return figure
+
+
+def _mark_flat(axes: Any, maps: Tensor) -> None:
+    """Write "all zero" or "flat <value>" in the cells of maps that are constant."""
+    constant, zero = flat_maps(maps)
+    for axis, single, is_flat, is_zero in zip(axes, maps, constant.tolist(), zero.tolist(), strict=True):
+        if is_flat:
+            mark = "all zero" if is_zero else f"flat {float(single.flatten()[0]):.3g}"
+            box = {"facecolor": "black", "alpha": 0.6, "pad": 1.5, "linewidth": 0}
+            axis.text(0.03, 0.97, mark, transform=axis.transAxes, fontsize=7, va="top", color="white", bbox=box)
+
+
+def _colour_bar(figure: Any, axes: Any, scale: MapScale | list[MapScale]) -> None:
+    """A horizontal colour bar under a column, showing its scale's range (0..1 of each map's own for per-map)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    reference = scale[0] if isinstance(scale, list) else scale
+    low, high = (0.0, 1.0) if isinstance(scale, list) else (reference.low, reference.high)
+    if high <= low:  # a flat column: a bar of zero width would not draw
+        low, high = low - 0.5, high + 0.5
+    mappable = ScalarMappable(Normalize(low, high), reference.cmap)
+    bar = figure.colorbar(mappable, ax=axes, orientation="horizontal", fraction=0.04, pad=0.02, aspect=15)
+    bar.ax.tick_params(labelsize=6)
+    if isinstance(scale, list):
+        bar.set_label("each map's own range", fontsize=6)
+    elif reference.flat:
+        bar.set_label(f"flat: every map {reference.low:.3g}", fontsize=6)

@@ -1,6 +1,16 @@
 import torch
 
-from lightning_vitx.rendering import colorize, denormalize, model_mean_std, normalize_maps, overlay, panel_figure
+from lightning_vitx.rendering import (
+    colorize,
+    denormalize,
+    flat_maps,
+    model_mean_std,
+    normalize_maps,
+    overlay,
+    panel_figure,
+    per_map_scales,
+    shared_scale,
+)
 
 
 def test_normalize_maps_min_max_per_map():
@@ -22,12 +32,13 @@ def test_colorize_uses_the_colormap_ends():
     torch.testing.assert_close(rgb[0, :, 0, 1], torch.ones(3))
 
 
-def test_overlay_puts_heat_where_the_map_is_high():
+def test_overlay_puts_heat_where_the_map_is_high_and_leaves_the_image_where_it_is_low():
     maps = torch.zeros(1, 2, 2)
     maps[0, 0, 0] = 1.0
     out = overlay(torch.zeros(1, 3, 32, 32), maps, (0.5,) * 3, (0.5,) * 3, alpha=1.0, cmap="gray")
     assert out.shape == (1, 3, 32, 32)
-    assert out[0, :, 0, 0].mean() > 0.9 and out[0, :, -1, -1].mean() < 0.1
+    assert out[0, :, 0, 0].mean() > 0.9  # full heat: white
+    torch.testing.assert_close(out[0, :, -1, -1], torch.full((3,), 0.5))  # no relevance: the grey image itself
 
 
 def test_model_mean_std_reads_pretrained_cfg(models):
@@ -35,10 +46,67 @@ def test_model_mean_std_reads_pretrained_cfg(models):
 
 
 def test_panel_figure_has_one_row_per_sample_and_titled_columns(tmp_path):
-    figure = panel_figure(torch.zeros(3, 3, 16, 16), {"a": torch.rand(3, 2, 2), "b": torch.rand(3, 2, 2)},
-                          (0.5,) * 3, (0.5,) * 3, captions=["x", "y", "z"])
-    axes = figure.get_axes()
+    figure = panel_figure(
+        torch.zeros(3, 3, 16, 16),
+        {"a": torch.rand(3, 2, 2), "b": torch.rand(3, 2, 2)},
+        (0.5,) * 3,
+        (0.5,) * 3,
+        captions=["x", "y", "z"],
+    )
+    axes = [axis for axis in figure.get_axes() if axis.get_label() != "<colorbar>"]
     assert len(axes) == 9
     assert [axis.get_title() for axis in axes[:3]] == ["image", "a", "b"]
     figure.savefig(tmp_path / "panel.png")
     assert (tmp_path / "panel.png").stat().st_size > 1000
+
+
+def colour_bars(figure):
+    return [axis for axis in figure.get_axes() if axis.get_label() == "<colorbar>"]
+
+
+def test_maps_of_one_explainer_share_the_colour_scale_and_the_bar_shows_its_range():
+    maps = torch.tensor([[[0.0, 1.0], [2.0, 4.0]], [[0.0, 0.5], [1.0, 2.0]]])  # the second is half the first
+    scale = shared_scale(maps)
+    assert (scale.low, scale.high) == (0.0, 4.0)
+    positions = scale.apply(maps)
+    torch.testing.assert_close(positions[1], positions[0] / 2)  # not stretched to its own range
+    figure = panel_figure(torch.zeros(2, 3, 8, 8), {"a": maps}, (0.5,) * 3, (0.5,) * 3)
+    (bar,) = colour_bars(figure)
+    assert bar.get_xlim() == (0.0, 4.0)
+    (per_map,) = colour_bars(panel_figure(torch.zeros(2, 3, 8, 8), {"a": maps}, (0.5,) * 3, (0.5,) * 3, per_map=True))
+    assert per_map.get_xlim() == (0.0, 1.0) and per_map.get_xlabel() == "each map's own range"
+    torch.testing.assert_close(per_map_scales(maps)[1].apply(maps[1]), per_map_scales(maps)[0].apply(maps[0]))
+
+
+def test_constant_and_all_zero_maps_are_drawn_flat_and_marked():
+    maps = torch.stack([torch.full((2, 2), 3.0), torch.zeros(2, 2), torch.tensor([[0.0, 1.0], [2.0, 4.0]])])
+    constant, zero = flat_maps(maps)
+    assert constant.tolist() == [True, True, False] and zero.tolist() == [False, True, False]
+    drawn = overlay(torch.zeros(3, 3, 8, 8), maps, (0.5,) * 3, (0.5,) * 3)
+    assert drawn[0].flatten(1).std(dim=1).max() == 0 and drawn[1].flatten(1).std(dim=1).max() == 0
+    assert drawn[2].flatten(1).std(dim=1).min() > 0
+    figure = panel_figure(torch.zeros(3, 3, 8, 8), {"a": maps}, (0.5,) * 3, (0.5,) * 3)
+    cells = [axis for axis in figure.get_axes() if axis.get_label() != "<colorbar>"][1::2]
+    assert [[text.get_text() for text in cell.texts] for cell in cells] == [["flat 3"], ["all zero"], []]
+    # A whole column of zeros: flat at the bottom of the scale, and the bar says so.
+    only_zeros = panel_figure(torch.zeros(2, 3, 8, 8), {"a": torch.zeros(2, 2, 2)}, (0.5,) * 3, (0.5,) * 3)
+    assert colour_bars(only_zeros)[0].get_xlabel() == "flat: every map 0"
+    assert shared_scale(torch.zeros(2, 2, 2)).apply(torch.zeros(2, 2, 2)).eq(0).all()
+
+
+def test_a_signed_map_is_centred_at_zero_on_a_diverging_colormap():
+    maps = torch.tensor([[[-1.0, 0.0], [0.5, 3.0]]])
+    scale = shared_scale(maps, signed=True)
+    assert (scale.low, scale.high, scale.cmap) == (-3.0, 3.0, "RdBu_r")
+    torch.testing.assert_close(scale.apply(maps), torch.tensor([[[1 / 3, 0.5], [0.5833333, 1.0]]]))
+    figure = panel_figure(torch.zeros(1, 3, 8, 8), {"lrp": maps}, (0.5,) * 3, (0.5,) * 3, signed={"lrp": True})
+    assert colour_bars(figure)[0].get_xlim() == (-3.0, 3.0)
+    zero_pixel = overlay(torch.zeros(1, 3, 8, 8), torch.zeros(1, 2, 2), (0.5,) * 3, (0.5,) * 3, signed=True)
+    torch.testing.assert_close(zero_pixel, torch.full((1, 3, 8, 8), 0.5))  # zero relevance: the image untouched
+
+
+def test_non_finite_values_do_not_stretch_or_break_the_scale():
+    maps = torch.tensor([[[float("nan"), 1.0], [2.0, float("inf")]]])
+    scale = shared_scale(maps)
+    assert (scale.low, scale.high) == (1.0, 2.0)
+    torch.testing.assert_close(scale.apply(maps), torch.tensor([[[0.0, 0.0], [1.0, 0.0]]]))

@@ -1,0 +1,89 @@
+"""Colour scales for relevance maps: one documented range per explainer per pass, so rows and columns compare.
+
+A :class:`MapScale` maps relevance values to ``[0, 1]`` colour positions. The default is one scale shared by all
+maps of one explainer in one pass (``shared_scale``): the colour bar shows its range, and a map that is flat
+(constant, or all zero) is drawn flat at its level instead of being stretched over the whole colormap. Signed maps
+(LRP-family relevance) use a symmetric range, so zero is the middle of a diverging colormap. ``per_map_scales``
+scales every map to its own range, for those who want it (then maps no longer compare).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["MapScale", "flat_maps", "per_map_scales", "shared_scale"]
+
+UNSIGNED_CMAP = "inferno"  # perceptually ordered, dark where there is no relevance
+SIGNED_CMAP = "RdBu_r"  # diverging: blue negative, white zero, red positive
+
+
+@dataclass(frozen=True)
+class MapScale:
+    """Values ``low..high`` to colour positions ``0..1``; signed scales are symmetric (``low == -high``).
+
+    Example::
+
+        >>> scale = MapScale(-2.0, 2.0, signed=True)
+        >>> scale.apply(torch.tensor([[[-2.0, 0.0, 2.0]]])).tolist()
+        [[[0.0, 0.5, 1.0]]]
+    """
+
+    low: float
+    high: float
+    signed: bool = False
+
+    @property
+    def flat(self) -> bool:
+        """No spread: every map it covers is one constant value (all zero included)."""
+        return not self.high > self.low
+
+    @property
+    def cmap(self) -> str:
+        return SIGNED_CMAP if self.signed else UNSIGNED_CMAP
+
+    def apply(self, maps: Tensor) -> Tensor:
+        """``maps`` -> colour positions in ``[0, 1]``; NaN/inf go to the scale's zero (0, or 0.5 when signed).
+
+        A flat scale draws every value at its zero position: nothing is stretched.
+        """
+        zero = 0.5 if self.signed else 0.0
+        maps = maps.float()
+        if self.flat:
+            return torch.full_like(maps, zero)
+        scaled = ((maps - self.low) / (self.high - self.low)).clamp(0.0, 1.0)
+        return scaled.where(torch.isfinite(maps), torch.tensor(zero, device=maps.device))
+
+
+def _finite_range(values: Tensor) -> tuple[float, float]:
+    finite = values[torch.isfinite(values)]
+    if finite.numel() == 0:
+        return 0.0, 0.0
+    return float(finite.min()), float(finite.max())
+
+
+def shared_scale(maps: Tensor, signed: bool = False) -> MapScale:
+    """One scale for all of ``maps [B, h, w]``: their finite min..max, or ``-m..m`` (``m`` = max ``|value|``)."""
+    low, high = _finite_range(maps)
+    if signed:
+        bound = max(abs(low), abs(high))
+        return MapScale(-bound, bound, signed=True)
+    return MapScale(low, high)
+
+
+def per_map_scales(maps: Tensor, signed: bool = False) -> list[MapScale]:
+    """One scale per map: each stretched to its own range (maps then no longer compare)."""
+    return [shared_scale(single[None], signed) for single in maps]
+
+
+def flat_maps(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """Bool ``[B]`` pairs: maps that are constant over their finite values, and those that are all zero."""
+    flat = maps.flatten(1).float()
+    finite = torch.isfinite(flat)
+    low = flat.where(finite, torch.inf).amin(dim=1)
+    high = flat.where(finite, -torch.inf).amax(dim=1)
+    constant = (high <= low) | ~finite.any(dim=1)
+    zero = constant & ((low == 0) | ~finite.any(dim=1))
+    return constant, zero
