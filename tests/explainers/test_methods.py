@@ -129,10 +129,7 @@ def test_vector_propagation_equals_matrix_chain(case, models, make_images):
     torch.testing.assert_close(generic, readout(chain(fused)), rtol=1e-4, atol=1e-6)
     # GMAR
     gmar = X.create("gmar", model, norm="l2")
-    fused = [
-        0.5 * eye + 0.5 * (gmar.head_weights(g)[..., None, None] * a).sum(dim=1)
-        for a, g in pairs
-    ]
+    fused = [0.5 * eye + 0.5 * (gmar.head_weights(g)[..., None, None] * a).sum(dim=1) for a, g in pairs]
     torch.testing.assert_close(gmar.read(record), readout(chain(fused)), rtol=1e-4, atol=1e-6)
 
 

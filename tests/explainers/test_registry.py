@@ -8,7 +8,15 @@ from lightning_vitx.explainers import ExplainerInfo, register
 
 
 def test_available_names():
-    expected = ["generic_attention", "gmar", "gradcam", "raw_attention", "rollout", "transformer_attribution"]
+    expected = [
+        "generic_attention",
+        "gmar",
+        "gradcam",
+        "partial_lrp",
+        "raw_attention",
+        "rollout",
+        "transformer_attribution",
+    ]
     assert X.available() == expected
     assert {X.get_info(n).needs_gradients for n in ["gradcam", "generic_attention", "gmar"]} == {True}
     assert {X.get_info(n).needs_gradients for n in ["raw_attention", "rollout"]} == {False}
@@ -50,8 +58,13 @@ def test_unknown_option_is_a_type_error(models):
 def test_create_many_shares_one_pass_and_matches_each_alone(models, make_images):
     model = models["registers"]
     images = make_images(224, batch=2)
-    options = {"raw_attention": {}, "rollout": {"discard_ratio": 0.5}, "gradcam": {}, "generic_attention": {},
-               "gmar": {"norm": "l2"}}
+    options = {
+        "raw_attention": {},
+        "rollout": {"discard_ratio": 0.5},
+        "gradcam": {},
+        "generic_attention": {},
+        "gmar": {"norm": "l2"},
+    }
     group = X.create_many(options, model)
     forwards = []
     handle = model.register_forward_pre_hook(lambda m, i: forwards.append(1))

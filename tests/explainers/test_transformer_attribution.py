@@ -7,7 +7,7 @@ from timm.models.vision_transformer import ResPostBlock
 
 import lightning_vitx.explainers as X
 from lightning_vitx.adapters import detect, explaining
-from lightning_vitx.explainers import transformer_attribution as T
+from lightning_vitx.explainers import _lrp as LRP
 
 # Tiny models: 32x32 images in 8x8 patches (a 4x4 grid), width 16, two heads.
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 16, "num_heads": 2, "num_classes": 5}
@@ -40,7 +40,7 @@ def test_linear_rule_by_hand():
     # x+ = [1, 0], x- = [0, -1]; W+ = [[2, 0], [1, 3]], W- = [[0, -1], [0, 0]]; z = [2 + 1, 1] = [3, 1].
     # R = [1, 0]: s = [1/3, 0]; R_x = x+ (s W+) + x- (s W-) = [2/3, 0] + [0, -1 * -1/3] = [2/3, 1/3].
     x, weight = torch.tensor([[1.0, -1.0]]), torch.tensor([[2.0, -1.0], [1.0, 3.0]])
-    relevance = T._linear_rule(torch.tensor([[1.0, 0.0]]), x, weight)
+    relevance = LRP.linear_rule(torch.tensor([[1.0, 0.0]]), x, weight)
     torch.testing.assert_close(relevance, torch.tensor([[2 / 3, 1 / 3]]))
 
 
@@ -48,7 +48,7 @@ def test_add_rule_by_hand():
     # a + b = [1, 1], R = [1, 1]: LRP-0 gives R_a = [2, 1] (sum 3), R_b = [-1, 0] (sum -1). Shares of the total 2:
     # 3/4 * 2 = 1.5 and 1/4 * 2 = 0.5, so R_a = [2, 1] * 1.5 / 3 = [1, 0.5], R_b = [-1, 0] * 0.5 / -1 = [0.5, 0].
     a, b = torch.tensor([[2.0, 1.0]]), torch.tensor([[-1.0, 0.0]])
-    r_a, r_b = T._add_rule(torch.tensor([[1.0, 1.0]]), a, b)
+    r_a, r_b = LRP.add_rule(torch.tensor([[1.0, 1.0]]), a, b)
     torch.testing.assert_close(r_a, torch.tensor([[1.0, 0.5]]))
     torch.testing.assert_close(r_b, torch.tensor([[0.5, 0.0]]))
 
@@ -56,9 +56,9 @@ def test_add_rule_by_hand():
 def test_add_rule_sums_run_per_sample():
     a, b = torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([[-1.0, 0.0], [3.0, -1.0]])
     relevance = torch.tensor([[1.0, 1.0], [0.5, 2.0]])
-    r_a, r_b = T._add_rule(relevance, a, b)
+    r_a, r_b = LRP.add_rule(relevance, a, b)
     for i in range(2):
-        alone = T._add_rule(relevance[i : i + 1], a[i : i + 1], b[i : i + 1])
+        alone = LRP.add_rule(relevance[i : i + 1], a[i : i + 1], b[i : i + 1])
         torch.testing.assert_close(r_a[i : i + 1], alone[0])
         torch.testing.assert_close(r_b[i : i + 1], alone[1])
     torch.testing.assert_close((r_a + r_b).sum(1), relevance.sum(1))
@@ -66,13 +66,13 @@ def test_add_rule_sums_run_per_sample():
 
 def test_matmul_rule_by_hand():
     # [1, 2] @ [3, 4]^T = 11 with R = 11: s = 1; R_a = [1*3, 2*4] / 2, R_b = [3*1, 4*2] / 2.
-    r_a, r_b = T._matmul_rule(torch.tensor([[11.0]]), torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0], [4.0]]))
+    r_a, r_b = LRP.matmul_rule(torch.tensor([[11.0]]), torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0], [4.0]]))
     torch.testing.assert_close(r_a, torch.tensor([[1.5, 4.0]]))
     torch.testing.assert_close(r_b, torch.tensor([[1.5], [4.0]]))
 
 
 def test_safe_divide_is_zero_where_the_denominator_is():
-    quotient = T._safe_divide(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0.0, 2.0, -1e-9]))
+    quotient = LRP.safe_divide(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0.0, 2.0, -1e-9]))
     torch.testing.assert_close(quotient, torch.tensor([0.0, 0.5, 1e9]))
 
 
@@ -182,14 +182,14 @@ def test_relevance_is_conserved_block_by_block():
     """
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=3, **{**TINY, "embed_dim": 64}).eval()
-    heads = T._check_supported(model)
-    with explaining(detect(model)), T._recording(model, heads) as record, torch.no_grad():
+    heads = LRP.check_supported(model, "transformer_attribution")
+    with explaining(detect(model)), LRP.recording(model, heads) as record, torch.no_grad():
         logits = model(tiny_images(batch=4))
     with torch.no_grad():
-        relevance = T._top_relevance(record, heads, logits.argmax(dim=1))
+        relevance = LRP.top_relevance(record, heads, logits.argmax(dim=1))
         torch.testing.assert_close(relevance.sum(dim=(1, 2)), torch.ones(4), rtol=0, atol=1e-4)
         for index in reversed(range(3)):
-            attention, relevance = T._block_relevance(model.blocks[index], record.blocks[index], relevance, True)
+            attention, relevance = LRP.block_relevance(model.blocks[index], record.blocks[index], relevance, True)
             torch.testing.assert_close(relevance.sum(dim=(1, 2)), torch.ones(4), rtol=0, atol=1e-4)
             # the attention branch's share of 1, halved between A and v
             assert attention.sum(dim=(1, 2, 3)).ge(0).all() and attention.sum(dim=(1, 2, 3)).le(0.5 + 1e-5).all()
