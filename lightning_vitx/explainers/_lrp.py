@@ -121,6 +121,7 @@ class Record:
     blocks: list[dict[str, Tensor]]  # per block: each sublayer's input, q, k, the qkv output, the branches
     heads: list[dict[str, Tensor]]  # per classifier head: its "input" and "output"
     tokens: Tensor | None = None  # final norm output, [B, N, D]
+    embeddings: Tensor | None = None  # patch embedding output, [B, gh * gw, D] (or [B, gh, gw, D])
 
 
 def check_supported(model: Any, name: str) -> list[tuple[nn.Linear, int]]:
@@ -191,7 +192,11 @@ def recording(model: Any, heads: list[tuple[nn.Linear, int]]) -> Iterator[Record
         def keep_tokens(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             record.tokens = output
 
+        def keep_embeddings(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            record.embeddings = output
+
         handles.append(model.norm.register_forward_hook(keep_tokens))
+        handles.append(model.patch_embed.register_forward_hook(keep_embeddings))
         for index, (head, _) in enumerate(heads):
             handles += [
                 head.register_forward_hook(keep(record.heads[index], "input", use_input=True)),

@@ -7,13 +7,15 @@ import lightning_vitx.explainers as X
 
 NAMES = X.available()
 # (explainer, model case) pairs an explainer refuses with a TypeError that says so, instead of explaining
-REFUSED = {(name, case) for name in ("partial_lrp", "transformer_attribution") for case in ("avgpool", "swin")}
+REFUSED = {(name, case) for name in ("lrp", "partial_lrp", "transformer_attribution") for case in ("avgpool", "swin")}
 
 # Explainers whose rules are ill-conditioned by design, so bf16 activations move their maps far from float32 ones:
-# partial_lrp's baseline rules split a residual sum x + a by plain LRP-0 (R x / (x + a), no renormalisation) and
-# divide each sign term of a Linear rule by its own part; where x + a or z- nearly cancel, bf16 rounding decides.
-# Measured on conftest's vit: per-image Pearson bf16 vs float32 0.65 and 0.998. Checked for float32 output only.
-BF16_ILL_CONDITIONED = {"partial_lrp"}
+# lrp's and partial_lrp's baseline rules split a residual sum x + a by plain LRP-0 (R x / (x + a), no
+# renormalisation) and divide each sign term of a Linear rule by its own part; where x + a or z- nearly cancel, bf16
+# rounding decides.
+# Measured on conftest's vit, per-image Pearson bf16 vs float32: partial_lrp 0.65 and 0.998, lrp 0.84 and 0.76.
+# Checked for float32, finite output only.
+BF16_ILL_CONDITIONED = {"lrp", "partial_lrp"}
 
 
 def create_or_refuse(name, case, model):
@@ -72,7 +74,8 @@ def test_batch_equals_one_by_one(name, model_case, make_images):
     target = torch.tensor([0, 5, 2])[:batch]
     batched = explainer(images, target)
     single = torch.cat([explainer(images[i : i + 1], target[i : i + 1]) for i in range(batch)])
-    torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)
+    # 1e-5 of the map's scale where that exceeds 1 (unnormalised LRP relevance reaches ~100: float32 rounding)
+    torch.testing.assert_close(batched, single, rtol=0, atol=1e-5 * max(1.0, float(single.abs().max())))
 
 
 @pytest.mark.parametrize("name", NAMES)
