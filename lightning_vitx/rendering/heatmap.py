@@ -64,8 +64,8 @@ def overlay(
 ) -> Tensor:
     """Blend each map, upsampled bilinearly to the image size, over the image, on a stated colour scale.
 
-    The heat is blended in proportion to its strength (``alpha`` times the colour position, or its distance from
-    the middle for signed maps), so the image stays visible where there is little relevance.
+    The heat's opacity grows with its strength (``alpha`` times the square root of the colour position, or of its
+    distance from the middle for signed maps), so the image stays visible where there is little relevance.
 
     Args:
         images: ``[B, 3, H, W]`` normalised as the model takes them.
@@ -93,7 +93,7 @@ def overlay(
     positions = torch.stack([s.apply(m) for s, m in zip(scales, upsampled[:, 0], strict=True)])
     heat = colorize(positions, cmap or scales[0].cmap)
     strength = (2 * positions - 1).abs() if scales[0].signed else positions
-    weight = alpha * strength[:, None]
+    weight = alpha * strength.sqrt()[:, None]  # opacity only: the colour still encodes the value linearly
     return (1 - weight) * denormalize(images.float(), mean, std) + weight * heat
 
 
