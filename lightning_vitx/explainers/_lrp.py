@@ -30,9 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_vitx.adapters import explaining, resolve_target
+from lightning_vitx.adapters.base import TokenLayout
+from lightning_vitx.adapters.capture import Target, check_inputs
+from lightning_vitx.explainers.base import Explainer
+
 __all__ = [
     "BASELINE",
     "CHEFER",
+    "BaselinePass",
     "Record",
     "Rules",
     "add_rule",
@@ -252,3 +258,30 @@ def top_relevance(record: Record, heads: list[tuple[nn.Linear, int]], target: Te
         at_row = linear_rule(share, values["input"].detach().float(), head.weight, rules.joint_linear)
         relevance[:, row] += tokens[:, row] * safe_divide(at_row, tokens[:, row])  # token selection (pooling)
     return relevance
+
+
+class BaselinePass(Explainer):
+    """An explainer on one recorded forward (no gradients) and the ``BASELINE`` rules from the target logit down.
+
+    Subclasses implement ``read``: the map ``[B, gh, gw]`` from the record and the relevance at the head's input.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self._heads = check_supported(self.model, self.info.name)
+
+    def __call__(self, images: Tensor, target: Target = None) -> Tensor:
+        dtype, device = check_inputs(self.adapter, images)
+        layout = self.adapter.layout(images)
+        model = cast(Any, self.model)
+        with explaining(self.adapter), torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
+            target_ids = resolve_target(target, images.shape[0], self.adapter.num_classes, images.device)
+            with recording(model, self._heads) as record:
+                logits = model(images.to(dtype))
+            if target_ids is None:
+                target_ids = logits.argmax(dim=1)
+            relevance = top_relevance(record, self._heads, target_ids, BASELINE)
+            return self.read(model, record, relevance, layout).float()
+
+    def read(self, model: Any, record: Record, relevance: Tensor, layout: TokenLayout) -> Tensor:
+        raise NotImplementedError

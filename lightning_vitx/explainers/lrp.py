@@ -13,21 +13,11 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-import torch
 from torch import Tensor, nn
 
-from lightning_vitx.adapters import explaining, resolve_target
-from lightning_vitx.adapters.capture import Target, check_inputs
-from lightning_vitx.explainers._lrp import (
-    BASELINE,
-    block_relevance,
-    check_supported,
-    recording,
-    safe_divide,
-    top_relevance,
-)
+from lightning_vitx.adapters.base import TokenLayout
+from lightning_vitx.explainers._lrp import BASELINE, BaselinePass, Record, block_relevance, safe_divide
 from lightning_vitx.explainers._registry import ExplainerInfo, register
-from lightning_vitx.explainers.base import Explainer
 
 __all__ = ["LRP"]
 
@@ -43,7 +33,7 @@ __all__ = ["LRP"]
         signed=True,
     )
 )
-class LRP(Explainer):
+class LRP(BaselinePass):
     """Full LRP: the relevance of each patch's embedding, from a relevance of 1 at the target logit.
 
     The baseline rules (``_lrp`` module docstring: Linear with one denominator per sign term, plain LRP-0 residual
@@ -67,33 +57,21 @@ class LRP(Explainer):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        self._heads = check_supported(self.model, "lrp")
         norm_pre = cast(Any, self.model).norm_pre
         if not isinstance(norm_pre, nn.Identity):
             raise TypeError(f"lrp has no rule for a norm before the blocks (norm_pre), got {type(norm_pre).__name__}")
 
-    def __call__(self, images: Tensor, target: Target = None) -> Tensor:
-        dtype, device = check_inputs(self.adapter, images)
-        layout = self.adapter.layout(images)
-        model = cast(Any, self.model)
-        autocast_off = torch.autocast(device_type=device.type, enabled=False)
-        with explaining(self.adapter), torch.no_grad(), autocast_off:
-            target_ids = resolve_target(target, images.shape[0], self.adapter.num_classes, images.device)
-            with recording(model, self._heads) as record:
-                logits = model(images.to(dtype))
-            if target_ids is None:
-                target_ids = logits.argmax(dim=1)
-            if record.embeddings is None or any("attention" not in block for block in record.blocks):
-                raise RuntimeError(
-                    "the forward pass did not run through the patch embedding and each block's attn_drop module. "
-                    "Is this a stock timm ViT?"
-                )
-            relevance = top_relevance(record, self._heads, target_ids, BASELINE)
-            for index in reversed(range(len(record.blocks))):
-                _, below = block_relevance(model.blocks[index], record.blocks[index], relevance, True, BASELINE)
-                relevance = cast(Tensor, below)
-            prefix = layout.num_prefix_tokens
-            embeddings = record.embeddings.detach().float().flatten(1, -2)  # [B, gh * gw, D]
-            tokens = record.blocks[0]["input"].detach().float()[:, prefix:]  # embeddings + position embedding
-            patches = (embeddings * safe_divide(relevance[:, prefix:], tokens)).sum(dim=-1)
-            return patches.reshape(-1, *layout.grid_size).float()
+    def read(self, model: Any, record: Record, relevance: Tensor, layout: TokenLayout) -> Tensor:
+        if record.embeddings is None or any("attention" not in block for block in record.blocks):
+            raise RuntimeError(
+                "the forward pass did not run through the patch embedding and each block's attn_drop module. "
+                "Is this a stock timm ViT?"
+            )
+        for index in reversed(range(len(record.blocks))):
+            _, below = block_relevance(model.blocks[index], record.blocks[index], relevance, True, BASELINE)
+            relevance = cast(Tensor, below)
+        prefix = layout.num_prefix_tokens
+        embeddings = record.embeddings.detach().float().flatten(1, -2)  # [B, gh * gw, D]
+        tokens = record.blocks[0]["input"].detach().float()[:, prefix:]  # embeddings + position embedding
+        patches = (embeddings * safe_divide(relevance[:, prefix:], tokens)).sum(dim=-1)
+        return patches.reshape(-1, *layout.grid_size)

@@ -8,16 +8,14 @@ relevance's positive part, averaged over heads, at the readout row and the patch
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from lightning_vitx.adapters import explaining, resolve_target
-from lightning_vitx.adapters.capture import Target, check_inputs
-from lightning_vitx.explainers._lrp import BASELINE, block_relevance, check_supported, recording, top_relevance
+from lightning_vitx.adapters.base import TokenLayout
+from lightning_vitx.explainers._lrp import BASELINE, BaselinePass, Record, block_relevance
 from lightning_vitx.explainers._registry import ExplainerInfo, register
-from lightning_vitx.explainers.base import Explainer
 
 __all__ = ["PartialLRP"]
 
@@ -34,7 +32,7 @@ __all__ = ["PartialLRP"]
         signed=False,
     )
 )
-class PartialLRP(Explainer):
+class PartialLRP(BaselinePass):
     """Partial LRP: ``w mean_h(clamp(R^(A,L), min=0))`` at the patch columns.
 
     ``R^(A,L)`` is the LRP relevance of the last block's attention probabilities, from a relevance of 1 at the
@@ -59,28 +57,12 @@ class PartialLRP(Explainer):
         (torch.Size([2, 14, 14]), True)
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        self._heads = check_supported(self.model, "partial_lrp")
-
-    def __call__(self, images: Tensor, target: Target = None) -> Tensor:
-        dtype, device = check_inputs(self.adapter, images)
-        layout = self.adapter.layout(images)
-        model = cast(Any, self.model)
-        autocast_off = torch.autocast(device_type=device.type, enabled=False)
-        with explaining(self.adapter), torch.no_grad(), autocast_off:
-            target_ids = resolve_target(target, images.shape[0], self.adapter.num_classes, images.device)
-            with recording(model, self._heads) as record:
-                logits = model(images.to(dtype))
-            if target_ids is None:
-                target_ids = logits.argmax(dim=1)
-            if "attention" not in record.blocks[-1]:
-                raise RuntimeError(
-                    "the last block's attention did not run through its attn_drop module. Is this a stock timm "
-                    "Attention?"
-                )
-            relevance = top_relevance(record, self._heads, target_ids, BASELINE)
-            attention_relevance, _ = block_relevance(model.blocks[-1], record.blocks[-1], relevance, False, BASELINE)
-            fused = attention_relevance.clamp(min=0).mean(dim=1)  # [B, N, N]
-            weights = layout.readout_weights(images.shape[0], device=device)
-            return layout.patch_map(torch.einsum("bn,bnm->bm", weights, fused)).float()
+    def read(self, model: Any, record: Record, relevance: Tensor, layout: TokenLayout) -> Tensor:
+        if "attention" not in record.blocks[-1]:
+            raise RuntimeError(
+                "the last block's attention did not run through its attn_drop module. Is this a stock timm Attention?"
+            )
+        attention_relevance, _ = block_relevance(model.blocks[-1], record.blocks[-1], relevance, False, BASELINE)
+        fused = attention_relevance.clamp(min=0).mean(dim=1)  # [B, N, N]
+        weights = layout.readout_weights(fused.shape[0], device=fused.device)
+        return layout.patch_map(torch.einsum("bn,bnm->bm", weights, fused))
