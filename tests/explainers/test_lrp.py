@@ -8,30 +8,7 @@ import torch
 
 import lightning_vitx.explainers as X
 
-# Tiny models: 32x32 images in 8x8 patches (a 4x4 grid), width 16, two heads.
-TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 16, "num_heads": 2, "num_classes": 5}
-TINY_CASES = {
-    "vit": ("vit_tiny_patch16_224", {}),
-    "registers": ("vit_tiny_patch16_224", {"reg_tokens": 2}),
-    "deit_distilled": ("deit_tiny_distilled_patch16_224", {}),
-    "no_embed_class": ("vit_tiny_patch16_224", {"no_embed_class": True}),
-}
-
-
-def tiny_model(case="vit", depth=2, seed=0):
-    name, kwargs = TINY_CASES[case]
-    torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False, depth=depth, **TINY, **kwargs).eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # peaked attention and distinct classes, as in conftest.make_vit
-        for block in model.blocks:
-            block.attn.qkv.weight.normal_(0.0, 0.5, generator=generator)
-        model.pos_embed.normal_(0.0, 0.5, generator=generator)
-    return model
-
-
-def tiny_images(batch=3, seed=5):
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+CASES = ["vit", "registers", "deit_distilled", "no_embed_class"]  # tests/explainers/conftest.py builds them
 
 
 # --- an independent dense oracle: one image at a time, index notation, autograd VJPs ------------------------------
@@ -104,14 +81,14 @@ def oracle_map(model, image, target):
     return patches.reshape(model.patch_embed.grid_size)
 
 
-@pytest.mark.parametrize("case", list(TINY_CASES))
-def test_batched_pass_equals_the_dense_oracle(case):
+@pytest.mark.parametrize("case", CASES)
+def test_batched_pass_equals_the_dense_oracle(case, tiny_vit, tiny_images):
     """Against a float64 oracle, as close as a float32 run of the same oracle is.
 
     The baseline rules divide by sums that can nearly cancel (a residual ``x + a``, each Linear sign term's own
     part), so float32 rounding moves single patches by up to ~0.5% of the map's largest value, in the oracle too.
     """
-    model = tiny_model(case)
+    model = tiny_vit(case, peaked_pos_embed=True)
     images = tiny_images()
     target = torch.tensor([0, 3, 4])
     maps = X.create("lrp", model)(images, target)
@@ -126,33 +103,13 @@ def test_batched_pass_equals_the_dense_oracle(case):
     assert (maps < 0).any() and (maps > 0).any()  # signed, as registered
 
 
-def test_model_left_as_found():
-    model = tiny_model().train()
-    model.blocks[0].attn.fused_attn = True
-    model.blocks[1].requires_grad_(False)
-    images = tiny_images(batch=2)
-    with torch.no_grad():
-        before_output = model(images)
-    params = {n: p.detach().clone() for n, p in model.named_parameters()}
-    flags = [(m.training, getattr(m, "fused_attn", None)) for m in model.modules()]
-    requires_grad = [p.requires_grad for p in model.parameters()]
-    hooks = [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]
-    X.create("lrp", model)(images, 2)
-    assert [(m.training, getattr(m, "fused_attn", None)) for m in model.modules()] == flags
-    assert [p.requires_grad for p in model.parameters()] == requires_grad
-    assert [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()] == hooks
-    assert all(p.grad is None for p in model.parameters())
-    for name, param in model.named_parameters():
-        torch.testing.assert_close(param, params[name], rtol=0, atol=0)
-    with torch.no_grad():
-        torch.testing.assert_close(model(images), before_output, rtol=0, atol=0)
-
-
-def test_unsupported_models_raise_a_clear_type_error():
-    avgpool = timm.create_model("vit_tiny_patch16_224", pretrained=False, class_token=False, global_pool="avg", **TINY)
+def test_unsupported_models_raise_a_clear_type_error(tiny_kwargs):
+    avgpool = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, class_token=False, global_pool="avg", **tiny_kwargs
+    )
     with pytest.raises(TypeError, match=r"lrp supports class-token ViTs \(global_pool='token'\)"):
         X.create("lrp", avgpool)
-    pre_norm = timm.create_model("vit_tiny_patch16_224", pretrained=False, pre_norm=True, **TINY)
+    pre_norm = timm.create_model("vit_tiny_patch16_224", pretrained=False, pre_norm=True, **tiny_kwargs)
     with pytest.raises(TypeError, match=r"lrp has no rule for a norm before the blocks \(norm_pre\), got LayerNorm"):
         X.create("lrp", pre_norm)
 

@@ -10,28 +10,7 @@ import lightning_vitx.explainers as X
 from lightning_vitx.adapters import detect, explaining
 from lightning_vitx.explainers import _lrp as LRP
 
-# Tiny models: 32x32 images in 8x8 patches (a 4x4 grid), width 16, two heads.
-TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 16, "num_heads": 2, "num_classes": 5}
-TINY_CASES = {
-    "vit": ("vit_tiny_patch16_224", {}),
-    "registers": ("vit_tiny_patch16_224", {"reg_tokens": 2}),
-    "deit_distilled": ("deit_tiny_distilled_patch16_224", {}),
-}
-
-
-def tiny_model(case="vit", depth=2, seed=0):
-    name, kwargs = TINY_CASES[case]
-    torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False, depth=depth, **TINY, **kwargs).eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # peaked attention and distinct classes, as in conftest.make_vit
-        for block in model.blocks:
-            block.attn.qkv.weight.normal_(0.0, 0.5, generator=generator)
-    return model
-
-
-def tiny_images(batch=3, seed=5):
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+CASES = ["vit", "registers", "deit_distilled"]  # tests/explainers/conftest.py builds them
 
 
 # --- the two rules that differ from transformer_attribution's, by hand --------------------------------------------
@@ -121,12 +100,12 @@ def oracle_map(model, image, target):
     return readout[model.num_prefix_tokens :].reshape(model.patch_embed.grid_size)
 
 
-@pytest.mark.parametrize("case", list(TINY_CASES))
-def test_batched_pass_equals_the_dense_oracle(case):
+@pytest.mark.parametrize("case", CASES)
+def test_batched_pass_equals_the_dense_oracle(case, tiny_vit, tiny_images):
     """Against a float64 oracle: a Linear output whose negative part ``z-`` is tiny amplifies float32 rounding
     (the baseline rule divides by each part alone), so a float32 oracle differs from float64 as much as we do.
     """
-    model = tiny_model(case)
+    model = tiny_vit(case)
     images = tiny_images()
     target = torch.tensor([0, 3, 4])
     maps = X.create("partial_lrp", model)(images, target)
@@ -137,9 +116,9 @@ def test_batched_pass_equals_the_dense_oracle(case):
         torch.testing.assert_close(maps[i], expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()))
 
 
-def test_differs_from_the_chefer_rules():
+def test_differs_from_the_chefer_rules(tiny_vit, tiny_images):
     """The rule set matters: the same readout with CHEFER's rules gives another map."""
-    model = tiny_model(depth=1)
+    model = tiny_vit(depth=1)
     images, target = tiny_images(batch=2), torch.tensor([1, 2])
     maps = X.create("partial_lrp", model)(images, target)
     heads = LRP.check_supported(model, "partial_lrp")
@@ -155,33 +134,13 @@ def test_differs_from_the_chefer_rules():
 # --- the model is left as found; unsupported models say so -------------------------------------------------------
 
 
-def test_model_left_as_found():
-    model = tiny_model().train()
-    model.blocks[0].attn.fused_attn = True
-    model.blocks[1].requires_grad_(False)
-    images = tiny_images(batch=2)
-    with torch.no_grad():
-        before_output = model(images)
-    params = {n: p.detach().clone() for n, p in model.named_parameters()}
-    flags = [(m.training, getattr(m, "fused_attn", None)) for m in model.modules()]
-    requires_grad = [p.requires_grad for p in model.parameters()]
-    hooks = [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]
-    X.create("partial_lrp", model)(images, 2)
-    assert [(m.training, getattr(m, "fused_attn", None)) for m in model.modules()] == flags
-    assert [p.requires_grad for p in model.parameters()] == requires_grad
-    assert [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()] == hooks
-    assert all(p.grad is None for p in model.parameters())
-    for name, param in model.named_parameters():
-        torch.testing.assert_close(param, params[name], rtol=0, atol=0)
-    with torch.no_grad():
-        torch.testing.assert_close(model(images), before_output, rtol=0, atol=0)
-
-
-def test_unsupported_models_raise_a_clear_type_error():
-    avgpool = timm.create_model("vit_tiny_patch16_224", pretrained=False, class_token=False, global_pool="avg", **TINY)
+def test_unsupported_models_raise_a_clear_type_error(tiny_kwargs):
+    avgpool = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, class_token=False, global_pool="avg", **tiny_kwargs
+    )
     with pytest.raises(TypeError, match=r"partial_lrp supports class-token ViTs \(global_pool='token'\)"):
         X.create("partial_lrp", avgpool)
-    headless = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**TINY, "num_classes": 0})
+    headless = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**tiny_kwargs, "num_classes": 0})
     with pytest.raises(TypeError, match="partial_lrp needs a Linear classifier head"):
         X.create("partial_lrp", headless)
 

@@ -9,28 +9,7 @@ import lightning_vitx.explainers as X
 from lightning_vitx.adapters import detect, explaining
 from lightning_vitx.explainers import _lrp as LRP
 
-# Tiny models: 32x32 images in 8x8 patches (a 4x4 grid), width 16, two heads.
-TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 16, "num_heads": 2, "num_classes": 5}
-TINY_CASES = {
-    "vit": ("vit_tiny_patch16_224", {}),
-    "registers": ("vit_tiny_patch16_224", {"reg_tokens": 2}),
-    "deit_distilled": ("deit_tiny_distilled_patch16_224", {}),
-}
-
-
-def tiny_model(case="vit", depth=2, seed=0):
-    name, kwargs = TINY_CASES[case]
-    torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False, depth=depth, **TINY, **kwargs).eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # peaked attention and distinct classes, as in conftest.make_vit
-        for block in model.blocks:
-            block.attn.qkv.weight.normal_(0.0, 0.5, generator=generator)
-    return model
-
-
-def tiny_images(batch=3, seed=5):
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+CASES = ["vit", "registers", "deit_distilled"]  # tests/explainers/conftest.py builds them
 
 
 # --- each rule on numbers small enough to work out by hand -------------------------------------------------------
@@ -160,10 +139,10 @@ def oracle_map(model, image, target, start_layer=0):
     return readout[model.num_prefix_tokens :].reshape(grid)
 
 
-@pytest.mark.parametrize("case", list(TINY_CASES))
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("start_layer", [0, 1])
-def test_batched_pass_equals_the_dense_oracle(case, start_layer):
-    model = tiny_model(case)
+def test_batched_pass_equals_the_dense_oracle(case, start_layer, tiny_vit, tiny_images):
+    model = tiny_vit(case)
     images = tiny_images()
     target = torch.tensor([0, 3, 4])
     maps = X.create("transformer_attribution", model, start_layer=start_layer)(images, target)
@@ -173,7 +152,7 @@ def test_batched_pass_equals_the_dense_oracle(case, start_layer):
         torch.testing.assert_close(maps[i], expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
 
 
-def test_relevance_is_conserved_block_by_block():
+def test_relevance_is_conserved_block_by_block(tiny_images, tiny_kwargs):
     """With alpha 1 and the renormalised residual rule, every block's input carries the logit's relevance, 1.
 
     Exactly so up to rounding, except where a Linear output has no positive contribution (``z = 0``: every
@@ -181,7 +160,9 @@ def test_relevance_is_conserved_block_by_block():
     and token), hence width 64 here.
     """
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=3, **{**TINY, "embed_dim": 64}).eval()
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, depth=3, **{**tiny_kwargs, "embed_dim": 64}
+    ).eval()
     heads = LRP.check_supported(model, "transformer_attribution")
     with explaining(detect(model)), LRP.recording(model, heads) as record, torch.no_grad():
         logits = model(tiny_images(batch=4))
@@ -195,8 +176,8 @@ def test_relevance_is_conserved_block_by_block():
             assert attention.sum(dim=(1, 2, 3)).ge(0).all() and attention.sum(dim=(1, 2, 3)).le(0.5 + 1e-5).all()
 
 
-def test_start_layer_option():
-    model = tiny_model()
+def test_start_layer_option(tiny_vit, tiny_images):
+    model = tiny_vit()
     images = tiny_images(batch=2)
     last_only = X.create("transformer_attribution", model, start_layer=-1)(images, 1)
     torch.testing.assert_close(last_only, X.create("transformer_attribution", model, start_layer=1)(images, 1))
@@ -221,8 +202,9 @@ def state(model):
     }
 
 
-def test_model_left_exactly_as_found_also_when_the_pass_raises():
-    model = tiny_model().train()
+@pytest.mark.parametrize("name", ["transformer_attribution", "lrp", "partial_lrp"])
+def test_model_left_exactly_as_found_also_when_the_pass_raises(name, tiny_vit, tiny_images):
+    model = tiny_vit().train()
     model.blocks[0].eval()
     model.blocks[0].attn.fused_attn = True
     model.blocks[1].attn.fused_attn = False
@@ -231,7 +213,7 @@ def test_model_left_exactly_as_found_also_when_the_pass_raises():
     with torch.no_grad():
         before_output = model(images)  # no dropout in this model: train mode gives the same numbers
     before = state(model)
-    explainer = X.create("transformer_attribution", model)
+    explainer = X.create(name, model)  # the LRP family: each runs its own hooked pass
     explainer(images, 2)
 
     def fail(module, inputs, output):
@@ -251,11 +233,13 @@ def test_model_left_exactly_as_found_also_when_the_pass_raises():
         torch.testing.assert_close(model(images), before_output, rtol=0, atol=0)
 
 
-def test_unsupported_models_raise_a_clear_type_error():
-    avgpool = timm.create_model("vit_tiny_patch16_224", pretrained=False, class_token=False, global_pool="avg", **TINY)
+def test_unsupported_models_raise_a_clear_type_error(tiny_kwargs):
+    avgpool = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, class_token=False, global_pool="avg", **tiny_kwargs
+    )
     with pytest.raises(TypeError, match=r"class-token ViTs \(global_pool='token'\), got global_pool='avg'"):
         X.create("transformer_attribution", avgpool)
-    post_norm = timm.create_model("vit_tiny_patch16_224", pretrained=False, block_fn=ResPostBlock, **TINY)
+    post_norm = timm.create_model("vit_tiny_patch16_224", pretrained=False, block_fn=ResPostBlock, **tiny_kwargs)
     with pytest.raises(TypeError, match="pre-norm Block.*block 0 is a ResPostBlock"):
         X.create("transformer_attribution", post_norm)
     swin = timm.create_model(
@@ -269,7 +253,7 @@ def test_unsupported_models_raise_a_clear_type_error():
     )
     with pytest.raises(TypeError, match=r"transformer_attribution supports \['vit'\] models, got a swin model"):
         X.create("transformer_attribution", swin)
-    headless = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**TINY, "num_classes": 0})
+    headless = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**tiny_kwargs, "num_classes": 0})
     with pytest.raises(TypeError, match="needs a Linear classifier head"):
         X.create("transformer_attribution", headless)
 
