@@ -19,7 +19,7 @@ __all__ = [
     "HeldOut",
     "Inputs",
     "MonitorConfigError",
-    "check_inputs",
+    "check_batch_inputs",
     "collect_from_loader",
     "default_batch_to_inputs",
 ]
@@ -60,7 +60,7 @@ def _described(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def check_inputs(inputs: Any, needs_labels: bool) -> Inputs:
+def check_batch_inputs(inputs: Any, needs_labels: bool) -> Inputs:
     """What ``batch_to_inputs`` returned, checked: raise :class:`MonitorConfigError` naming the fix, or return it.
 
     ``images``: float ``[B, C, H, W]``; ``labels``: None or integer ``[B]``; ``masks``: None or ``[B, H, W]`` /

@@ -33,7 +33,7 @@ from lightning_vitx.callbacks._held_out import (
     HeldOut,
     Inputs,
     MonitorConfigError,
-    check_inputs,
+    check_batch_inputs,
     collect_from_loader,
     default_batch_to_inputs,
 )
@@ -240,7 +240,7 @@ class ExplainabilityMonitor(Callback):
     def _inputs(self, batch: Any) -> Inputs:
         """``batch_to_inputs(batch)``, checked; the first batch's mistakes raise MonitorConfigError."""
         try:
-            inputs = check_inputs(self.batch_to_inputs(batch), needs_labels=self.target == "label")
+            inputs = check_batch_inputs(self.batch_to_inputs(batch), needs_labels=self.target == "label")
         except MonitorConfigError:
             raise
         except Exception as error:  # noqa: BLE001 - the user's function raised: name it

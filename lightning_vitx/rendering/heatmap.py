@@ -30,17 +30,11 @@ def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> 
 
 
 def normalize_maps(maps: Tensor) -> Tensor:
-    """Per-map min-max to ``[0, 1]`` over the finite values (a constant map becomes 0, NaN and inf become 0).
+    """Each map stretched to its own ``[0, 1]`` (``per_map_scales``): a constant map becomes 0, NaN and inf 0.
 
     ``[B, h, w]`` -> ``[B, h, w]``.
     """
-    flat = maps.flatten(1).float()
-    finite = torch.isfinite(flat)
-    low = flat.where(finite, torch.inf).amin(dim=1, keepdim=True)
-    high = flat.where(finite, -torch.inf).amax(dim=1, keepdim=True)
-    low, span = low.where(finite.any(dim=1, keepdim=True), 0.0), (high - low).nan_to_num(0.0, 0.0, 0.0)
-    scaled = (flat - low) / span.where(span > 0, torch.ones_like(span))
-    return scaled.where(finite, 0.0).view_as(maps)
+    return torch.stack([scale.apply(single) for scale, single in zip(per_map_scales(maps), maps, strict=True)])
 
 
 def colorize(maps01: Tensor, cmap: str = UNSIGNED_CMAP) -> Tensor:
