@@ -8,8 +8,11 @@ explains the untrained model first (row `init`, a validation pass before trainin
 
 Logs to TensorBoard by default (`--logger wandb` logs to W&B, offline unless you are logged in; `--logger csv`
 writes PNG panels), and ends with a table of scores per explainer and epoch, and where the pictures are.
+Two runs to compare (same held-out samples, different seeds or explainers), each under its own name:
 
     python examples/shapes.py --epochs 6
+    python examples/shapes.py --logger wandb --seed 1 --run-name seed1
+    python examples/shapes.py --logger wandb --explainers rollout gradcam --run-name two-methods
 """
 
 from __future__ import annotations
@@ -71,15 +74,15 @@ class ShapesClassifier(L.LightningModule):
         return DataLoader(self.dataset(self.hparams.val_size, seed=1), batch_size=64)
 
 
-def make_logger(kind: str, root: Path):  # type: ignore[no-untyped-def]
+def make_logger(kind: str, root: Path, run_name: str | None):  # type: ignore[no-untyped-def]
     if kind == "tensorboard":
-        return L.pytorch.loggers.TensorBoardLogger(root, name="shapes")
+        return L.pytorch.loggers.TensorBoardLogger(root, name="shapes", version=run_name)
     if kind == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
         offline = not os.environ.get("WANDB_API_KEY")
-        return WandbLogger(project="lightning-vitx-demo", save_dir=str(root), offline=offline)
-    return L.pytorch.loggers.CSVLogger(root, name="shapes")
+        return WandbLogger(project="lightning-vitx-demo", name=run_name, save_dir=str(root), offline=offline)
+    return L.pytorch.loggers.CSVLogger(root, name="shapes", version=run_name)
 
 
 def print_table(history: list[dict[str, float]], labels: list[str]) -> None:
@@ -107,16 +110,19 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=32, help="held-out images explained every epoch")
     parser.add_argument("--distractors", type=int, default=2, help="grey decoy shapes per image (0: the shape alone)")
     parser.add_argument("--train-size", type=int, default=8192, help="training images per epoch")
+    parser.add_argument("--seed", type=int, default=0, help="weights and training order (the data stay the same)")
+    parser.add_argument("--explainers", nargs="+", choices=X.available(), default=X.available(), metavar="NAME")
+    parser.add_argument("--run-name", default=None, help="the run's name in W&B / its folder for TensorBoard and CSV")
     args = parser.parse_args()
 
-    L.seed_everything(0, verbose=False)
+    L.seed_everything(args.seed, verbose=False)
     monitor = ExplainabilityMonitor(
-        explainers=X.available(),
+        explainers=args.explainers,
         metrics=["deletion", "insertion", "pointing_game", "relevance_mass"],
         num_samples=args.samples,
         panel_size=6,
     )
-    logger = make_logger(args.logger, args.out)
+    logger = make_logger(args.logger, args.out, args.run_name)
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",
@@ -133,11 +139,11 @@ def main() -> None:
     trainer.validate(module, verbose=False)  # the untrained model: the baseline the epochs are compared with
     trainer.fit(module)
 
-    labels = ["init"] + [str(int(row["epoch"])) for row in monitor.history[1:]]
+    labels = ["init" if row["epoch"] < 0 else str(int(row["epoch"])) for row in monitor.history]
     print_table(monitor.history, labels)
     untrained, first, last = monitor.history[0], monitor.history[1], monitor.history[-1]
     for metric in ("pointing_game", "relevance_mass"):
-        for name in X.available():
+        for name in args.explainers:
             key = f"explain/{name}/{metric}"
             if key in untrained and key in first and key in last:
                 print(
@@ -145,13 +151,18 @@ def main() -> None:
                     f"{first[key]:.3f} -> last epoch {last[key]:.3f}"
                 )
     print(f"val_acc, last epoch: {float(trainer.callback_metrics['val_acc']):.3f}")
-    images = monitor.samples["images"][:6]
+    images, masks = monitor.samples["images"][:6], monitor.samples["masks"]
     mean, std = model_mean_std(module.vit)
     signed = {name: X.get_info(name).signed for name in monitor.last_maps}
     title = f"epoch {int(monitor.history[-1]['epoch'])}, {type(module.vit).__name__}, predicted class explained"
-    figure = panel_figure(
-        images, {n: m[:6] for n, m in monitor.last_maps.items()}, mean, std, signed=signed, title=title
-    )
+    maps = {n: m[:6] for n, m in monitor.last_maps.items()}
+    names = monitor.class_names or [str(i) for i in range(3)]
+    labels_shown = monitor.samples["labels"][:6].tolist()
+    with torch.no_grad():
+        predicted = module.vit.eval()(images).argmax(1).tolist()
+    captions = [f"true {names[t]}, pred {names[p]}" for t, p in zip(labels_shown, predicted, strict=True)]
+    outlines = None if masks is None else masks[:6].bool()
+    figure = panel_figure(images, maps, mean, std, captions, signed=signed, title=title, masks=outlines)
     path = args.out / "explanations.png"
     figure.savefig(path, dpi=100)
     print(f"\nlast epoch's heatmap panel: {path.resolve()}")

@@ -1,4 +1,9 @@
-"""The monitor's pictures: the panel rows gathered from every rank, the heatmap panel, curves and the W&B table."""
+"""The monitor's pictures: the panel rows gathered from every rank, and what one pass logs of them.
+
+``pass_record`` turns the rows into a :class:`~lightning_vitx.loggers.PassRecord`: captioned per-sample images (the
+inputs with their mask outlined, one overlay per explainer on its shared colour scale), the perturbation curves,
+the per-sample table, and the composite panel for the PNG fallback.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,11 @@ from lightning.pytorch import Trainer
 from torch import Tensor, nn
 
 from lightning_vitx.callbacks._collectives import gather_rows
-from lightning_vitx.loggers import curves_figure, log_figure, log_table
+from lightning_vitx.callbacks._settings import model_name
+from lightning_vitx.loggers import PassRecord, SampleImages
+from lightning_vitx.metrics._common import as_masks
 
-__all__ = ["PanelRows", "gather_panel", "log_pictures"]
+__all__ = ["PanelRows", "gather_panel", "pass_record"]
 
 
 @dataclass
@@ -23,6 +30,7 @@ class PanelRows:
     ids: Tensor  # [P] global sample ids, ascending
     images: Tensor  # [P, C, H, W] as the model takes them
     labels: Tensor | None  # [P]
+    masks: Tensor | None  # [P, H, W] bool: the ground-truth objects, where the data has masks
     probabilities: Tensor  # [P, classes] from the clean forward of the scoring
     maps: dict[str, Tensor]  # explainer -> [P, gh, gw]
     scores: dict[str, Tensor]  # "explainer/metric" -> [P]
@@ -45,7 +53,7 @@ def gather_panel(
     first ``panel_size`` rows (its smallest ids); an explainer, label or score column is kept when every shown row
     has it. None when no rank holds a sample.
     """
-    rows: dict[str, Tensor | None] = dict.fromkeys(["ids", "images", "labels", "probabilities"])
+    rows: dict[str, Tensor | None] = dict.fromkeys(["ids", "images", "labels", "masks", "probabilities"])
     rows.update({f"map/{name}": None for name in explainer_names})
     rows.update({f"score/{key}": None for key in score_keys})
     images = samples.get("images")
@@ -54,6 +62,8 @@ def gather_panel(
         for key in ("ids", "images", "labels"):
             value = samples.get(key)
             rows[key] = None if value is None else value[first]
+        masks = samples.get("masks")
+        rows["masks"] = None if masks is None else as_masks(masks[first]).float()
         rows["probabilities"] = probabilities[first]
         rows.update({f"map/{name}": maps[name][first] for name in explainer_names if name in maps})
         rows.update({f"score/{key}": sample_scores[key][first] for key in score_keys if key in sample_scores})
@@ -66,81 +76,102 @@ def gather_panel(
     def column(key: str) -> Tensor | None:
         return gathered[key][shown] if key in gathered and bool(valid[key][shown].all()) else None
 
-    labels = column("labels")
+    labels, masks = column("labels"), column("masks")
     panel_maps = {name: column(f"map/{name}") for name in explainer_names}
     panel_scores = {key: column(f"score/{key}") for key in score_keys}
     return PanelRows(
         ids=gathered["ids"][shown].long(),
         images=gathered["images"][shown],
         labels=None if labels is None else labels.long(),
+        masks=None if masks is None else masks > 0.5,
         probabilities=gathered["probabilities"][shown],
         maps={name: m for name, m in panel_maps.items() if m is not None},
         scores={key: s for key, s in panel_scores.items() if s is not None},
     )
 
 
-def log_pictures(
-    trainer: Trainer,
+def class_name(index: int, class_names: Sequence[str] | None) -> str:
+    """The name of class ``index`` (its number when there are no names, or too few)."""
+    return class_names[index] if class_names is not None and 0 <= index < len(class_names) else str(index)
+
+
+def pass_record(
+    record: PassRecord,
     prefix: str,
     model: nn.Module,
     panel: PanelRows,
+    class_names: Sequence[str] | None,
     curves: Mapping[str, Mapping[str, Any]],
-    picture_dir: str,
+    reference_curves: Mapping[str, Any],
     disabled: Sequence[str] = (),
     per_map_scale: bool = False,
-) -> None:
-    """From global rank zero: the heatmap panel, the perturbation curves and (on W&B) the per-sample table.
+    explained: str = "predicted class",
+) -> PassRecord:
+    """Fill ``record`` (scalars, epoch and step already set) with the pictures of one pass.
 
-    Each explainer's maps share one colour scale (``per_map_scale`` scales each map to its own range).
+    Keys: ``<prefix>/inputs`` and ``<prefix>/<explainer>/maps`` (one captioned picture per shown sample; each
+    explainer's maps share one colour scale unless ``per_map_scale``), ``<prefix>/curves``, ``<prefix>/samples``
+    (the table) and, for the PNG fallback, ``<prefix>/panel``.
     """
     import lightning_vitx.explainers as X
-    from lightning_vitx.rendering import model_mean_std, panel_figure
+    from lightning_vitx.rendering import (
+        curves_figure,
+        denormalize,
+        model_mean_std,
+        overlay,
+        panel_figure,
+        per_map_scales,
+        shared_scale,
+    )
 
     predicted = panel.probabilities.argmax(1)
-    captions = []
+    captions, short = [], []
     for i, p in enumerate(predicted.tolist()):
-        label = f"label {int(panel.labels[i])}, " if panel.labels is not None else ""
-        captions.append(f"{label}pred {p} ({panel.probabilities[i, p]:.2f})")
+        true = "" if panel.labels is None else f"true {class_name(int(panel.labels[i]), class_names)}, "
+        guess = f"pred {class_name(p, class_names)} ({panel.probabilities[i, p]:.2f})"
+        captions.append(f"sample {int(panel.ids[i])}: {true}{guess}")
+        short.append(f"#{int(panel.ids[i])} {true}{guess}")
     mean, std = model_mean_std(model)
+    masks = None if panel.masks is None else [m.numpy() for m in panel.masks]
+
+    def to_uint8(rgb: Tensor) -> list[Any]:
+        return list((rgb.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy())
+
+    pictures = to_uint8(denormalize(panel.images.float(), mean, std))
+    record.images[f"{prefix}/inputs"] = SampleImages(pictures, captions, masks)
     signed = {name: X.get_info(name).signed for name in panel.maps}
-    figure = panel_figure(panel.images, panel.maps, mean, std, captions, signed=signed, per_map=per_map_scale)
-    if disabled:
-        figure.suptitle(f"disabled after a failure: {', '.join(disabled)}", fontsize=9, color="tab:red")
-    log_figure(trainer, f"{prefix}/panel", figure, trainer.global_step, picture_dir)
-    if curves:
-        figure = curves_figure({name: dict(lines) for name, lines in curves.items()})
-        log_figure(trainer, f"{prefix}/curves", figure, trainer.global_step, picture_dir)
-    _log_table(trainer, f"{prefix}/samples", panel, mean, std, signed, per_map_scale)
-
-
-def _log_table(
-    trainer: Trainer,
-    key: str,
-    panel: PanelRows,
-    mean: Sequence[float],
-    std: Sequence[float],
-    signed: Mapping[str, bool],
-    per_map_scale: bool,
-) -> None:
-    """One row per shown sample: id, image, label, prediction, one overlay per explainer, each per-sample score."""
-    from lightning_vitx.rendering import denormalize, overlay, per_map_scales, shared_scale
-
-    def to_uint8(rgb: Tensor) -> Any:
-        return (rgb.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
-
-    pictures = to_uint8(denormalize(panel.images, mean, std))
     overlays = {}
-    for name, m in panel.maps.items():
-        scale = per_map_scales(m, signed[name]) if per_map_scale else shared_scale(m, signed[name])
-        overlays[name] = to_uint8(overlay(panel.images, m, mean, std, scale=scale, signed=signed[name]))
+    for name, maps in panel.maps.items():
+        scale = per_map_scales(maps, signed[name]) if per_map_scale else shared_scale(maps, signed[name])
+        drawn = overlay(panel.images, maps, mean, std, scale=scale, signed=signed[name])
+        overlays[name] = to_uint8(drawn)
+        record.images[f"{prefix}/{name}/maps"] = SampleImages(overlays[name], captions, masks)
+
+    title = f"epoch {record.epoch}" if record.epoch >= 0 else "before training"
+    title += f", {model_name(model)}, {explained} explained"
+    if disabled:
+        title += f"; disabled after a failure: {', '.join(disabled)}"
+    figure = panel_figure(
+        panel.images, panel.maps, mean, std, short, signed=signed, per_map=per_map_scale, title=title, masks=panel.masks
+    )
+    record.fallback_figures[f"{prefix}/panel"] = figure
+    if curves:
+        lines = {metric: dict(per_explainer) for metric, per_explainer in curves.items()}
+        record.figures[f"{prefix}/curves"] = curves_figure(lines, reference_curves, title=title)
+        record.curves = {m: {**lines[m], **({"random order": reference_curves[m]} if m in reference_curves else {})}
+                         for m in lines}
+
     score_keys = sorted(panel.scores)
-    columns = ["sample", "image", "label", "prediction", "probability", *panel.maps, *score_keys]
+    columns = ["sample", "epoch", "image", "label", "prediction", "probability", "correct", *panel.maps, *score_keys]
     rows = []
     for i, sample_id in enumerate(panel.ids.tolist()):
-        p = int(panel.probabilities[i].argmax())
+        p = int(predicted[i])
         label = None if panel.labels is None else int(panel.labels[i])
-        row = [sample_id, pictures[i], label, p, float(panel.probabilities[i, p])]
-        row += [overlays[name][i] for name in panel.maps]
+        cell = SampleImages([pictures[i]], [captions[i]], None if masks is None else [masks[i]])
+        row = [sample_id, record.epoch, cell, None if label is None else class_name(label, class_names)]
+        row += [class_name(p, class_names), float(panel.probabilities[i, p]), None if label is None else p == label]
+        row += [SampleImages([overlays[name][i]], [captions[i]], cell.masks) for name in panel.maps]
         row += [float(panel.scores[key][i]) for key in score_keys]
         rows.append(row)
-    log_table(trainer, key, columns, rows, trainer.global_step)
+    record.table = (columns, rows)
+    return record

@@ -63,6 +63,12 @@ class Scoring:
             for explainer in explainers
         }
         self.stability = {explainer: MeanMetric().to(device) for explainer in explainers}
+        # The curves of a random patch order (per sample, seeded by its id: the same on every rank and epoch), the
+        # reference line of the curve plots.
+        probes = {name: _create(name, options, batch_size) for name, options in metric_options.items()}
+        curves = {name: m for name, m in probes.items() if isinstance(getattr(m, "fractions", None), Tensor)}
+        self.reference = {name: metric.to(device) for name, metric in curves.items()}
+        self.reference_curves: dict[str, Any] = {}  # metric -> (fractions, mean curve) of the random order
         self.batch_size = batch_size
         self.probabilities: Tensor | None = None  # [N, classes] of the last update, this rank's samples
         self.sample_scores: dict[str, Tensor] = {}  # "explainer/metric" -> [N]
@@ -116,7 +122,29 @@ class Scoring:
             previous = previous_maps.get(explainer)
             if previous is not None and previous.shape == explanation.shape:
                 self.stability[explainer].update(spearman_per_sample(explanation, previous.to(device)))
+        if maps and self.reference:
+            self._update_reference(model, samples, next(iter(maps.values())).shape[1:], target, device, warn)
         return failed
+
+    def _update_reference(
+        self,
+        model: nn.Module,
+        samples: Mapping[str, Tensor | None],
+        grid: torch.Size,
+        target: Tensor,
+        device: torch.device,
+        warn: Callable[[str, str], None],
+    ) -> None:
+        images, ids = samples["images"], samples.get("ids")
+        assert images is not None
+        ids = torch.arange(images.shape[0]) if ids is None else ids
+        random_maps = torch.stack([torch.rand(grid, generator=torch.Generator().manual_seed(int(i))) for i in ids])
+        for name, metric in self.reference.items():
+            try:
+                for image, expl, tgt in _chunks(self.batch_size, images, random_maps, target):
+                    metric.update(model, image.to(device), expl.to(device), tgt.to(device))
+            except Exception as error:  # noqa: BLE001 - the reference line is not worth a run
+                warn(f"reference/{name}", f"the random-order reference of {name!r} failed: {error!r}")
 
     def compute(self, prefix: str, disabled: set[str], failed: set[str], with_stability: bool) -> dict[str, float]:
         """``{prefix/explainer/metric: score}`` for every pair, computed or NaN; stability where asked.
@@ -145,5 +173,14 @@ class Scoring:
                 elif name in self.curves:
                     self.curves[name].pop(explainer, None)
             for metric in [*metrics.values(), self.stability[explainer]]:
+                metric.reset()
+        self.reference_curves = {}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+            warnings.filterwarnings("ignore", message=".*no usable sample.*")
+            for name, metric in self.reference.items():
+                result = metric.compute()
+                if torch.isfinite(result["curve"]).all():
+                    self.reference_curves[name] = (result["fractions"].cpu().numpy(), result["curve"].cpu().numpy())
                 metric.reset()
         return scores

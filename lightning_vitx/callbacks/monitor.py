@@ -38,9 +38,17 @@ from lightning_vitx.callbacks._held_out import (
     default_batch_to_inputs,
 )
 from lightning_vitx.callbacks._model import find_model
-from lightning_vitx.callbacks._panel import PanelRows, gather_panel, log_pictures
+from lightning_vitx.callbacks._panel import PanelRows, gather_panel, pass_record
 from lightning_vitx.callbacks._resume import restore
 from lightning_vitx.callbacks._scoring import Scoring
+from lightning_vitx.callbacks._settings import (
+    explained_epoch,
+    find_class_names,
+    is_name_list,
+    monitor_settings,
+    score_axes,
+)
+from lightning_vitx.loggers import PassLogger, PassRecord
 
 __all__ = ["ExplainabilityMonitor"]
 
@@ -48,11 +56,16 @@ __all__ = ["ExplainabilityMonitor"]
 class ExplainabilityMonitor(Callback):
     r"""Every ``every_n_epochs`` validation epoch: explain a fixed held-out set, score it, log scores and panels.
 
-    Scores go through ``pl_module.log`` as ``<name>/<explainer>/<metric>`` (``name`` is ``"explain"`` by default;
-    synced across ranks), plus ``<name>/<explainer>/stability`` (rank correlation with the previous explained
-    epoch's maps, from the second one on) and ``<name>/time_s``. Global rank zero logs a heatmap panel of the
-    first ``panel_size`` samples by global id (gathered from every rank) to TensorBoard / W&B, or writes PNGs under
-    the log dir when no image logger is attached; ``last_panel`` keeps what it showed.
+    Scores are ``<name>/<explainer>/<metric>`` (``name`` is ``"explain"`` by default; synced across ranks), plus
+    ``<name>/<explainer>/stability`` (rank correlation with the previous explained epoch's maps, from the second
+    one on) and ``<name>/time_s``. Each explained pass is logged once, from global rank zero, with
+    ``<name>/epoch``: the training epoch whose end state was explained (``-1`` before any training step), W&B's
+    x-axis for every ``<name>/*`` key. With it go, for the first ``panel_size`` samples by global id (gathered from
+    every rank): captioned pictures (``<name>/inputs``, ``<name>/<explainer>/maps``, masks outlined), the
+    perturbation curves against a random order, and on W&B a per-sample table across epochs; without an image
+    logger, a composite panel and the curves as PNGs under the log dir. The settings (every option resolved, the
+    package version, the model) go to the W&B config and a TensorBoard text summary. ``last_panel`` keeps what the
+    pictures showed.
 
     Keys a checkpoint callback can rely on: the first validation epoch is always explained (then every
     ``every_n_epochs``-th), and every validation epoch in between carries the last explained scores (to
@@ -89,6 +102,8 @@ class ExplainabilityMonitor(Callback):
             share a colour scale, shown by a colour bar, so rows and epochs compare.
         name: prefix of every logged key, of the picture tags and of the state key; give each monitor its own
             when a Trainer has several (two models, or two configurations).
+        class_names: class index -> name, for captions and tables; by default the datamodule's or the validation
+            dataset's ``classes`` attribute when there is one (torchvision's convention), else class numbers.
 
     Example::
 
@@ -113,6 +128,7 @@ class ExplainabilityMonitor(Callback):
         dataloader: DataLoader | None = None,
         name: str = "explain",
         per_map_scale: bool = False,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         self.explainer_options = (
             {name: dict(options) for name, options in explainers.items()}
@@ -148,10 +164,13 @@ class ExplainabilityMonitor(Callback):
             )
         if not isinstance(name, str) or not name or name.startswith("/") or name.endswith("/"):
             raise ValueError(f"name must be a non-empty string without a leading or trailing '/', got {name!r}")
+        if class_names is not None and not is_name_list(class_names):
+            raise TypeError(f"class_names must be a list of strings (class index -> name) or None, got {class_names!r}")
         if model_attribute is not None and (not isinstance(model_attribute, str) or not model_attribute):
             raise ValueError(f"model_attribute must be a dotted attribute path or None, got {model_attribute!r}")
         self.name = name
         self.per_map_scale = bool(per_map_scale)
+        self.class_names = None if class_names is None else list(class_names)
         self.num_samples = num_samples
         self.panel_size = panel_size
         self.every_n_epochs = every_n_epochs
@@ -204,7 +223,9 @@ class ExplainabilityMonitor(Callback):
             raise MonitorConfigError(f"ExplainabilityMonitor(explainers=...): {error}") from None
         self.scoring = Scoring(self.explainer_names, self.metric_options, pl_module.device, self.batch_size)
         self._check_watchers(trainer)
+        self.pass_logger = PassLogger(self.name)
         if trainer.is_global_zero:
+            self.class_names = self.class_names or find_class_names(trainer)
             self._record_config(trainer)
 
     def _check_watchers(self, trainer: Trainer) -> None:
@@ -249,24 +270,17 @@ class ExplainabilityMonitor(Callback):
         return inputs
 
     def settings(self) -> dict[str, Any]:
-        """The monitor's settings, as recorded in the W&B run config so runs can be compared."""
-        return {
-            "name": self.name,
-            "explainers": self.explainer_options,
-            "metrics": self.metric_options,
-            "num_samples": self.num_samples,
-            "every_n_epochs": self.every_n_epochs,
-            "target": self.target,
-            "per_map_scale": self.per_map_scale,
-        }
+        """The monitor's settings, every explainer's and metric's options resolved, as the loggers record them.
+
+        Lists where a user filters runs (``explainers``, ``metrics``), the options with their defaults filled in,
+        the package version and, once set up, the model's timm name.
+        """
+        return monitor_settings(self, getattr(self, "model", None))
 
     def _record_config(self, trainer: Trainer) -> None:
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                key = "explainability_monitor" if self.name == "explain" else f"explainability_monitor/{self.name}"
-                logger.experiment.config.update({key: self.settings()}, allow_val_change=True)
+        """Settings and axes, to every logger (global rank zero)."""
+        self.pass_logger.record_settings(trainer, self.settings())
+        self.pass_logger.define_axes(trainer, score_axes(self.name, self.explainer_names, self.metric_names))
 
     # -- collecting the held-out set -------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -329,7 +343,7 @@ class ExplainabilityMonitor(Callback):
         if trainer.sanity_checking:
             return
         if not self._due(trainer):
-            self._log_scores(pl_module, self.history[-1] if self.history else {}, to_loggers=False)
+            self._log_scores(pl_module, self.history[-1] if self.history else {})
             return
         if self.dataloader is not None and len(self.held_out) == 0:
             rank, world = trainer.global_rank, trainer.world_size
@@ -369,8 +383,9 @@ class ExplainabilityMonitor(Callback):
             scores = {**self.scoring.compute(self.name, self._failed, failed, self._explained_epochs > 0), **counts}
         self._explained_epochs += 1
         scores[f"{self.name}/time_s"] = time.perf_counter() - start
-        self._log_scores(pl_module, scores, to_loggers=True)
-        self.history.append({"epoch": float(pl_module.current_epoch), **self._finite(scores)})
+        self._log_scores(pl_module, scores)
+        epoch = explained_epoch(trainer)
+        self.history.append({"epoch": float(epoch), **self._finite(scores)})
         maps = {name: m for name, m in maps.items() if name not in self._failed}
         self.last_panel = gather_panel(  # collectives: every rank, always
             trainer,
@@ -385,18 +400,42 @@ class ExplainabilityMonitor(Callback):
         )
         # trainer.log_dir broadcasts under DDP: every rank resolves it, then only rank zero draws.
         picture_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "explanations")
-        if trainer.is_global_zero and self.last_panel is not None:
+        if trainer.is_global_zero:
+            self._log_pass(trainer, PassRecord(epoch, trainer.global_step, self._finite(scores)), picture_dir)
+        self.last_maps = {name: m.cpu() for name, m in maps.items()}
+
+    def _log_pass(self, trainer: Trainer, record: PassRecord, picture_dir: str) -> None:
+        """Scores and pictures of one pass, at one step, to every logger (global rank zero).
+
+        A picture that cannot be drawn leaves the scores logged without pictures; neither costs the run.
+        """
+        if self.last_panel is not None:
             try:
-                disabled = sorted(self._failed)
-                curves = self.scoring.curves
-                log_pictures(
-                    trainer, self.name, self.model, self.last_panel, curves, picture_dir, disabled, self.per_map_scale
+                self.class_names = self.class_names or find_class_names(trainer)
+                explained = "label" if self.target == "label" else "predicted class"
+                record = pass_record(
+                    record,
+                    self.name,
+                    self.model,
+                    self.last_panel,
+                    self.class_names,
+                    self.scoring.curves,
+                    self.scoring.reference_curves,
+                    sorted(self._failed),
+                    self.per_map_scale,
+                    explained,
                 )
             except Exception as error:  # noqa: BLE001 - a picture must not cost the run
                 if self.on_error == "raise":
                     raise
-                self._warn_once("pictures", f"the panel could not be drawn or logged this epoch: {error!r}")
-        self.last_maps = {name: m.cpu() for name, m in maps.items()}
+                self._warn_once("pictures", f"the pictures could not be drawn this epoch: {error!r}")
+                record = PassRecord(record.epoch, record.step, record.scalars)
+        try:
+            self.pass_logger.log(trainer, record, picture_dir)
+        except Exception as error:  # noqa: BLE001 - a logger fault must not cost the run
+            if self.on_error == "raise":
+                raise
+            self._warn_once("logging", f"this epoch's pass could not be logged: {error!r}")
 
     # -- work -----------------------------------------------------------------------------------------------
     def _agree(
@@ -425,19 +464,19 @@ class ExplainabilityMonitor(Callback):
         logged[f"{self.name}/dropped"] = counts[-1]
         return failed, logged
 
-    def _log_scores(self, pl_module: LightningModule, scores: Mapping[str, float], to_loggers: bool) -> None:
-        """Every key, every validation epoch: finite scores to the loggers (``to_loggers``), all to callback_metrics.
+    def _log_scores(self, pl_module: LightningModule, scores: Mapping[str, float]) -> None:
+        """Every key, every validation epoch, to ``callback_metrics`` (what checkpoint callbacks read).
 
-        Values are already synced (or NaN on every rank alike); ``sync_dist`` averages equal values.
+        The loggers get the scores from ``_log_pass``, with the pictures of the same pass at the same step. Values
+        are already synced (or NaN on every rank alike); ``sync_dist`` averages equal values.
         """
         for key in self.score_keys():
             if key not in scores and key.endswith(("/stability", "/time_s")):
                 continue  # stability from the second explained epoch on; time only where something was timed
             value = scores.get(key, math.nan)
-            logger = to_loggers and math.isfinite(value)
             reduce = "max" if key.endswith("/time_s") else "mean"
             tensor = torch.tensor(value, dtype=torch.float32)
-            pl_module.log(key, tensor, sync_dist=True, logger=logger, reduce_fx=reduce)
+            pl_module.log(key, tensor, sync_dist=True, logger=False, reduce_fx=reduce)
 
     @staticmethod
     def _finite(scores: Mapping[str, float]) -> dict[str, float]:

@@ -38,6 +38,7 @@ class ShapesDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.image_size, self.train_size, self.val_size = image_size, train_size, val_size
         self.batch_size, self.seed, self.distractors = batch_size, seed, distractors
+        self.classes = list(ShapesDataset.classes)  # read by ExplainabilityMonitor for its captions
 
     def dataset(self, size: int, seed: int) -> ShapesDataset:
         return ShapesDataset(size, self.image_size, seed=seed, distractors=self.distractors)

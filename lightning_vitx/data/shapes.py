@@ -117,6 +117,7 @@ class ShapesDataset(Dataset[tuple[Tensor, int, Tensor]]):
     """
 
     num_classes = len(SHAPE_CLASSES)
+    classes = list(SHAPE_CLASSES)  # class index -> name, as torchvision datasets have it
 
     def __init__(
         self,

@@ -1,5 +1,6 @@
-"""Logger plumbing: pictures to W&B, TensorBoard, or PNG files when no image logger is attached."""
+"""Logger plumbing: one explained pass to W&B, TensorBoard, any Lightning logger, or PNG files."""
 
-from lightning_vitx.loggers.figures import curves_figure, figure_to_array, log_figure, log_table
+from lightning_vitx.loggers.figures import figure_to_array
+from lightning_vitx.loggers.passes import PassLogger, PassRecord, SampleImages
 
-__all__ = ["curves_figure", "figure_to_array", "log_figure", "log_table"]
+__all__ = ["PassLogger", "PassRecord", "SampleImages", "figure_to_array"]

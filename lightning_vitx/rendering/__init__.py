@@ -1,10 +1,12 @@
 """Rendering relevance maps: colour scales, overlays on the model's own view of the image, and panels."""
 
+from lightning_vitx.rendering.curves import curve_auc, curves_figure
 from lightning_vitx.rendering.heatmap import (
     colorize,
     denormalize,
     model_mean_std,
     normalize_maps,
+    outline_masks,
     overlay,
     panel_figure,
 )
@@ -13,10 +15,13 @@ from lightning_vitx.rendering.scale import MapScale, flat_maps, per_map_scales, 
 __all__ = [
     "MapScale",
     "colorize",
+    "curve_auc",
+    "curves_figure",
     "denormalize",
     "flat_maps",
     "model_mean_std",
     "normalize_maps",
+    "outline_masks",
     "overlay",
     "panel_figure",
     "per_map_scales",

@@ -11,7 +11,9 @@ from torch import Tensor, nn
 
 from lightning_vitx.rendering.scale import UNSIGNED_CMAP, MapScale, flat_maps, per_map_scales, shared_scale
 
-__all__ = ["colorize", "denormalize", "model_mean_std", "normalize_maps", "overlay", "panel_figure"]
+__all__ = ["colorize", "denormalize", "model_mean_std", "normalize_maps", "outline_masks", "overlay", "panel_figure"]
+
+MASK_COLOUR = (0.2, 1.0, 0.4)  # the ground-truth outline: a green that none of the heat colormaps uses
 
 
 def model_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -91,6 +93,26 @@ def overlay(
     return (1 - weight) * denormalize(images.float(), mean, std) + weight * heat
 
 
+def outline_masks(rgb: Tensor, masks: Tensor, colour: Sequence[float] = MASK_COLOUR) -> Tensor:
+    """Draw the outline of each object mask on its picture: ``[B, 3, H, W]`` RGB in ``[0, 1]``, masks ``[B, H, W]``.
+
+    A mask pixel is on the outline when one of its 8 neighbours is outside the mask (or outside the image).
+
+    Example::
+
+        >>> masks = torch.zeros(1, 6, 6, dtype=torch.bool)
+        >>> masks[0, 1:5, 1:5] = True
+        >>> drawn = outline_masks(torch.zeros(1, 3, 6, 6), masks)
+        >>> int((drawn[0, 1] > 0).sum())  # the 4x4 square's 12 border pixels; its 2x2 inside stays as it was
+        12
+    """
+    inside = masks.bool()[:, None].float()
+    eroded = -F.max_pool2d(-F.pad(inside, (1, 1, 1, 1), value=0.0), kernel_size=3, stride=1)
+    edge = (inside - eroded).clamp(0, 1)
+    paint = torch.as_tensor(colour, dtype=rgb.dtype, device=rgb.device)[None, :, None, None]
+    return rgb * (1 - edge) + paint * edge
+
+
 def panel_figure(
     images: Tensor,
     maps: Mapping[str, Tensor],
@@ -100,13 +122,15 @@ def panel_figure(
     signed: Mapping[str, bool] | None = None,
     per_map: bool = False,
     title: str | None = None,
+    masks: Tensor | None = None,
 ) -> Any:
     """A matplotlib figure: one row per sample, the image then one overlay per explainer, with colour bars.
 
     Each explainer column has one colour scale for all its rows (``shared_scale``), shown by a colour bar under
     the column; ``per_map=True`` scales each map to its own range instead (the bar then reads 0..1 of each map's
     range). Flat maps (constant, or all zero) are drawn flat and marked in their cell. ``signed`` names the
-    explainers whose maps have a sign (diverging colormap centred at zero).
+    explainers whose maps have a sign (diverging colormap centred at zero). ``masks`` (``[B, H, W]``, the
+    ground-truth objects) are outlined in every cell of their row.
     """
     import matplotlib
 
@@ -123,6 +147,8 @@ def panel_figure(
         scale = per_map_scales(explanation, is_signed) if per_map else shared_scale(explanation, is_signed)
         pictures.append(overlay(images, explanation, mean, std, scale=scale, signed=is_signed))
         scales.append(scale)
+    if masks is not None:
+        pictures = [outline_masks(picture, masks.to(picture.device)) for picture in pictures]
     for row in range(rows):
         for column in range(columns):
             axis = axes[row][column]

@@ -64,4 +64,4 @@ def test_cli_fit_with_a_preset_logs_explanations(preset, tmp_path):
     assert "explain/rollout/deletion" in columns
     if preset == "monitor_all_methods.yaml":
         assert "explain/gmar/segmentation" in columns and "explain/raw_attention/negative_perturbation" in columns
-    assert glob.glob(f"{tmp_path}/lightning_logs/version_0/explanations/explain_panel_epoch000.png")
+    assert glob.glob(f"{tmp_path}/lightning_logs/version_0/explanations/explain_panel_epoch000_step*.png")

@@ -186,7 +186,7 @@ def test_a_panel_that_cannot_be_drawn_warns_and_training_completes(tmp_path, mon
 
     monkeypatch.setattr(rendering, "panel_figure", broken)
     watcher = monitor()
-    with pytest.warns(UserWarning, match="the panel could not be drawn or logged this epoch: ValueError"):
+    with pytest.warns(UserWarning, match="the pictures could not be drawn this epoch: ValueError"):
         trainer = fit(tmp_path, [watcher])
     assert completed(trainer, tmp_path) and len(watcher.history) == EPOCHS
 

@@ -1,13 +1,11 @@
 """The monitor in real Trainer runs on a tiny ViT and the synthetic shapes (CPU, a few batches)."""
 
-import glob
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 import lightning_vitx.explainers as X
@@ -74,35 +72,6 @@ def monitor(**options):
     return ExplainabilityMonitor(**{**defaults, **options})
 
 
-def test_tensorboard_gets_scores_and_panels(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
-
-    watcher = monitor()
-    trainer, _ = fit(tmp_path, [watcher], logger=TensorBoardLogger(tmp_path, name="tb"))
-    events = EventAccumulator(trainer.logger.log_dir, size_guidance={IMAGES: 0, SCALARS: 0})
-    events.Reload()
-    scalars = set(events.Tags()["scalars"])
-    for name in ["rollout", "gmar"]:
-        for metric in ["deletion", "pointing_game"]:
-            assert len(events.Scalars(f"explain/{name}/{metric}")) == 2
-        assert len(events.Scalars(f"explain/{name}/stability")) == 1  # from the second explained epoch on
-    assert "explain/time_s" in scalars
-    assert watcher.scoring.metrics["rollout"]["deletion"].fractions.numel() == 6  # the options reached the metric
-    panels = events.Images("explain/panel")
-    assert len(panels) == 2 and panels[0].height > 100
-    assert 0.0 <= float(trainer.callback_metrics["explain/rollout/deletion"]) <= 1.0
-
-
-def test_without_an_image_logger_pngs_are_written(tmp_path):
-    trainer, _ = fit(tmp_path, [monitor()], logger=CSVLogger(tmp_path))
-    panels = sorted(glob.glob(f"{trainer.log_dir}/explanations/explain_panel_*.png"))
-    curves = sorted(glob.glob(f"{trainer.log_dir}/explanations/explain_curves_*.png"))
-    assert [p.rsplit("_", 1)[-1] for p in panels] == ["epoch000.png", "epoch001.png"]
-    assert len(curves) == 2
-    metrics = open(f"{trainer.log_dir}/metrics.csv").read()
-    assert "explain/gmar/pointing_game" in metrics
-
-
 def test_training_is_unchanged_by_the_monitor(tmp_path):
     _, plain = fit(tmp_path / "a", [])
     _, watched = fit(tmp_path / "b", [monitor()])
@@ -153,32 +122,6 @@ def test_bad_arguments():
         ExplainabilityMonitor(target="gt")
     with pytest.raises(TypeError, match="dataloader must be a torch.utils.data.DataLoader or None, got ShapesDataset"):
         ExplainabilityMonitor(dataloader=ShapesDataset(4, 32))
-
-
-def test_wandb_offline_run_files_hold_panels_table_and_scores(tmp_path, monkeypatch):
-    import json
-
-    from lightning.pytorch.loggers import WandbLogger
-
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    logger = WandbLogger(project="lvx-test", save_dir=str(tmp_path), offline=True)
-    trainer, _ = fit(tmp_path, [monitor()], logger=logger)
-    run = logger.experiment
-    assert 0.0 <= run.summary["explain/rollout/deletion"] <= 1.0
-    assert run.config["explainability_monitor"]["explainers"] == {"rollout": {}, "gmar": {}}
-    assert "explain/gmar/stability" in run.summary.keys()
-    logger.experiment.finish()
-    files = glob.glob(f"{tmp_path}/wandb/offline-run-*/files/media")[0]
-    assert len(glob.glob(f"{files}/images/explain/panel_*.png")) == 2
-    assert len(glob.glob(f"{files}/images/explain/curves_*.png")) == 2
-    tables = sorted(glob.glob(f"{files}/table/explain/samples_*.table.json"))
-    assert len(tables) == 2
-    table = json.load(open(tables[-1]))
-    assert table["columns"][:5] == ["sample", "image", "label", "prediction", "probability"]
-    assert "rollout/deletion" in table["columns"] and "gmar/pointing_game" in table["columns"]
-    assert len(table["data"]) == 4  # panel_size rows
 
 
 def test_the_same_monitor_across_validate_calls_under_inference_mode(tmp_path):

@@ -1,0 +1,129 @@
+"""What a monitor records about itself and its run, so that two runs differing in one setting can be told apart."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lightning.pytorch import Trainer
+from torch import nn
+
+import lightning_vitx.metrics as M
+from lightning_vitx.explainers._registry import _EXPLAINERS
+from lightning_vitx.metrics._common import METRICS
+
+__all__ = [
+    "explained_epoch",
+    "find_class_names",
+    "is_name_list",
+    "model_name",
+    "monitor_settings",
+    "resolved_options",
+    "score_axes",
+]
+
+
+def monitor_settings(monitor: Any, model: nn.Module | None) -> dict[str, Any]:
+    """An ``ExplainabilityMonitor``'s settings, every explainer's and metric's options resolved.
+
+    Lists of names where a user filters runs, the package version and the model's timm name (None before setup).
+    """
+    from lightning_vitx import __version__
+
+    explainers = {n: resolved_options(_EXPLAINERS.get(n)[1], o) for n, o in monitor.explainer_options.items()}
+    metrics = {n: resolved_options(METRICS.get(n)[1], o) for n, o in monitor.metric_options.items()}
+    return {
+        "version": __version__,
+        "name": monitor.name,
+        "model": None if model is None else model_name(model),
+        "explainers": monitor.explainer_names,
+        "explainer_options": explainers,
+        "metrics": monitor.metric_names,
+        "metric_options": metrics,
+        "num_samples": monitor.num_samples,
+        "panel_size": monitor.panel_size,
+        "batch_size": monitor.batch_size,
+        "every_n_epochs": monitor.every_n_epochs,
+        "target": monitor.target,
+        "held_out": "dataloader" if monitor.dataloader is not None else "validation",
+        "per_map_scale": monitor.per_map_scale,
+        "class_names": monitor.class_names,
+        "on_error": monitor.on_error,
+    }
+
+
+def score_axes(prefix: str, explainers: Sequence[str], metrics: Sequence[str]) -> dict[str, dict[str, bool]]:
+    """``{metric: {"<prefix>/<explainer>/<metric>": higher_is_better}}``, stability included: one chart per metric."""
+    axes = {
+        metric: {f"{prefix}/{e}/{metric}": bool(M.get_info(metric).higher_is_better) for e in explainers}
+        for metric in metrics
+    }
+    axes["stability"] = {f"{prefix}/{e}/stability": True for e in explainers}
+    return axes
+
+
+def is_name_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str) and all(isinstance(c, str) for c in value)
+
+
+def find_class_names(trainer: Trainer) -> list[str] | None:
+    """The datamodule's or the validation dataset's ``classes`` (torchvision's convention), when it has them."""
+    loaders = trainer.val_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+    for source in (trainer.datamodule, getattr(loader, "dataset", None)):  # type: ignore[attr-defined]
+        classes = getattr(source, "classes", None)
+        if is_name_list(classes):
+            return [str(name) for name in classes]  # type: ignore[union-attr]
+    return None
+
+
+def explained_epoch(trainer: Trainer) -> int:
+    """The training epoch whose end state a validation pass sees: ``-1`` before any training step.
+
+    In ``fit``, the epoch in progress; in ``validate`` after training, the last finished one.
+    """
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    if trainer.global_step == 0:
+        return -1
+    return trainer.current_epoch if trainer.state.fn == TrainerFn.FITTING else trainer.current_epoch - 1
+
+
+def resolved_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Every constructor option of ``cls`` with the value it gets: its default, or what ``options`` set.
+
+    The model argument, ``*args`` and ``**kwargs`` are left out; values become plain (tuples -> lists, other objects
+    -> their ``repr``) so a run config can filter on them.
+
+    Example::
+
+        >>> from lightning_vitx.explainers import AttentionRollout
+        >>> resolved_options(AttentionRollout, {"head_fusion": "max"})
+        {'head_fusion': 'max', 'discard_ratio': 0.0, 'start_layer': 0}
+    """
+    resolved: dict[str, Any] = {}
+    parameters = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    for name, parameter in list(parameters.items())[1:]:
+        if name == "model" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        default = None if parameter.default is parameter.empty else parameter.default
+        resolved[name] = _plain(options.get(name, default))
+    resolved.update({name: _plain(value) for name, value in options.items() if name not in resolved})
+    return resolved
+
+
+def model_name(model: nn.Module) -> str:
+    """The timm architecture name when the model has one (``pretrained_cfg``), else its class name."""
+    config = getattr(model, "pretrained_cfg", None) or {}
+    return str(config.get("architecture") or type(model).__name__)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return repr(value)
