@@ -129,7 +129,8 @@ def chain_oracle(record, necc="softmax", gradient_relu="per_head"):
 def test_vector_propagation_equals_matrix_chain(case, models, make_images):
     model = models[case]
     size = 72 if case == "swin" else 224
-    record = capture_pass(detect(model), make_images(size, batch=2), needs=CaptureNeeds(gradients=True, token_states=True))
+    needs = CaptureNeeds(gradients=True, token_states=True)
+    record = capture_pass(detect(model), make_images(size, batch=2), needs=needs)
     for options in [{}, {"necc": "cosine", "gradient_relu": "after_mean"}]:
         ours = X.create("tokentm", model, **options).read(record)
         expected = chain_oracle(record, **options)
