@@ -2,8 +2,9 @@
 
 Recorded per block ``l``: the attention probabilities ``A^l`` (after softmax; ``[B, heads, N, N]`` for ViT,
 ``[B, heads, windows, w, w]`` for Swin's window attention, see ``Capture.geometries``), optionally
-their gradients ``dy_c/dA^l`` with respect to the target logits, the per-head attention outputs (input of the
-output projection), and the token states around each block and sublayer.
+their gradients ``dy_c/dA^l`` with respect to the target logits (or, with ``objective="probability"``, the target's
+softmax probability), the per-head attention outputs (input of the output projection), and the token states around
+each block and sublayer.
 
 Gradients come from ``torch.autograd.grad`` on the captured tensors, so no parameter's ``.grad`` is touched.
 The model is put in eval mode with timm's fused attention switched off for the pass only; everything is
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -27,21 +28,41 @@ from lightning_vitx.adapters.geometry import AttentionGeometry, spread
 __all__ = ["Capture", "CaptureNeeds", "capture_pass", "check_inputs", "explaining", "resolve_target"]
 
 Target = int | Tensor | None
+Objective = Literal["logit", "probability"]
+OBJECTIVES = ("logit", "probability")
 
 
 @dataclass(frozen=True)
 class CaptureNeeds:
-    """What a capture pass must record beyond the attention probabilities (always recorded)."""
+    """What a capture pass must record beyond the attention probabilities (always recorded).
+
+    ``objective`` is what the gradients differentiate: the target's logit (every explainer's convention) or its
+    softmax probability; it matters only with ``gradients``. Two needs that both ask for gradients of different
+    objectives do not combine (one pass has one backward): ``|`` raises, and ``ExplainerGroup`` runs one pass
+    per objective.
+    """
 
     gradients: bool = False
     token_states: bool = False
     head_outputs: bool = False
+    objective: Objective = "logit"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
 
     def __or__(self, other: CaptureNeeds) -> CaptureNeeds:
+        objective = other.objective if other.gradients and not self.gradients else self.objective
+        if self.gradients and other.gradients and self.objective != other.objective:
+            raise ValueError(
+                f"one capture pass differentiates one objective, got {self.objective!r} and {other.objective!r}; "
+                "capture them in separate passes"
+            )
         return CaptureNeeds(
             gradients=self.gradients or other.gradients,
             token_states=self.token_states or other.token_states,
             head_outputs=self.head_outputs or other.head_outputs,
+            objective=objective,
         )
 
 
@@ -58,12 +79,14 @@ class Capture:
         geometries: per block, how its attention connects tokens; ``geometries[l].times(v, fused)`` multiplies a
             row vector over the block's tokens by its head-fused attention.
         attention_grads: per block, ``d(sum_b logits[b, target[b]]) / dA``, same shapes; ``None`` unless asked.
+            With ``objective="probability"``: ``d(sum_b softmax(logits)[b, target[b]]) / dA``.
         head_outputs: per block, ``[B, heads, N, head_dim]`` attention output before the output projection
             (``[B, heads, windows, w, head_dim]`` for window attention).
         head_output_grads: their gradients with respect to the target logits.
         token_states: per block, a dict with ``input``, ``norm1``, ``attn`` (attention branch after layer scale),
             ``mid`` (= input + attn), ``norm2``, ``mlp`` (MLP branch after layer scale) and ``output``,
-            each ``[B, N, D]``.
+            each ``[B, N, D]`` (Swin: the block's ``H x W`` grid flattened row-major, as the geometries order it).
+        objective: what the gradients differentiate, ``"logit"`` or ``"probability"``.
     """
 
     layout: TokenLayout
@@ -75,6 +98,7 @@ class Capture:
     head_outputs: list[Tensor] | None = None
     head_output_grads: list[Tensor] | None = None
     token_states: list[dict[str, Tensor]] | None = None
+    objective: Objective = "logit"
 
     @property
     def batch_size(self) -> int:
@@ -99,6 +123,11 @@ class Capture:
         if self.attention_grads is None:
             raise ValueError(f"{who} needs attention gradients: capture with CaptureNeeds(gradients=True)")
         return self.attention_grads
+
+    def require_token_states(self, who: str) -> list[dict[str, Tensor]]:
+        if self.token_states is None:
+            raise ValueError(f"{who} needs token states: capture with CaptureNeeds(token_states=True)")
+        return self.token_states
 
 
 def resolve_target(target: Target, batch_size: int, num_classes: int, device: torch.device) -> Tensor | None:
@@ -186,7 +215,10 @@ def _register_hooks(
             handles.append(attn.proj.register_forward_pre_hook(lambda module, inputs: head_outputs.append(inputs[0])))
     if needs.token_states:
         for index, block in enumerate(blocks):
-            missing = [name for name in ("norm1", "ls1", "norm2", "ls2") if not hasattr(block, name)]
+            # timm's ViT Block scales each branch (ls1, ls2); Swin's block has no layer scale: its branches end in
+            # drop_path1 / drop_path2 (identities in eval mode).
+            branches = ("ls1", "ls2") if hasattr(block, "ls1") else ("drop_path1", "drop_path2")
+            missing = [name for name in ("norm1", *branches, "norm2") if not hasattr(block, name)]
             if missing:
                 raise ValueError(
                     f"token states need pre-norm timm Blocks; block {index} ({type(block).__name__}) lacks {missing}"
@@ -204,12 +236,18 @@ def _register_hooks(
                 block.register_forward_hook(keep("input", use_input=True)),
                 block.register_forward_hook(keep("output")),
                 block.norm1.register_forward_hook(keep("norm1")),
-                block.ls1.register_forward_hook(keep("attn")),
+                getattr(block, branches[0]).register_forward_hook(keep("attn")),
                 block.norm2.register_forward_hook(keep("mid", use_input=True)),
                 block.norm2.register_forward_hook(keep("norm2")),
-                block.ls2.register_forward_hook(keep("mlp")),
+                getattr(block, branches[1]).register_forward_hook(keep("mlp")),
             ]
     return handles
+
+
+def _tokens(state: Tensor) -> Tensor:
+    """A recorded token state, detached, float32, as ``[B, N, D]`` (Swin's ``[B, H, W, D]`` flattened row-major)."""
+    state = state.detach().float()
+    return state.flatten(1, -2) if state.ndim > 3 else state
 
 
 def _check_attention_shapes(attentions: list[Tensor], geometries: list[AttentionGeometry], batch: int) -> None:
@@ -232,7 +270,7 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
         adapter: from ``lightning_vitx.adapters.detect(model)``.
         images: ``[B, 3, H, W]`` as the model takes them, on the model's device.
         target: ``None`` (the predicted class), an ``int`` for all samples, or ``LongTensor[B]``.
-        needs: what to record beyond the attention probabilities.
+        needs: what to record beyond the attention probabilities, and what the gradients differentiate.
 
     Example::
 
@@ -288,16 +326,18 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
             target=target_ids,
             attentions=per_sample(attentions),
             geometries=geometries,
+            objective=needs.objective,
         )
         if needs.head_outputs:
             record.head_outputs = split_heads(head_outputs)
         if needs.gradients:
-            score = logits.float().gather(1, target_ids[:, None]).sum()
+            scores = logits.float().softmax(dim=1) if needs.objective == "probability" else logits.float()
+            score = scores.gather(1, target_ids[:, None]).sum()
             wrt = attentions + (head_outputs if needs.head_outputs else [])
             grads = torch.autograd.grad(score, wrt)
             record.attention_grads = per_sample(list(grads[: len(attentions)]))
             if needs.head_outputs:
                 record.head_output_grads = split_heads(list(grads[len(attentions) :]))
         if needs.token_states:
-            record.token_states = [{k: v.detach().float() for k, v in states.items()} for states in token_states]
+            record.token_states = [{k: _tokens(v) for k, v in states.items()} for states in token_states]
     return record

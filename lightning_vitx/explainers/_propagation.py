@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lightning_vitx.adapters.geometry import AttentionGeometry, spread
 
-__all__ = ["discard_lowest", "fuse_heads", "propagate_additive", "propagate_rollout"]
+__all__ = ["discard_lowest", "fuse_heads", "propagate_additive", "propagate_rollout", "propagate_token_transformation"]
 
 Step = Callable[[Tensor, Tensor, AttentionGeometry], Tensor]
 
@@ -63,6 +63,29 @@ def propagate_rollout(weights: Tensor, fused: Sequence[Tensor], geometries: Sequ
 def propagate_additive(weights: Tensor, fused: Sequence[Tensor], geometries: Sequence[AttentionGeometry]) -> Tensor:
     """``w (I + A_L) ... (I + A_s)``: Chefer et al.'s unnormalised rule ``R <- R + A R``."""
     return _propagate(weights, fused, geometries, _additive_step)
+
+
+def propagate_token_transformation(
+    weights: Tensor,
+    fused: Sequence[Tensor],
+    attention_scales: Sequence[Tensor],
+    mlp_scales: Sequence[Tensor],
+    geometries: Sequence[AttentionGeometry],
+) -> Tensor:
+    """``w U_L ... U_s`` with TokenTM's ``U = (I + diag(m)) (I + M diag(a))`` per block (Wu et al. 2024).
+
+    ``fused`` lists each block's ``M`` (head-fused attention, gradient-weighted), ``attention_scales`` and
+    ``mlp_scales`` its per-token weights ``a`` and ``m`` (``[B, N]``), all bottom-up. Per block the vector is
+    ``v <- v (1 + m)``, then ``v <- v + (v M) a``; between Swin stages it is spread to the finer grid.
+    """
+    vector, above = weights, None
+    blocks = zip(reversed(fused), reversed(attention_scales), reversed(mlp_scales), reversed(geometries), strict=True)
+    for matrix, attention, mlp, geometry in blocks:
+        if above is not None and above.grid_size != geometry.grid_size:
+            vector = spread(vector, above.grid_size, geometry.grid_size)
+        vector = vector * (1.0 + mlp)
+        vector, above = vector + geometry.times(vector, matrix) * attention, geometry
+    return vector
 
 
 def discard_lowest(fused: Tensor, ratio: float, num_prefix_tokens: int) -> Tensor:

@@ -74,7 +74,9 @@ class ExplainerGroup:
     """Several explainers for one model; the readout ones share a single capture pass per batch.
 
     Calling the group returns ``{name: maps}``. Every map explains the same class per sample: the readouts'
-    capture resolves ``target`` once and the other explainers receive that resolved target.
+    capture resolves ``target`` once and the other explainers receive that resolved target. Readouts whose
+    gradients differentiate different objectives (``tokentm(score="probability")`` beside the logit-based ones)
+    cannot share a backward: they get one capture pass per objective.
 
     Example::
 
@@ -105,17 +107,35 @@ class ExplainerGroup:
         }
         maps: dict[str, Tensor] = {}
         resolved: Target = target
-        if readouts:
-            needs = CaptureNeeds()
-            for readout in readouts.values():
-                needs = needs | readout.capture_needs()
-            record = capture_pass(self.adapter, images, target, needs)
-            maps.update({name: readout.from_capture(record) for name, readout in readouts.items()})
+        for names, needs in self._passes(readouts):
+            record = capture_pass(self.adapter, images, resolved, needs)
+            maps.update({name: readouts[name].from_capture(record) for name in names})
             resolved = record.target
         for name, explainer in self.explainers.items():
             if name not in maps:
                 maps[name] = explainer(images, resolved)
         return {name: maps[name] for name in self.explainers}
+
+    @staticmethod
+    def _passes(readouts: Mapping[str, ReadoutExplainer]) -> list[tuple[list[str], CaptureNeeds]]:
+        """The capture passes the readouts need: one per gradient objective (logit, probability), usually one.
+
+        Readouts without gradients join the first pass; later passes explain the class the first one resolved.
+        """
+        groups: dict[str | None, list[str]] = {}
+        for name, readout in readouts.items():
+            needs = readout.capture_needs()
+            groups.setdefault(needs.objective if needs.gradients else None, []).append(name)
+        free = groups.pop(None, [])
+        passes = list(groups.values()) or [[]]
+        passes[0] = free + passes[0]
+        result = []
+        for names in passes:
+            needs = CaptureNeeds()
+            for name in names:
+                needs = needs | readouts[name].capture_needs()
+            result.append((names, needs))
+        return [(names, needs) for names, needs in result if names]
 
 
 def create_many(explainers: Sequence[str] | Mapping[str, Mapping[str, Any]], model: nn.Module) -> ExplainerGroup:

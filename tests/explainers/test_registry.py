@@ -16,6 +16,7 @@ def test_available_names():
         "partial_lrp",
         "raw_attention",
         "rollout",
+        "tokentm",
         "transformer_attribution",
     ]
     assert X.available() == expected
