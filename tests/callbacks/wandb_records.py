@@ -43,14 +43,15 @@ def history(run_dir):
     """Every logged row of an offline run, in order: ``[{key: value}]`` (values decoded from JSON)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    rows = []
+    rows: dict[int, dict] = {}  # by _step: records of one row that W&B wrote in parts are merged
     for raw in _records(glob.glob(f"{run_dir}/run-*.wandb")[0]):
         record = pb.Record()
         record.ParseFromString(raw)
         if record.WhichOneof("record_type") == "history":
             items = record.history.item
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items})
-    return rows
+            row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
+            rows.setdefault(int(row.get("_step", len(rows))), {}).update(row)
+    return [rows[step] for step in sorted(rows)]
 
 
 def config(run_dir):
