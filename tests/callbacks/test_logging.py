@@ -25,6 +25,7 @@ def _sibling(name):
 _runs, _records = _sibling("test_monitor"), _sibling("wandb_records")
 ShapesClassifier, fit, monitor = _runs.ShapesClassifier, _runs.fit, _runs.monitor
 config, history, table_rows = _records.config, _records.history, _records.table_rows
+defined_metrics = _records.defined_metrics
 
 
 def wandb_run(tmp_path, monkeypatch, name, watcher):
@@ -73,6 +74,11 @@ def test_two_wandb_runs_differing_in_one_setting_can_be_told_apart_and_joined(tm
     assert five["explainers"] == ["rollout", "gmar"] and five["version"] == lightning_vitx.__version__
     assert five["model"] == "vit_tiny_patch16_224" and five["panel_size"] == 3 and five["held_out"] == "validation"
     assert five["class_names"] == list(SHAPE_CLASSES)  # from the dataset's `classes`
+
+    defined = defined_metrics(runs["five"])
+    assert defined["explain/*"][0] == "explain/epoch"  # the x-axis of every explain/ key
+    assert defined["explain/rollout/deletion"] == ("explain/epoch", {"min"})  # lower is better
+    assert defined["explain/gmar/pointing_game"] == ("explain/epoch", {"max"})
 
     samples = {}
     for name, run in runs.items():

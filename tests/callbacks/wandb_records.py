@@ -75,3 +75,18 @@ def table_rows(run_dir, key):
     files = sorted(glob.glob(f"{run_dir}/files/media/table/{key}_*.table.json"), key=increment)
     tables = [json.load(open(path)) for path in files]
     return (tables[0]["columns"] if tables else []), [row for table in tables for row in table["data"]]
+
+
+def defined_metrics(run_dir):
+    """``{name or glob: (step_metric, summaries)}`` of the run's ``define_metric`` calls."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    defined = {}
+    for raw in _records(glob.glob(f"{run_dir}/run-*.wandb")[0]):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "metric":
+            metric = record.metric
+            summaries = {field.name for field, value in metric.summary.ListFields() if value}
+            defined[metric.name or metric.glob_name] = (metric.step_metric, summaries)
+    return defined
