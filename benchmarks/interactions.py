@@ -47,14 +47,23 @@ def speed(models: list[str], sizes: list[int], batch: int, device: str, repeats:
             model = timm.create_model(name, pretrained=False, img_size=size).to(device).eval()
             images = torch.randn(batch, 3, size, size, device=device)
 
-            def forward_backward() -> None:
+            def forward_backward(model: nn.Module = model, images: torch.Tensor = images) -> None:
                 model(images).max(dim=1).values.sum().backward()
                 model.zero_grad(set_to_none=True)
 
+            def analyse(model: nn.Module = model, images: torch.Tensor = images) -> None:
+                patch_interactions(model, images)
+
             base = seconds(forward_backward, repeats, sync)
-            analysis = seconds(lambda: patch_interactions(model, images), repeats, sync)  # noqa: B023
+            analysis = seconds(analyse, repeats, sync)
             result = patch_interactions(model, images)
-            mib = sum(m.numel() * m.element_size() + e.numel() for m, e in zip(result.interactions, result.erf)) / 2**20
+            mib = (
+                sum(
+                    m.numel() * m.element_size() + e.numel()
+                    for m, e in zip(result.interactions, result.erf, strict=True)
+                )
+                / 2**20
+            )
             tokens = result.interactions[0].shape[-1]
             print(f"| {name} | {size} | {tokens} | {base:.3f} | {analysis:.3f} | {analysis / base:.2f} | {mib:.0f} |")
 
@@ -79,7 +88,9 @@ def agreement(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pair
             chosen.append(torch.stack([flat // total.shape[1], flat % total.shape[1]], 1))
         pairs_i = torch.cat(chosen).unique(dim=0)
         effect = edge_ablation_effects(model, images[index : index + 1], pairs_i, labels[index : index + 1], 512)
-        strong.append({n: float(rank_correlation(r.pair_scores(pairs_i)[index], effect[0])) for n, r in results.items()})
+        strong.append(
+            {n: float(rank_correlation(r.pair_scores(pairs_i)[index], effect[0])) for n, r in results.items()}
+        )
     for name in results:
         out[f"{name} top"] = statistics.mean(row[name] for row in strong)
     for name, result in results.items():

@@ -83,7 +83,9 @@ class PatchInteractions:
         """
         first = self.grid_sizes[0][0] * self.grid_sizes[0][1]
         per_token = [first / (gh * gw) for gh, gw in self.grid_sizes]
-        return torch.stack([size.float().mean(dim=-1) * scale for size, scale in zip(self.erf_size, per_token)], 1)
+        return torch.stack(
+            [size.float().mean(dim=-1) * scale for size, scale in zip(self.erf_size, per_token, strict=True)], 1
+        )
 
     def pair_scores(self, pairs: Tensor) -> Tensor:
         """``[B, num_pairs]``: each ``(query, key)`` patch pair's interaction summed over all blocks.
@@ -170,7 +172,9 @@ def receptive_fields(
     _check_mass(mass)
     count = grid_size[0] * grid_size[1]
     if interactions.shape[-2:] != (count, count):
-        raise ValueError(f"expected interactions [..., {count}, {count}] for a {grid_size} grid, got {interactions.shape}")
+        raise ValueError(
+            f"expected interactions [..., {count}, {count}] for a {grid_size} grid, got {interactions.shape}"
+        )
     values = interactions.float().clamp(min=0)
     total = values.sum(dim=-1, keepdim=True)
     share = values / total.clamp_min(torch.finfo(values.dtype).tiny)
@@ -251,7 +255,8 @@ class _EdgeRemoval:
         ablated = output.clone()
         ablated[rows, :, self.queries, self.keys] = 0.0
         kept = ablated[rows, :, self.queries, :]
-        ablated[rows, :, self.queries, :] = kept / kept.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(kept.dtype).tiny)
+        total = kept.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(kept.dtype).tiny)
+        ablated[rows, :, self.queries, :] = kept / total
         return ablated
 
 
@@ -333,7 +338,8 @@ def _ranks(values: Tensor) -> Tensor:
     """Ranks along the last dimension, ties given their mean rank."""
     order = values.argsort(dim=-1, stable=True)
     ranks = torch.empty_like(values)
-    ranks.scatter_(-1, order, torch.arange(values.shape[-1], dtype=values.dtype, device=values.device).expand_as(values))
+    positions = torch.arange(values.shape[-1], dtype=values.dtype, device=values.device)
+    ranks.scatter_(-1, order, positions.expand_as(values))
     flat_values, flat_ranks = values.reshape(-1, values.shape[-1]), ranks.reshape(-1, values.shape[-1])
     for row in range(flat_values.shape[0]):
         unique, inverse = flat_values[row].unique(return_inverse=True)
@@ -367,4 +373,3 @@ def sample_pairs(grid_size: tuple[int, int], count: int, seed: int = 0) -> Tenso
     queries = torch.randint(patches, (count,), generator=generator)
     keys = (queries + torch.randint(1, patches, (count,), generator=generator)) % patches
     return torch.stack([queries, keys], dim=1)
-

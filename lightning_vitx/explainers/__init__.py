@@ -4,8 +4,17 @@ Example::
 
     >>> import timm, torch
     >>> import lightning_vitx.explainers as X
-    >>> print(", ".join(X.available()))
-    generic_attention, gmar, gradcam, lrp, partial_lrp, patch_interaction, raw_attention, rollout, transformer_attribution
+    >>> for name in X.available():
+    ...     print(name)
+    generic_attention
+    gmar
+    gradcam
+    lrp
+    partial_lrp
+    patch_interaction
+    raw_attention
+    rollout
+    transformer_attribution
     >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5)
     >>> X.create("generic_attention", model)(torch.randn(2, 3, 224, 224), target=1).shape
     torch.Size([2, 14, 14])

@@ -58,7 +58,9 @@ ALL_PAIRS = torch.stack(torch.meshgrid(torch.arange(16), torch.arange(16), index
 
 def test_receptive_fields_by_hand():
     # a 2x2 grid: patches at (0,0), (0,1), (1,0), (1,1)
-    interactions = torch.tensor([[4.0, 3.0, 2.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 2.0]])
+    interactions = torch.tensor(
+        [[4.0, 3.0, 2.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 2.0]]
+    )
     erf, size, tendency = receptive_fields(interactions[None], grid_size=(2, 2), mass=0.6)
     # row 0: shares .4 .3 .2 .1; .4 alone is short of .6, .4 + .3 reaches it
     # row 2: four shares of .25, three needed to reach .6 (ties go to the lower index)
@@ -112,7 +114,9 @@ def test_edge_ablation_equals_the_model_without_that_edge():
     # pairs in one pass or one by one, images batched or not: the same drops
     pairs = sample_pairs((4, 4), 7, seed=1)
     batched = edge_ablation_effects(edge_model(), x, pairs, target, batch_size=64)
-    single = torch.cat([edge_ablation_effects(edge_model(), x[i : i + 1], pairs, target[i : i + 1], 1) for i in range(3)])
+    single = torch.cat(
+        [edge_ablation_effects(edge_model(), x[i : i + 1], pairs, target[i : i + 1], 1) for i in range(3)]
+    )
     torch.testing.assert_close(batched, single, atol=1e-6, rtol=0)
 
 
@@ -190,7 +194,9 @@ def test_model_left_as_found_and_inference_mode_gives_the_same(fresh_vit, make_i
         assert after[key] == before[key], key
     assert torch.equal(after["rng"], before["rng"])
     assert all(torch.equal(a, b) for a, b in zip(after["params"], before["params"], strict=True))
-    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(after["grads"], before["grads"]))
+    assert all(
+        (a is None and b is None) or torch.equal(a, b) for a, b in zip(after["grads"], before["grads"], strict=True)
+    )
     with torch.inference_mode():
         inside = patch_interactions(model, x.clone(), 2)
         inside_effects = edge_ablation_effects(model, x.clone(), pairs, 2)
@@ -207,7 +213,9 @@ def test_rank_correlation_by_hand():
     rx, ry = torch.tensor([1, 2, 3, 4, 5.0]), torch.tensor([1, 2.5, 2.5, 4, 5])
     expected = torch.corrcoef(torch.stack([rx, ry]))[0, 1]
     torch.testing.assert_close(rank_correlation(x, y), expected)
-    torch.testing.assert_close(rank_correlation(torch.stack([x, x]), torch.stack([y, -y])), torch.stack([expected, -expected]))
+    torch.testing.assert_close(
+        rank_correlation(torch.stack([x, x]), torch.stack([y, -y])), torch.stack([expected, -expected])
+    )
 
 
 def test_bad_options_say_what_to_do(models, make_images):
