@@ -125,7 +125,7 @@ def _dense(fused: Tensor, geometry: AttentionGeometry) -> Tensor:
         start = geometry.num_prefix_tokens
         return fused[:, start:, start:]
     tokens = geometry.num_tokens
-    numbered = torch.arange(1, tokens + 1, dtype=torch.float64, device=fused.device)[None]
+    numbered = torch.arange(1, tokens + 1, dtype=torch.float32, device=fused.device)[None]  # exact below 2^24
     index = geometry.to_windows(numbered)[0].round().long() - 1  # [windows, w]; padding -> -1
     index = torch.where(index < 0, tokens, index)  # padding goes to a spare row and column, cut off below
     dense = fused.new_zeros(fused.shape[0], tokens + 1, tokens + 1)

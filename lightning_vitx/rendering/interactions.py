@@ -61,7 +61,9 @@ def erf_figure(
 
     if images.shape[0] != result.target.shape[0]:
         raise ValueError(f"expected the {result.target.shape[0]} images analysed, got {images.shape[0]}")
-    layer = range(result.num_layers)[layer]
+    if not -result.num_layers <= layer < result.num_layers:
+        raise ValueError(f"layer must lie in [{-result.num_layers}, {result.num_layers}), got {layer}")
+    layer %= result.num_layers
     (gh, gw), (height, width) = result.grid_sizes[layer], images.shape[-2:]
     ph, pw = height / gh, width / gw
     rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")

@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.quiver import Quiver  # noqa: E402
@@ -38,6 +39,8 @@ def test_erf_figure_draws_each_patch_tendency_coloured_by_size():
             np.testing.assert_allclose(quiver.X[:4], [8, 24, 40, 56])
     finally:
         plt.close(figure)
+    with pytest.raises(ValueError, match="layer must lie in"):
+        erf_figure(images, result, (0.5,) * 3, (0.5,) * 3, layer=3)
 
 
 def test_erf_size_curve_is_the_mean_size_per_block():
