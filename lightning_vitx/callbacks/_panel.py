@@ -111,7 +111,9 @@ def pass_record(
 
     Keys: ``<prefix>/inputs`` and ``<prefix>/<explainer>/maps`` (one captioned picture per shown sample; each
     explainer's maps share one colour scale unless ``per_map_scale``), ``<prefix>/curves``, ``<prefix>/samples``
-    (the table) and, for the PNG fallback, ``<prefix>/panel``.
+    (the table), with ``patch_interaction`` among the explainers ``<prefix>/patch_interaction/erf`` (each patch's
+    receptive-field tendency and size) and ``.../erf_size`` (per block), and for the PNG fallback
+    ``<prefix>/panel``.
     """
     import lightning_vitx.explainers as X
     from lightning_vitx.rendering import (
@@ -160,6 +162,14 @@ def pass_record(
         record.figures[f"{prefix}/curves"] = curves_figure(lines, reference_curves, title=title)
         record.curves = {m: {**lines[m], **({"random order": reference_curves[m]} if m in reference_curves else {})}
                          for m in lines}
+
+    if "patch_interaction" in panel.maps:  # the receptive fields behind that map: one more pass, rank zero only
+        from lightning_vitx.rendering import interaction_figures
+
+        device = next(model.parameters()).device
+        explained_class = panel.labels if explained == "label" and panel.labels is not None else predicted
+        figures = interaction_figures(model, panel.images.to(device), explained_class.to(device), captions=short)
+        record.figures.update({f"{prefix}/patch_interaction/{key}": figure for key, figure in figures.items()})
 
     score_keys = sorted(panel.scores)
     columns = ["sample", "epoch", "image", "label", "prediction", "probability", "correct", *panel.maps, *score_keys]

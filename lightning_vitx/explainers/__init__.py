@@ -4,8 +4,18 @@ Example::
 
     >>> import timm, torch
     >>> import lightning_vitx.explainers as X
-    >>> print(", ".join(X.available()))
-    generic_attention, gmar, gradcam, lrp, partial_lrp, raw_attention, rollout, tokentm, transformer_attribution
+    >>> for name in X.available():
+    ...     print(name)
+    generic_attention
+    gmar
+    gradcam
+    lrp
+    partial_lrp
+    patch_interaction
+    raw_attention
+    rollout
+    tokentm
+    transformer_attribution
     >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5)
     >>> X.create("generic_attention", model)(torch.randn(2, 3, 224, 224), target=1).shape
     torch.Size([2, 14, 14])
@@ -18,6 +28,7 @@ from lightning_vitx.explainers.gmar import GMAR
 from lightning_vitx.explainers.gradcam import AttentionGradCAM
 from lightning_vitx.explainers.lrp import LRP
 from lightning_vitx.explainers.partial_lrp import PartialLRP
+from lightning_vitx.explainers.patch_interaction import PatchInteraction
 from lightning_vitx.explainers.raw_attention import RawAttention
 from lightning_vitx.explainers.rollout import AttentionRollout
 from lightning_vitx.explainers.tokentm import TokenTM
@@ -33,6 +44,7 @@ __all__ = [
     "ExplainerInfo",
     "GenericAttention",
     "PartialLRP",
+    "PatchInteraction",
     "RawAttention",
     "ReadoutExplainer",
     "TokenTM",

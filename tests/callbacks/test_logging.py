@@ -160,3 +160,15 @@ def test_class_names_must_be_strings():
         monitor(class_names="circle,square")
     assert monitor(class_names=["a", "b"]).settings()["class_names"] == ["a", "b"]
     assert json.dumps(monitor().settings())  # plain values only
+
+
+def test_with_patch_interaction_the_receptive_field_figures_are_logged_every_pass(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    watcher = monitor(explainers=["rollout", "patch_interaction"])
+    trainer, _ = fit(tmp_path, [watcher], logger=TensorBoardLogger(tmp_path, name="tb"))
+    events = EventAccumulator(trainer.logger.log_dir, size_guidance={IMAGES: 0})
+    events.Reload()
+    steps = [int(image.step) for image in events.Images("explain/rollout/maps")]
+    for tag in ["explain/patch_interaction/erf", "explain/patch_interaction/erf_size"]:
+        assert [int(image.step) for image in events.Images(tag)] == steps, tag

@@ -14,6 +14,7 @@ def test_available_names():
         "gradcam",
         "lrp",
         "partial_lrp",
+        "patch_interaction",
         "raw_attention",
         "rollout",
         "tokentm",

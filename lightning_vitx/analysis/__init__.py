@@ -1,0 +1,30 @@
+"""Per-image analyses beyond one map: patch interactions and effective responsive fields.
+
+Example::
+
+    >>> import timm, torch
+    >>> from lightning_vitx.analysis import patch_interactions
+    >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, depth=2)
+    >>> patch_interactions(model, torch.randn(1, 3, 224, 224), indicator="attention").num_layers
+    2
+"""
+
+from lightning_vitx.analysis.patch_interactions import (
+    PatchInteractions,
+    edge_ablation_effects,
+    interaction_matrices,
+    patch_interactions,
+    rank_correlation,
+    receptive_fields,
+    sample_pairs,
+)
+
+__all__ = [
+    "PatchInteractions",
+    "edge_ablation_effects",
+    "interaction_matrices",
+    "patch_interactions",
+    "rank_correlation",
+    "receptive_fields",
+    "sample_pairs",
+]
