@@ -5,13 +5,14 @@ Example::
     >>> import timm, torch
     >>> import lightning_vitx.explainers as X
     >>> print(", ".join(X.available()))
-    generic_attention, gmar, gradcam, lrp, partial_lrp, raw_attention, rollout, transformer_attribution
+    attnlrp, generic_attention, gmar, gradcam, lrp, partial_lrp, raw_attention, rollout, transformer_attribution
     >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5)
     >>> X.create("generic_attention", model)(torch.randn(2, 3, 224, 224), target=1).shape
     torch.Size([2, 14, 14])
 """
 
 from lightning_vitx.explainers._registry import ExplainerInfo, available, create, get_info, register
+from lightning_vitx.explainers.attnlrp import AttnLRP
 from lightning_vitx.explainers.base import Explainer, ExplainerGroup, ReadoutExplainer, create_many
 from lightning_vitx.explainers.generic_attention import GenericAttention
 from lightning_vitx.explainers.gmar import GMAR
@@ -27,6 +28,7 @@ __all__ = [
     "LRP",
     "AttentionGradCAM",
     "AttentionRollout",
+    "AttnLRP",
     "Explainer",
     "ExplainerGroup",
     "ExplainerInfo",
