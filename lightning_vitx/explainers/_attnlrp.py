@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -48,24 +48,57 @@ def stabilize(denominator: Tensor, epsilon: float = 1e-6) -> Tensor:
     return denominator + epsilon * torch.where(denominator >= 0, 1.0, -1.0).to(denominator)
 
 
+def _gamma_coefficients(
+    z: Tensor, p: Tensor, bias: Tensor | None, gamma: float, shape: tuple[int, ...]
+) -> tuple[Tensor, Tensor]:
+    """The weights ``(c1, c2)`` with which ``z`` and ``p`` enter the gamma rule's surrogate ``c1 z + c2 p``."""
+    b = torch.zeros((), dtype=z.dtype, device=z.device) if bias is None else bias.detach().reshape(shape)
+    up = (z > 0) * z / stabilize(z + gamma * (p + b.clamp(min=0)))
+    down = (z < 0) * z / stabilize(z + gamma * (z - b - p + b.clamp(max=0)))
+    # up * (z0 + g p) + down * ((1 + g) z0 - g p), the rule's two weighted sums, as a function of z0 = z - b and p
+    return up + (1 + gamma) * down, gamma * (up - down)
+
+
 def gamma_rule(
     x: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, gamma: float, op: Callable[[Tensor, Tensor], Tensor]
 ) -> Tensor:
     """``z = op(x, weight) + bias`` with the gamma rule's gradient (module docstring); ``op`` is linear in each.
 
     With ``p = op(x+, W+) + op(x-, W-)`` and ``z0 = z - bias``, the two denominators are ``z + g (p + b+)`` (where
-    ``z > 0``) and ``z + g (z0 - p + b-)`` (where ``z < 0``), so one extra ``op`` pair gives both.
+    ``z > 0``) and ``z + g (z0 - p + b-)`` (where ``z < 0``), so one extra ``op`` pair gives both. ``F.linear``
+    runs as a custom autograd function (all of the rule in its backward); other ops (the patch convolution) as a
+    surrogate with the rule's gradient.
     """
-    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
-    p = op(x.clamp(min=0), w_pos) + op(x.clamp(max=0), w_neg)
-    shape = (-1,) + (1,) * (z.ndim - 2) if op is not F.linear else (-1,)
-    b = torch.zeros((), dtype=z.dtype, device=z.device) if bias is None else bias.reshape(shape)
+    if op is F.linear:
+        return cast(Tensor, _GammaLinear.apply(x, z.detach(), weight.detach(), bias, gamma))
+    w = weight.detach()
+    p = op(x.clamp(min=0), w.clamp(min=0)) + op(x.clamp(max=0), w.clamp(max=0))
     with torch.no_grad():
-        z0 = z - b
-        up = (z > 0) * z / stabilize(z + gamma * (p + b.clamp(min=0)))
-        down = (z < 0) * z / stabilize(z + gamma * (z0 - p + b.clamp(max=0)))
-    # gradient of up * (z0 + g p) + down * ((1 + g) z0 - g p), the rule's two weighted sums
-    return with_gradient(z, (up + (1 + gamma) * down) * z + gamma * (up - down) * p)
+        c1, c2 = _gamma_coefficients(z, p, bias, gamma, (-1,) + (1,) * (z.ndim - 2))
+    return with_gradient(z, c1 * z + c2 * p)
+
+
+class _GammaLinear(torch.autograd.Function):
+    """Forward: the stock output ``z`` as it is; backward: the gamma rule's gradient at ``x``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, gamma: float) -> Tensor:
+        ctx.save_for_backward(x.detach(), z, weight)
+        ctx.bias, ctx.gamma = None if bias is None else bias.detach(), gamma
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
+        # With W+ = (W + |W|) / 2 and W- = (W - |W|) / 2: p = (z0 + |x| |W|^T) / 2, and the gradient
+        # c1 g W + [x > 0] (c2 g W+) + [x < 0] (c2 g W-) is (c1 g + c2 g / 2) W + sign(x) (c2 g / 2) |W|.
+        x, z, weight = ctx.saved_tensors
+        bias = ctx.bias
+        z0 = z if bias is None else z - bias
+        magnitude = weight.abs()
+        p = (z0 + F.linear(x.abs(), magnitude)) / 2
+        c1, c2 = _gamma_coefficients(z, p, bias, ctx.gamma, (-1,))
+        half = grad * c2 / 2
+        return (grad * c1 + half) @ weight + x.sign() * (half @ magnitude), None, None, None, None
 
 
 def _gamma_hook(gamma: float) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]:
