@@ -6,6 +6,7 @@ Example::
     >>> import lightning_vitx.explainers as X
     >>> for name in X.available():
     ...     print(name)
+    attnlrp
     generic_attention
     gmar
     gradcam
@@ -22,6 +23,7 @@ Example::
 """
 
 from lightning_vitx.explainers._registry import ExplainerInfo, available, create, get_info, register
+from lightning_vitx.explainers.attnlrp import AttnLRP
 from lightning_vitx.explainers.base import Explainer, ExplainerGroup, ReadoutExplainer, create_many
 from lightning_vitx.explainers.generic_attention import GenericAttention
 from lightning_vitx.explainers.gmar import GMAR
@@ -39,6 +41,7 @@ __all__ = [
     "LRP",
     "AttentionGradCAM",
     "AttentionRollout",
+    "AttnLRP",
     "Explainer",
     "ExplainerGroup",
     "ExplainerInfo",

@@ -9,6 +9,7 @@ from lightning_vitx.explainers import ExplainerInfo, register
 
 def test_available_names():
     expected = [
+        "attnlrp",
         "generic_attention",
         "gmar",
         "gradcam",
@@ -26,7 +27,7 @@ def test_available_names():
 
 
 def test_unknown_name_lists_the_choices(models):
-    with pytest.raises(ValueError, match=r"unknown explainer 'rolout'; expected one of \['generic_attention'"):
+    with pytest.raises(ValueError, match=r"unknown explainer 'rolout'; expected one of \['attnlrp', 'generic_"):
         X.create("rolout", models["vit"])
 
 
@@ -46,6 +47,7 @@ def test_duplicate_registration_raises():
         ("gradcam", {"layer": -13}, "layer must be an int"),
         ("gmar", {"norm": "l3"}, "norm must be 'l1' or 'l2'"),
         ("gmar", {"gradient_source": "values"}, "gradient_source must be"),
+        ("attnlrp", {"attention_rule": "softmax"}, "attention_rule must be one of"),
     ],
 )
 def test_bad_options(name, options, message, models):

@@ -202,7 +202,7 @@ def state(model):
     }
 
 
-@pytest.mark.parametrize("name", ["transformer_attribution", "lrp", "partial_lrp"])
+@pytest.mark.parametrize("name", ["transformer_attribution", "lrp", "partial_lrp", "attnlrp"])
 def test_model_left_exactly_as_found_also_when_the_pass_raises(name, tiny_vit, tiny_images):
     model = tiny_vit().train()
     model.blocks[0].eval()

@@ -1,0 +1,137 @@
+"""AttnLRP (Achtibat et al. 2024) and CP-LRP (Ali et al. 2022): LRP of the target logit in one modified backward.
+
+Forward hooks (``_attnlrp``) give the user's own model, for one pass, a backward whose gradient times input is the
+relevance of the AttnLRP rules (METHODS.md §9.1): identity rule through the MLP's activation, LayerNorm with its
+standard deviation held constant, the uniform rule through ``q k^T`` and ``A v`` with AttnLRP's softmax rule (or,
+with ``attention_rule="cp"``, the attention probabilities detached), and the gamma rule on the Linear layers and
+the patch-embedding convolution. The input's relevance ``x * dy_c/dx`` is summed over channels (the pixel map)
+and over each patch's pixels (the patch map). Swin needs nothing more: its windows, shifts, padding and patch
+merging are permutations and sums, which the plain gradient carries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_vitx.adapters import explaining, resolve_target
+from lightning_vitx.adapters.capture import Target, check_inputs
+from lightning_vitx.explainers._attnlrp import AttentionRule, lrp_rules
+from lightning_vitx.explainers._registry import ExplainerInfo, register
+from lightning_vitx.explainers.base import Explainer
+
+__all__ = ["AttnLRP"]
+
+ATTENTION_RULES = ("attnlrp", "cp")
+
+
+@register(
+    ExplainerInfo(
+        name="attnlrp",
+        needs_gradients=True,
+        readout=False,
+        families=("vit", "swin"),
+        description="AttnLRP (or CP-LRP) relevance of the input pixels, one modified backward, summed per patch",
+        reference="Achtibat et al. 2024, AttnLRP (arXiv 2402.05602); Ali et al. 2022, XAI for Transformers: "
+        "Better Explanations through Conservative Propagation (arXiv 2202.07304)",
+        signed=True,
+    )
+)
+class AttnLRP(Explainer):
+    """AttnLRP: the relevance of each patch's pixels for the target logit, from one forward and one backward.
+
+    The rules hold for the pass only (forward hooks that change the gradient, not the outputs; all removed on
+    exit). Maps are signed and unnormalised; with ``gamma=0``, ``conv_gamma=0`` the relevance is conserved: the
+    map sums to the target logit less what the biases (and, for ``"attnlrp"``, each softmax's Taylor bias term)
+    absorb. ``pixel_relevance`` gives the map at the input's pixels.
+
+    Args:
+        model: a timm ViT or DeiT (class token or ``global_pool="avg"``, distilled, register tokens) or a timm Swin,
+            with timm's ``Mlp`` blocks and a Linear classifier head.
+        attention_rule: ``"attnlrp"`` (uniform rule on both attention products, softmax rule of AttnLRP) or
+            ``"cp"`` (CP-LRP: attention probabilities constant, relevance through the values only; what lxt's
+            torchvision-ViT recipe and hilrp use by default).
+        gamma: the gamma rule's ``gamma`` on every Linear layer (hilrp's default 0.25; 0 = epsilon rule).
+        conv_gamma: the gamma on the patch-embedding convolution (hilrp's default: ``gamma``'s 0.25).
+
+    Example::
+
+        >>> import timm, torch
+        >>> from lightning_vitx.explainers import create
+        >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5)
+        >>> explainer = create("attnlrp", model, attention_rule="cp")
+        >>> images = torch.randn(2, 3, 224, 224)
+        >>> explainer(images, target=1).shape, explainer.pixel_relevance(images, target=1).shape
+        (torch.Size([2, 14, 14]), torch.Size([2, 224, 224]))
+    """
+
+    def __init__(
+        self, model: nn.Module, attention_rule: AttentionRule = "attnlrp", gamma: float = 0.25, conv_gamma: float = 0.25
+    ) -> None:
+        super().__init__(model)
+        if attention_rule not in ATTENTION_RULES:
+            raise ValueError(f"attention_rule must be one of {list(ATTENTION_RULES)}, got {attention_rule!r}")
+        for option, value in (("gamma", gamma), ("conv_gamma", conv_gamma)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{option} must be a number >= 0, got {value!r}")
+        self.attention_rule: AttentionRule = attention_rule
+        self.gamma, self.conv_gamma = float(gamma), float(conv_gamma)
+        _check_supported(self.model, self.adapter.attention_modules())
+
+    def __call__(self, images: Tensor, target: Target = None) -> Tensor:
+        """Maps ``[B, gh, gw]``: the input relevance summed over channels and over each patch's pixels."""
+        pixels = self.pixel_relevance(images, target)
+        ph, pw = (int(size) for size in cast(Any, self.model).patch_embed.patch_size)
+        gh, gw = self.adapter.layout(images).grid_size
+        pixels = F.pad(pixels, (0, gw * pw - pixels.shape[-1], 0, gh * ph - pixels.shape[-2]))  # dynamic padding
+        return pixels.reshape(-1, gh, ph, gw, pw).sum(dim=(2, 4))
+
+    def pixel_relevance(self, images: Tensor, target: Target = None) -> Tensor:
+        """Relevance of each input pixel ``[B, H, W]`` (summed over channels), float32, signed.
+
+        Args:
+            images: ``[B, 3, H, W]`` as the model takes them.
+            target: ``None`` (predicted class), an ``int`` or ``LongTensor[B]``.
+        """
+        dtype, device = check_inputs(self.adapter, images)
+        autocast_off = torch.autocast(device_type=device.type, enabled=False)
+        attention = self.adapter.attention_modules()
+        with explaining(self.adapter), torch.inference_mode(False), torch.enable_grad(), autocast_off:
+            target_ids = resolve_target(target, images.shape[0], self.adapter.num_classes, images.device)
+            inputs = images.detach().clone().to(dtype).requires_grad_(True)
+            with lrp_rules(self.model, attention, self.attention_rule, self.gamma, self.conv_gamma):
+                logits = self.model(inputs)
+            if target_ids is None:
+                target_ids = logits.detach().argmax(dim=1)
+            (grad,) = torch.autograd.grad(logits.gather(1, target_ids[:, None]).sum(), inputs)
+            return (inputs.detach() * grad).float().sum(dim=1)
+
+
+def _check_supported(model: nn.Module, attention: list[nn.Module]) -> None:
+    """Raise a ``TypeError`` for what the rules don't cover (gated MLPs, attention without ``qkv``, no head)."""
+    from timm.layers import Mlp
+
+    for index, module in enumerate(attention):
+        qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
+        if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
+            raise TypeError(
+                f"attnlrp needs attention with a fused qkv Linear and a proj Linear; attention {index} is a "
+                f"{type(module).__name__}"
+            )
+        if getattr(module, "gate", None) is not None:
+            raise TypeError(f"attnlrp has no rule for gated attention (attention {index})")
+    for name, module in model.named_modules():
+        if name.endswith("mlp") and type(module) is not Mlp:
+            raise TypeError(
+                f"attnlrp has rules for timm's Mlp (fc1, activation, fc2); {name} is a {type(module).__name__}"
+            )
+    classifier = cast(Any, model).get_classifier()
+    for head in classifier if isinstance(classifier, tuple) else (classifier,):
+        if not isinstance(head, nn.Linear):
+            raise TypeError(
+                f"attnlrp needs a Linear classifier head, got {type(head).__name__}; "
+                "create the model with num_classes > 0"
+            )

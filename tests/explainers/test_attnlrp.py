@@ -1,0 +1,382 @@
+"""AttnLRP / CP-LRP: against an explicit per-image LRP oracle, conservation, and the model left as found."""
+
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import lightning_vitx.explainers as X
+from lightning_vitx.adapters import detect, explaining
+from lightning_vitx.explainers._attnlrp import gamma_rule, lrp_rules
+
+TINY_SWIN = {"embed_dim": 16, "depths": (2, 2), "num_heads": (2, 2), "window_size": 4, "num_classes": 5}
+
+
+def make_swin(img_size=40, seed=0):
+    """40 px / 4 = a 10x10 grid: windows of 4 need padding, shifted blocks use the mask, merging meets 10 -> 5."""
+    torch.manual_seed(seed)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=img_size, **TINY_SWIN)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "relative_position_bias_table"):
+                module.qkv.weight.normal_(0.0, 0.5, generator=generator)
+                module.relative_position_bias_table.normal_(0.0, 1.0, generator=generator)
+    return model.eval()
+
+
+def make_model(case, tiny_vit, tiny_kwargs):
+    if case == "swin":
+        return make_swin()
+    if case == "avgpool":
+        torch.manual_seed(0)
+        kwargs = {**tiny_kwargs, "class_token": False, "global_pool": "avg", "depth": 2}
+        return timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs).eval()
+    return tiny_vit(case, peaked_pos_embed=True)
+
+
+def images_for(case, batch, tiny_images):
+    if case == "swin":
+        return torch.randn(batch, 3, 40, 40, generator=torch.Generator().manual_seed(5))
+    return tiny_images(batch=batch)
+
+
+# --- an explicit LRP oracle: relevance (not gradient) form, one image at a time, float64 --------------------------
+
+
+def stab(d, eps=1e-6):
+    return d + eps * torch.where(d >= 0, 1.0, -1.0).to(d)
+
+
+def eps_split(relevance, parts):
+    """Epsilon-0 rule through a sum: each summand gets its share ``part * R / sum``."""
+    total = sum(parts)
+    return [part * relevance / total for part in parts]
+
+
+def oracle_gamma(relevance, x, weight, bias, gamma):
+    """zennit's generalised Gamma rule, written out; gamma 0: the epsilon-0 rule with the bias keeping its share."""
+    z = x @ weight.T + bias
+    if gamma == 0:
+        return x * ((relevance / z) @ weight)
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    w_up, w_down = weight + gamma * weight.clamp(min=0), weight + gamma * weight.clamp(max=0)
+    b_up, b_down = bias + gamma * bias.clamp(min=0), bias + gamma * bias.clamp(max=0)
+    up = relevance * (z > 0) / stab(x_pos @ w_up.T + x_neg @ w_down.T + b_up)
+    down = relevance * (z < 0) / stab(x_pos @ w_down.T + x_neg @ w_up.T + b_down)
+    return x_pos * (up @ w_up + down @ w_down) + x_neg * (up @ w_down + down @ w_up)
+
+
+def oracle_layer_norm(relevance, x, norm):
+    """Std held constant: y = C x / std * w + b, a linear map of x; the epsilon-0 rule through it."""
+    centring = torch.eye(x.shape[-1], dtype=x.dtype) - 1.0 / x.shape[-1]
+    std = (x.var(dim=-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+    y = (x @ centring) / std * norm.weight + norm.bias
+    return x * (((relevance / y) * norm.weight / std) @ centring)
+
+
+def oracle_attention(relevance, h, attn, rule, gamma):
+    """R at the attention's output [N, D] -> R at its input h [N, D]."""
+    tokens, width = h.shape
+    heads = attn.num_heads
+    qkv = h @ attn.qkv.weight.T + attn.qkv.bias
+    q, k, v = qkv.reshape(tokens, 3, heads, -1).permute(1, 2, 0, 3)  # [heads, N, d]
+    q = q * attn.scale
+    scores = q @ k.transpose(-2, -1)
+    probs = scores.softmax(dim=-1)
+    heads_out = probs @ v
+    o = heads_out.transpose(0, 1).reshape(tokens, width)
+    r_o = oracle_gamma(relevance, o, attn.proj.weight, attn.proj.bias, gamma)
+    r_o = r_o.reshape(tokens, heads, -1).transpose(0, 1)  # [heads, N, d]
+    if rule == "cp":  # probabilities are constant weights: the epsilon rule to v only
+        r_q = r_k = torch.zeros_like(q)
+        r_v = v * (probs.transpose(-2, -1) @ (r_o / heads_out))
+    else:  # uniform rule on A v, AttnLRP's softmax rule, uniform rule on q k^T
+        share = r_o / (2 * heads_out)
+        r_probs = probs * (share @ v.transpose(-2, -1))
+        r_v = v * (probs.transpose(-2, -1) @ share)
+        r_scores = scores * (r_probs - probs * r_probs.sum(dim=-1, keepdim=True))
+        share = r_scores / (2 * scores)
+        r_q, r_k = q * (share @ k), k * (share.transpose(-2, -1) @ q)
+    r_qkv = torch.stack([r_q, r_k, r_v]).permute(2, 0, 1, 3).reshape(tokens, 3 * width)
+    return oracle_gamma(r_qkv, h, attn.qkv.weight, attn.qkv.bias, gamma)
+
+
+@torch.no_grad()
+def oracle_pixels(model, image, target, rule, gamma, conv_gamma):
+    """Pixel relevance [H, W] of one image for a class-token ViT (DeiT distilled too), every rule written out."""
+    conv = model.patch_embed.proj
+    ph, pw = conv.kernel_size
+    patches = F.unfold(image[None], (ph, pw), stride=(ph, pw))[0].T  # [P, 3 ph pw]
+    weight = conv.weight.flatten(1)
+    embedded = patches @ weight.T + conv.bias
+    prefix = model.num_prefix_tokens
+    x = model._pos_embed(embedded[None])[0]
+    kept = []
+    for block in model.blocks:
+        h1 = block.norm1(x)
+        a = block.attn(h1[None])[0]
+        mid = x + a
+        h2 = block.norm2(mid)
+        f0 = h2 @ block.mlp.fc1.weight.T + block.mlp.fc1.bias
+        f1 = block.mlp.act(f0)
+        m = f1 @ block.mlp.fc2.weight.T + block.mlp.fc2.bias
+        kept.append(dict(x=x, h1=h1, a=a, mid=mid, h2=h2, f0=f0, f1=f1, m=m))
+        x = mid + m
+    final = model.norm(x)
+    classifiers = [model.head] + ([model.head_dist] if getattr(model, "head_dist", None) is not None else [])
+    outputs = [final[row] @ c.weight.T + c.bias for row, c in enumerate(classifiers)]
+    logits = sum(outputs) / len(outputs)
+    torch.testing.assert_close(logits, model(image[None])[0])
+
+    start = torch.zeros_like(logits)
+    start[target] = logits[target]  # Gradient x Input: the logit's own value
+    relevance = torch.zeros_like(final)
+    for row, (share, c) in enumerate(
+        zip(eps_split(start, [o / len(outputs) for o in outputs]), classifiers, strict=True)
+    ):
+        relevance[row] = oracle_gamma(share[None], final[row][None], c.weight, c.bias, gamma)[0]
+    relevance = oracle_layer_norm(relevance, x, model.norm)
+    for block, s in zip(reversed(model.blocks), reversed(kept), strict=True):
+        r_mid, r_m = eps_split(relevance, [s["mid"], s["m"]])
+        r_f = oracle_gamma(r_m, s["f1"], block.mlp.fc2.weight, block.mlp.fc2.bias, gamma)  # identity through GELU
+        r_h2 = oracle_gamma(r_f, s["h2"], block.mlp.fc1.weight, block.mlp.fc1.bias, gamma)
+        relevance = r_mid + oracle_layer_norm(r_h2, s["mid"], block.norm2)
+        r_x, r_a = eps_split(relevance, [s["x"], s["a"]])
+        r_h1 = oracle_attention(r_a, s["h1"], block.attn, rule, gamma)
+        relevance = r_x + oracle_layer_norm(r_h1, s["x"], block.norm1)
+    r_tokens = relevance[prefix:]
+    r_embedded = eps_split(r_tokens, [embedded, kept[0]["x"][prefix:] - embedded])[0]  # position embedding
+    r_patches = oracle_gamma(r_embedded, patches, weight, conv.bias, conv_gamma)  # [P, 3 ph pw]
+    return F.fold(r_patches.T[None], image.shape[-2:], (ph, pw), stride=(ph, pw))[0].sum(dim=0)
+
+
+@pytest.mark.parametrize("case", ["vit", "registers", "deit_distilled"])
+@pytest.mark.parametrize("rule, gamma, conv_gamma", [("attnlrp", 0.0, 0.0), ("attnlrp", 0.25, 0.5), ("cp", 0.1, 0.0)])
+def test_pixel_relevance_equals_the_explicit_oracle(case, rule, gamma, conv_gamma, tiny_vit, tiny_images):
+    model = tiny_vit(case, peaked_pos_embed=True)
+    images = tiny_images()
+    target = torch.tensor([0, 3, 4])
+    explainer = X.create("attnlrp", model, attention_rule=rule, gamma=gamma, conv_gamma=conv_gamma)
+    pixels = explainer.pixel_relevance(images, target)
+    maps = explainer(images, target)
+    oracle_model = copy.deepcopy(model).double()
+    for i in range(len(images)):
+        exact = oracle_pixels(oracle_model, images[i].double(), int(target[i]), rule, gamma, conv_gamma)
+        scale = float(exact.abs().max())
+        torch.testing.assert_close(pixels[i].double(), exact, rtol=0, atol=1e-4 * scale)
+        patch_sums = exact.reshape(4, 8, 4, 8).sum(dim=(1, 3))
+        torch.testing.assert_close(maps[i].double(), patch_sums, rtol=0, atol=1e-4 * scale * 64)
+    assert (maps < 0).any() and (maps > 0).any()  # signed, as registered
+
+
+def test_gamma_rule_by_hand():
+    """One Linear, two inputs, two outputs, gamma 1: the rule's sums written out by hand."""
+    x = torch.tensor([[1.0, -2.0]], requires_grad=True)
+    weight = torch.tensor([[1.0, 1.0], [-1.0, 0.5]])
+    bias = torch.tensor([0.5, 0.0])
+    z = F.linear(x, weight, bias)  # [1 - 2 + 0.5, -1 - 1] = [-0.5, -2]: both negative
+    out = gamma_rule(x, z, weight, bias, 1.0, F.linear)
+    torch.testing.assert_close(out, z, rtol=0, atol=0)  # the stock output
+    (grad,) = torch.autograd.grad(out, x, torch.tensor([[1.0, 1.0]]))  # R_out = z * 1 = [-0.5, -2]
+    # z < 0: weights W + W- (W- = min(W, 0)) on x+ and W + W+ on x-, bias b + b- = b
+    # output 0: 1*1 + (-2)*2 + 0.5 = -2.5 -> R to x1 = -0.5 * 1/-2.5 = 0.2, to x2 = -0.5 * -4/-2.5 = -0.8
+    # output 1: 1*(-1-1) + (-2)*(0.5+0.5) + 0 = -4 -> R to x1 = -2 * -2/-4 = -1, to x2 = -2 * -2/-4 = -1
+    expected = torch.tensor([[0.2 - 1.0, -0.8 - 1.0]])
+    torch.testing.assert_close(x.detach() * grad, expected)
+
+
+# --- conservation --------------------------------------------------------------------------------------------------
+
+CONSERVATION_CASES = ["vit", "registers", "deit_distilled", "avgpool", "swin"]
+
+
+def is_additive(name):
+    """Parameters that enter by addition (they absorb relevance); weights and LayerNorm scales multiply."""
+    last = name.rsplit(".", 1)[-1]
+    return last in ("bias", "cls_token", "reg_token", "dist_token", "pos_embed", "relative_position_bias_table")
+
+
+@pytest.mark.parametrize("case", CONSERVATION_CASES)
+def test_cp_without_biases_conserves_the_logit(case, tiny_vit, tiny_kwargs, tiny_images):
+    """With every additive parameter at 0, CP-LRP with gamma 0 gives each image's logit to its pixels."""
+    model = make_model(case, tiny_vit, tiny_kwargs)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if is_additive(name):
+                param.zero_()
+    images = images_for(case, 3, tiny_images)
+    target = torch.tensor([1, 0, 4])
+    explainer = X.create("attnlrp", model, attention_rule="cp", gamma=0, conv_gamma=0)
+    maps = explainer(images, target)
+    logits = model(images).gather(1, target[:, None])[:, 0].detach()
+    torch.testing.assert_close(maps.sum(dim=(1, 2)), logits, rtol=1e-4, atol=1e-5)
+    single = torch.cat([explainer(images[i : i + 1], target[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(maps, single, rtol=0, atol=1e-5 * max(1.0, float(single.abs().max())))
+
+
+@pytest.mark.parametrize("case", CONSERVATION_CASES)
+@pytest.mark.parametrize("rule", ["attnlrp", "cp"])
+def test_relevance_balance_with_biases(case, rule, tiny_vit, tiny_kwargs, tiny_images):
+    """logit = pixels' relevance + what each additive parameter absorbs (p * dy/dp in the modified backward)
+    + each softmax's Taylor bias term (AttnLRP: R_out - R_in, from the probabilities and their gradient)."""
+    model = make_model(case, tiny_vit, tiny_kwargs)
+    images = images_for(case, 2, tiny_images)
+    target = torch.tensor([2, 3])
+    maps = X.create("attnlrp", model, attention_rule=rule, gamma=0, conv_gamma=0)(images, target)
+    adapter = detect(model)
+    # cp: the attention probabilities are constants, so the position bias inside them receives no relevance
+    inside_attention = "relative_position_bias_table" if rule == "cp" else None
+    additive = [
+        p for name, p in model.named_parameters() if is_additive(name) and not name.endswith(str(inside_attention))
+    ]
+    for i in range(2):
+        probs, handles = [], []
+
+        def keep(module, inputs, output, probs=probs):
+            probs.append(output)
+
+        for attn in adapter.attention_modules() if rule == "attnlrp" else []:  # cp: A is constant, no softmax rule
+            handles.append(attn.attn_drop.register_forward_hook(keep))
+        image = images[i : i + 1].clone().requires_grad_(True)
+        try:
+            with explaining(adapter), lrp_rules(model, adapter.attention_modules(), rule, 0.0, 0.0):
+                logit = model(image)[0, target[i]]
+        finally:
+            for handle in handles:
+                handle.remove()
+        grads = torch.autograd.grad(logit, [image, *additive, *probs])
+        pixels = (image * grads[0]).sum()
+        absorbed = sum(float((p.detach() * g).sum()) for p, g in zip(additive, grads[1:], strict=False))
+        softmax_terms = 0.0
+        for s, g in zip(probs, grads[1 + len(additive) :], strict=True):
+            r_out = s * g
+            # R_in = x (R_out - s sum R_out), with x = log s up to a per-row constant that this sum cancels
+            r_in = torch.special.xlogy(s, s) * (g - r_out.sum(dim=-1, keepdim=True))
+            softmax_terms += float((r_out - r_in).sum().detach())
+        assert (rule == "attnlrp") == bool(probs)
+        torch.testing.assert_close(float(maps[i].sum()), float(pixels), rtol=1e-5, atol=1e-5)
+        total = float(pixels) + absorbed + softmax_terms
+        assert abs(total - float(logit)) <= 1e-4 * max(1.0, abs(float(logit))), (total, float(logit))
+        assert abs(absorbed) > 1e-3  # the biases do absorb: the balance needs every term
+
+
+# --- Swin, options, group, the model left as found ----------------------------------------------------------------
+
+
+def test_swin_maps_at_the_first_stage_grid_and_batch_equals_single():
+    model = make_swin()
+    images = torch.randn(3, 3, 40, 40, generator=torch.Generator().manual_seed(1))
+    explainer = X.create("attnlrp", model)
+    maps = explainer(images, 2)
+    assert maps.shape == (3, 10, 10)
+    pixels = explainer.pixel_relevance(images, 2)
+    torch.testing.assert_close(maps, pixels.reshape(3, 10, 4, 10, 4).sum(dim=(2, 4)), rtol=0, atol=1e-6)
+    single = torch.cat([explainer(images[i : i + 1], 2) for i in range(3)])
+    torch.testing.assert_close(maps, single, rtol=0, atol=1e-5 * max(1.0, float(single.abs().max())))
+
+
+def test_attention_rules_differ_and_cp_ignores_queries_and_keys(tiny_vit, tiny_images):
+    model = tiny_vit()
+    images = tiny_images()
+    attnlrp = X.create("attnlrp", model)(images, 1)
+    cp = X.create("attnlrp", model, attention_rule="cp")(images, 1)
+    assert not torch.allclose(attnlrp, cp, atol=1e-3)
+
+
+def test_group_runs_attnlrp_in_its_own_pass(tiny_vit, tiny_images):
+    model = tiny_vit()
+    images = tiny_images(batch=2)
+    group = X.create_many({"rollout": {}, "attnlrp": {"attention_rule": "cp"}}, model)
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda m, i: forwards.append(1))
+    try:
+        maps = group(images)
+    finally:
+        handle.remove()
+    assert len(forwards) == 2  # the readouts' capture and attnlrp's own pass
+    predicted = model(images).argmax(dim=1)
+    alone = X.create("attnlrp", model, attention_rule="cp")(images, predicted)
+    torch.testing.assert_close(maps["attnlrp"], alone, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"attention_rule": "uniform"}, r"attention_rule must be one of \['attnlrp', 'cp'\], got 'uniform'"),
+        ({"gamma": -0.1}, "gamma must be a number >= 0, got -0.1"),
+        ({"conv_gamma": "0.25"}, "conv_gamma must be a number >= 0"),
+    ],
+)
+def test_bad_options(options, message, tiny_vit):
+    with pytest.raises(ValueError, match=message):
+        X.create("attnlrp", tiny_vit(), **options)
+
+
+def test_unsupported_models_raise_a_clear_type_error(tiny_kwargs):
+    from timm.layers import SwiGLUPacked
+
+    gated = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, **tiny_kwargs
+    )
+    with pytest.raises(TypeError, match="rules for timm's Mlp"):
+        X.create("attnlrp", gated)
+    headless = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**tiny_kwargs, "num_classes": 0})
+    with pytest.raises(TypeError, match="needs a Linear classifier head"):
+        X.create("attnlrp", headless)
+
+
+def test_registry_entry():
+    info = X.get_info("attnlrp")
+    assert (info.needs_gradients, info.readout, info.families, info.signed) == (True, False, ("vit", "swin"), True)
+
+
+def class_state():
+    """Every attribute of the torch and timm classes and functions a rule could have patched."""
+    from timm.layers import Mlp
+    from timm.models import swin_transformer, vision_transformer
+
+    classes = [
+        torch.nn.Linear,
+        torch.nn.Conv2d,
+        torch.nn.LayerNorm,
+        torch.nn.GELU,
+        torch.nn.Module,
+        torch.Tensor,
+        Mlp,
+        vision_transformer.Attention,
+        vision_transformer.Block,
+        vision_transformer.VisionTransformer,
+        swin_transformer.WindowAttention,
+        swin_transformer.SwinTransformerBlock,
+    ]
+    state = {cls: dict(vars(cls)) for cls in classes}
+    for module in (F, torch, vision_transformer, swin_transformer):
+        state[module] = dict(vars(module))
+    return state
+
+
+def test_no_class_or_function_is_patched_even_when_the_pass_raises(tiny_vit, tiny_images):
+    before = class_state()
+    model = tiny_vit()
+    explainer = X.create("attnlrp", model)
+    explainer(tiny_images(batch=2), 1)
+
+    def fail(module, inputs, output):
+        raise RuntimeError("user hook fails halfway")
+
+    handle = model.blocks[1].mlp.register_forward_hook(fail)
+    with pytest.raises(RuntimeError, match="halfway"):
+        explainer(tiny_images(batch=2))
+    handle.remove()
+    after = class_state()
+    for owner, attributes in before.items():
+        changed = [
+            name
+            for name in attributes.keys() | after[owner].keys()
+            if attributes.get(name) is not after[owner].get(name)
+        ]
+        assert not changed, (owner, changed)
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())
