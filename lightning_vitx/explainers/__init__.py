@@ -5,7 +5,7 @@ Example::
     >>> import timm, torch
     >>> import lightning_vitx.explainers as X
     >>> print(", ".join(X.available()))
-    generic_attention, gmar, gradcam, lrp, partial_lrp, raw_attention, rollout, transformer_attribution
+    generic_attention, gmar, gradcam, layernorm_stats, lrp, partial_lrp, raw_attention, rollout, transformer_attribution
     >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5)
     >>> X.create("generic_attention", model)(torch.randn(2, 3, 224, 224), target=1).shape
     torch.Size([2, 14, 14])
@@ -16,6 +16,7 @@ from lightning_vitx.explainers.base import Explainer, ExplainerGroup, ReadoutExp
 from lightning_vitx.explainers.generic_attention import GenericAttention
 from lightning_vitx.explainers.gmar import GMAR
 from lightning_vitx.explainers.gradcam import AttentionGradCAM
+from lightning_vitx.explainers.layernorm_stats import LayerNormStats
 from lightning_vitx.explainers.lrp import LRP
 from lightning_vitx.explainers.partial_lrp import PartialLRP
 from lightning_vitx.explainers.raw_attention import RawAttention
@@ -31,6 +32,7 @@ __all__ = [
     "ExplainerGroup",
     "ExplainerInfo",
     "GenericAttention",
+    "LayerNormStats",
     "PartialLRP",
     "RawAttention",
     "ReadoutExplainer",
