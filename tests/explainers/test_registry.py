@@ -12,6 +12,7 @@ def test_available_names():
         "generic_attention",
         "gmar",
         "gradcam",
+        "layernorm_stats",
         "lrp",
         "partial_lrp",
         "raw_attention",
