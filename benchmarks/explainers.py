@@ -4,6 +4,8 @@
     python benchmarks/explainers.py --device cuda --sizes 224
     python benchmarks/explainers.py --model swin_tiny_patch4_window7_224 --sizes 224
     python benchmarks/explainers.py --rows tokentm "all but tokentm" "all (one capture)"   # what tokentm adds
+    python benchmarks/explainers.py --model vit_tiny_patch16_224 --batch 8 --sizes 224 --repeats 2 \
+        --rows layernorm_stats
 
 Each row runs in a fresh subprocess so its peak memory is its own: peak RSS above the process's RSS after a
 warm-up no-grad forward on CPU, ``torch.cuda.max_memory_allocated`` above the model and batch on CUDA.
@@ -30,6 +32,7 @@ ALL = "all (one capture)"
 READOUTS = [name for name in X.available() if X.get_info(name).readout]  # what one capture pass serves
 # the shared pass without tokentm, the only readout that records token states: what adding it costs the pass
 ALL_BUT_TOKENTM = "all but tokentm"
+WITHOUT_LN = "all but layernorm_stats"  # the shared pass before layernorm_stats joined (its own capture needs)
 
 
 def build(model_name: str, size: int, batch: int, device: str) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -54,6 +57,8 @@ def runner(row: str, model: torch.nn.Module):  # type: ignore[no-untyped-def]
         return X.create_many(READOUTS, model)
     if row == ALL_BUT_TOKENTM:
         return X.create_many([name for name in READOUTS if name != "tokentm"], model)
+    if row == WITHOUT_LN:
+        return X.create_many([name for name in READOUTS if name != "layernorm_stats"], model)
     return X.create(row, model)
 
 
@@ -104,7 +109,7 @@ def main() -> None:
 
     family = detect(timm.create_model(args.model, pretrained=False)).family
     explainers = [name for name in X.available() if family in X.get_info(name).families]
-    rows = ["forward", "forward+backward", *explainers, ALL_BUT_TOKENTM, ALL]
+    rows = ["forward", "forward+backward", *explainers, ALL_BUT_TOKENTM, WITHOUT_LN, ALL]
     if args.rows:
         unknown = sorted(set(args.rows) - set(rows))
         if unknown:
@@ -143,6 +148,10 @@ def main() -> None:
             print(f"all from one capture / all but tokentm: {full['seconds'] / without['seconds']:.2f}  "
                   f"(target <= 1.2); tokentm's extra peak memory in the pass: "
                   f"{full['peak_mib'] - without['peak_mib']:.0f} MiB")
+        if "layernorm_stats" in results and ALL in results and WITHOUT_LN in results:
+            print(f"layernorm_stats / forward+backward: {results['layernorm_stats']['seconds'] / backward:.2f} "
+                  f"(target <= 1.5); one capture with it / without it: "
+                  f"{results[ALL]['seconds'] / results[WITHOUT_LN]['seconds']:.2f} (target <= 1.1)")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 import lightning_vitx.explainers as X
 from lightning_vitx.callbacks import ExplainabilityMonitor
-from lightning_vitx.data import ShapesDataset, tiny_vit_for_shapes
+from lightning_vitx.data import ShapesDataset, tiny_swin_for_shapes, tiny_vit_for_shapes
 from lightning_vitx.rendering import model_mean_std, panel_figure
 
 
@@ -40,10 +40,11 @@ class ShapesClassifier(L.LightningModule):
         val_size: int = 256,
         lr: float = 1e-3,
         distractors: int = 2,
+        model: str = "vit",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.vit = tiny_vit_for_shapes(image_size)
+        self.vit = tiny_swin_for_shapes(image_size) if model == "swin" else tiny_vit_for_shapes(image_size)
 
     def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
         images, labels, _ = batch
@@ -111,13 +112,16 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=2, help="grey decoy shapes per image (0: the shape alone)")
     parser.add_argument("--train-size", type=int, default=8192, help="training images per epoch")
     parser.add_argument("--seed", type=int, default=0, help="weights and training order (the data stay the same)")
-    parser.add_argument("--explainers", nargs="+", choices=X.available(), default=X.available(), metavar="NAME")
+    parser.add_argument("--explainers", nargs="+", choices=X.available(), metavar="NAME",
+                        help="default: every explainer that takes the model")
     parser.add_argument("--run-name", default=None, help="the run's name in W&B / its folder for TensorBoard and CSV")
+    parser.add_argument("--model", choices=["vit", "swin"], default="vit", help="tiny ViT (64 px) or Swin (56 px)")
     args = parser.parse_args()
 
     L.seed_everything(args.seed, verbose=False)
+    explainers = args.explainers or [name for name in X.available() if args.model in X.get_info(name).families]
     monitor = ExplainabilityMonitor(
-        explainers=args.explainers,
+        explainers=explainers,
         metrics=["deletion", "insertion", "pointing_game", "relevance_mass"],
         num_samples=args.samples,
         panel_size=6,
@@ -135,7 +139,8 @@ def main() -> None:
         gradient_clip_val=1.0,
         num_sanity_val_steps=0,  # the validation before training below checks the loop, and is explained
     )
-    module = ShapesClassifier(train_size=args.train_size, distractors=args.distractors)
+    size = 56 if args.model == "swin" else 64  # tiny_swin_for_shapes: windows of 4 padded, two patch mergings
+    module = ShapesClassifier(size, train_size=args.train_size, distractors=args.distractors, model=args.model)
     trainer.validate(module, verbose=False)  # the untrained model: the baseline the epochs are compared with
     trainer.fit(module)
 
@@ -143,7 +148,7 @@ def main() -> None:
     print_table(monitor.history, labels)
     untrained, first, last = monitor.history[0], monitor.history[1], monitor.history[-1]
     for metric in ("pointing_game", "relevance_mass"):
-        for name in args.explainers:
+        for name in explainers:
             key = f"explain/{name}/{metric}"
             if key in untrained and key in first and key in last:
                 print(

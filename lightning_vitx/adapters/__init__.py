@@ -1,7 +1,7 @@
 """Architecture adapters: token layout, attention modules, and the shared capture pass."""
 
 from lightning_vitx.adapters.base import Adapter, TokenLayout, detect, register_adapter
-from lightning_vitx.adapters.capture import Capture, CaptureNeeds, capture_pass, explaining, resolve_target
+from lightning_vitx.adapters.capture import Capture, CaptureNeeds, TokenStats, capture_pass, explaining, resolve_target
 from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention, WindowedAttention
 from lightning_vitx.adapters.swin import SwinTransformerAdapter
 from lightning_vitx.adapters.vit import VisionTransformerAdapter
@@ -14,6 +14,7 @@ __all__ = [
     "DenseAttention",
     "SwinTransformerAdapter",
     "TokenLayout",
+    "TokenStats",
     "VisionTransformerAdapter",
     "WindowedAttention",
     "capture_pass",

@@ -3,8 +3,8 @@
 Recorded per block ``l``: the attention probabilities ``A^l`` (after softmax; ``[B, heads, N, N]`` for ViT,
 ``[B, heads, windows, w, w]`` for Swin's window attention, see ``Capture.geometries``), optionally
 their gradients ``dy_c/dA^l`` with respect to the target logits (or, with ``objective="probability"``, the target's
-softmax probability), the per-head attention outputs (input of the output projection), and the token states around
-each block and sublayer.
+softmax probability), the per-head attention outputs (input of the output projection), the token states around
+each block and sublayer, and the per-token statistics of the LayerNorms that feed attention, MLP and patch merging.
 
 Gradients come from ``torch.autograd.grad`` on the captured tensors, so no parameter's ``.grad`` is touched.
 The model is put in eval mode with timm's fused attention switched off for the pass only; everything is
@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +25,7 @@ from lightning_vitx._state import eval_mode
 from lightning_vitx.adapters.base import Adapter, TokenLayout
 from lightning_vitx.adapters.geometry import AttentionGeometry, spread
 
-__all__ = ["Capture", "CaptureNeeds", "capture_pass", "check_inputs", "explaining", "resolve_target"]
+__all__ = ["Capture", "CaptureNeeds", "TokenStats", "capture_pass", "check_inputs", "explaining", "resolve_target"]
 
 Target = int | Tensor | None
 Objective = Literal["logit", "probability"]
@@ -45,6 +45,7 @@ class CaptureNeeds:
     gradients: bool = False
     token_states: bool = False
     head_outputs: bool = False
+    norm_stats: bool = False
     objective: Objective = "logit"
 
     def __post_init__(self) -> None:
@@ -63,7 +64,19 @@ class CaptureNeeds:
             token_states=self.token_states or other.token_states,
             head_outputs=self.head_outputs or other.head_outputs,
             objective=objective,
+            norm_stats=self.norm_stats or other.norm_stats,
         )
+
+
+class TokenStats(NamedTuple):
+    """Per-token statistics of a LayerNorm's input ``x [B, ..., C]``, each ``[B, N]`` (tokens in row-major order).
+
+    ``mean = x.mean(-1)``; ``std = sqrt(x.var(-1, unbiased=False) + eps)``, the divisor the norm applies, so a
+    token's normalised output, and everything downstream of it, scales with ``1 / std``.
+    """
+
+    mean: Tensor
+    std: Tensor
 
 
 @dataclass
@@ -87,6 +100,9 @@ class Capture:
             ``mid`` (= input + attn), ``norm2``, ``mlp`` (MLP branch after layer scale) and ``output``,
             each ``[B, N, D]`` (Swin: the block's ``H x W`` grid flattened row-major, as the geometries order it).
         objective: what the gradients differentiate, ``"logit"`` or ``"probability"``.
+        norm_stats: per block, ``TokenStats`` of the LayerNorms over the block's tokens: ``norm1`` (feeds the
+            attention), ``norm2`` (feeds the MLP) and, for the first block after a Swin patch merging, ``merge``
+            (the merging norm, over the merged tokens the block receives).
     """
 
     layout: TokenLayout
@@ -99,6 +115,7 @@ class Capture:
     head_output_grads: list[Tensor] | None = None
     token_states: list[dict[str, Tensor]] | None = None
     objective: Objective = "logit"
+    norm_stats: list[dict[str, TokenStats]] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -201,6 +218,7 @@ def _register_hooks(
     attentions: list[Tensor],
     head_outputs: list[Tensor],
     token_states: list[dict[str, Tensor]],
+    norm_stats: list[dict[str, TokenStats]],
 ) -> list[torch.utils.hooks.RemovableHandle]:
     handles = []
 
@@ -241,6 +259,39 @@ def _register_hooks(
                 block.norm2.register_forward_hook(keep("norm2")),
                 getattr(block, branches[1]).register_forward_hook(keep("mlp")),
             ]
+    if needs.norm_stats:
+        handles += _register_norm_hooks(adapter, norm_stats)
+    return handles
+
+
+def _norm_statistics(module: nn.Module, x: Tensor) -> TokenStats:
+    eps = float(getattr(module, "eps", 0.0))
+    x = x.detach().float().flatten(1, -2)  # [B, ..., C] -> [B, N, C]
+    return TokenStats(x.mean(dim=-1), (x.var(dim=-1, unbiased=False) + eps).sqrt())
+
+
+def _register_norm_hooks(adapter: Adapter, norm_stats: list[dict[str, TokenStats]]) -> list[Any]:
+    blocks: list[Any] = adapter.blocks()
+    merging: dict[int, nn.Module] = getattr(adapter, "merging_norms", dict)()
+    handles = []
+    for index, block in enumerate(blocks):
+        norms = {key: getattr(block, key, None) for key in ("norm1", "norm2")}
+        missing = [key for key, norm in norms.items() if not isinstance(norm, nn.LayerNorm)]
+        if missing:
+            raise ValueError(
+                f"LayerNorm statistics need pre-norm blocks with LayerNorm norm1 and norm2; block {index} "
+                f"({type(block).__name__}) has no LayerNorm {missing}"
+            )
+        if index in merging:
+            norms["merge"] = merging[index]
+        stats: dict[str, TokenStats] = {}
+        norm_stats.append(stats)
+        for key, norm in norms.items():
+
+            def hook(module: nn.Module, inputs: tuple[Tensor, ...], key: str = key, stats: dict = stats) -> None:
+                stats[key] = _norm_statistics(module, inputs[0])
+
+            handles.append(cast(nn.Module, norm).register_forward_pre_hook(hook))
     return handles
 
 
@@ -289,12 +340,13 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
     attentions: list[Tensor] = []
     head_outputs: list[Tensor] = []
     token_states: list[dict[str, Tensor]] = []
+    norm_stats: list[dict[str, TokenStats]] = []
     handles: list[torch.utils.hooks.RemovableHandle] = []
     autocast_off = torch.autocast(device_type=device.type, enabled=False)
     with explaining(adapter), torch.inference_mode(False), torch.set_grad_enabled(needs.gradients), autocast_off:
         target_ids = resolve_target(target, images.shape[0], adapter.num_classes, images.device)
         try:
-            handles = _register_hooks(adapter, needs, attentions, head_outputs, token_states)
+            handles = _register_hooks(adapter, needs, attentions, head_outputs, token_states, norm_stats)
             inputs = images.detach().clone().to(dtype)
             if needs.gradients:
                 inputs.requires_grad_(True)  # gradients reach the attention even when the parameters are frozen
@@ -340,4 +392,6 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
                 record.head_output_grads = split_heads(list(grads[len(attentions) :]))
         if needs.token_states:
             record.token_states = [{k: _tokens(v) for k, v in states.items()} for states in token_states]
+        if needs.norm_stats:
+            record.norm_stats = norm_stats
     return record

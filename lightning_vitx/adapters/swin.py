@@ -71,6 +71,17 @@ class SwinTransformerAdapter:
     def attention_modules(self) -> list[nn.Module]:
         return [cast(Any, block).attn for block in self.blocks()]
 
+    def merging_norms(self) -> dict[int, nn.Module]:
+        """``{block index: LayerNorm}``: the patch-merging norm in front of each stage, keyed by its first block."""
+        norms: dict[int, nn.Module] = {}
+        first = 0
+        for stage in self._swin.layers:
+            norm = getattr(stage.downsample, "norm", None)
+            if isinstance(norm, nn.LayerNorm) and len(stage.blocks):
+                norms[first] = norm
+            first += len(stage.blocks)
+        return norms
+
     def check_images(self, images: Tensor) -> None:
         """Raise a ``ValueError`` that says how to fix an input this model can't take."""
         check_patch_embed_input(self._swin.patch_embed, images)

@@ -1,4 +1,4 @@
-"""Per-image analyses beyond one map: patch interactions and effective responsive fields.
+"""Per-image analyses beyond one map: patch interactions and effective responsive fields, Swin corner shares.
 
 Example::
 
@@ -9,6 +9,7 @@ Example::
     2
 """
 
+from lightning_vitx.analysis.corners import attention_sharpness, corner_region, corner_share, object_share
 from lightning_vitx.analysis.patch_interactions import (
     PatchInteractions,
     edge_ablation_effects,
@@ -21,8 +22,12 @@ from lightning_vitx.analysis.patch_interactions import (
 
 __all__ = [
     "PatchInteractions",
+    "attention_sharpness",
+    "corner_region",
+    "corner_share",
     "edge_ablation_effects",
     "interaction_matrices",
+    "object_share",
     "patch_interactions",
     "rank_correlation",
     "receptive_fields",

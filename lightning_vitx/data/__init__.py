@@ -2,7 +2,13 @@
 
 from lightning_vitx.data.modules import ImageFolderDataModule, ShapesDataModule
 from lightning_vitx.data.shapes import SHAPE_CLASSES, ShapesDataset, ShapesSample
-from lightning_vitx.data.training import ShapesTraining, held_out_accuracy, tiny_vit_for_shapes, train_on_shapes
+from lightning_vitx.data.training import (
+    ShapesTraining,
+    held_out_accuracy,
+    tiny_swin_for_shapes,
+    tiny_vit_for_shapes,
+    train_on_shapes,
+)
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -12,6 +18,7 @@ __all__ = [
     "ShapesSample",
     "ShapesTraining",
     "held_out_accuracy",
+    "tiny_swin_for_shapes",
     "tiny_vit_for_shapes",
     "train_on_shapes",
 ]

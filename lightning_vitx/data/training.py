@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_vitx.data.shapes import SHAPE_CLASSES
 
-__all__ = ["ShapesTraining", "held_out_accuracy", "tiny_vit_for_shapes", "train_on_shapes"]
+__all__ = ["ShapesTraining", "held_out_accuracy", "tiny_swin_for_shapes", "tiny_vit_for_shapes", "train_on_shapes"]
 
 
 def tiny_vit_for_shapes(image_size: int = 64, seed: int = 0) -> nn.Module:
@@ -34,6 +34,34 @@ def tiny_vit_for_shapes(image_size: int = 64, seed: int = 0) -> nn.Module:
         embed_dim=96,
         depth=4,
         num_heads=3,
+        num_classes=len(SHAPE_CLASSES),
+    )
+
+
+def tiny_swin_for_shapes(image_size: int = 56, seed: int = 0) -> nn.Module:
+    """A small timm Swin (patch 4, width 32, windows of 4, depths 2-2-2) sized for ``ShapesDataset``; random weights.
+
+    At 56 px the token grids are 14, 7 and 4 a side: windows of 4 need padding at the first two stages (14 -> 16,
+    7 -> 8), every second block is shifted by 2, and two patch mergings run (the last stage is one 4x4 window).
+
+    Example::
+
+        >>> model = tiny_swin_for_shapes()
+        >>> [(tuple(b.window_size), tuple(b.shift_size)) for stage in model.layers for b in stage.blocks][-3:]
+        [((4, 4), (2, 2)), ((4, 4), (0, 0)), ((4, 4), (0, 0))]
+    """
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        img_size=image_size,
+        embed_dim=32,
+        depths=(2, 2, 2),
+        num_heads=(2, 4, 8),
+        window_size=4,
+        mlp_ratio=2.0,
         num_classes=len(SHAPE_CLASSES),
     )
 

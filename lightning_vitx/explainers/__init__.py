@@ -10,6 +10,7 @@ Example::
     generic_attention
     gmar
     gradcam
+    layernorm_stats
     lrp
     partial_lrp
     patch_interaction
@@ -28,6 +29,7 @@ from lightning_vitx.explainers.base import Explainer, ExplainerGroup, ReadoutExp
 from lightning_vitx.explainers.generic_attention import GenericAttention
 from lightning_vitx.explainers.gmar import GMAR
 from lightning_vitx.explainers.gradcam import AttentionGradCAM
+from lightning_vitx.explainers.layernorm_stats import LayerNormStats
 from lightning_vitx.explainers.lrp import LRP
 from lightning_vitx.explainers.partial_lrp import PartialLRP
 from lightning_vitx.explainers.patch_interaction import PatchInteraction
@@ -46,6 +48,7 @@ __all__ = [
     "ExplainerGroup",
     "ExplainerInfo",
     "GenericAttention",
+    "LayerNormStats",
     "PartialLRP",
     "PatchInteraction",
     "RawAttention",

@@ -32,12 +32,21 @@ def fuse_heads(attention: Tensor, how: str) -> Tensor:
     raise ValueError(f"head_fusion must be one of ['mean', 'max', 'min'], got {how!r}")
 
 
-def _propagate(weights: Tensor, fused: Sequence[Tensor], geometries: Sequence[AttentionGeometry], step: Step) -> Tensor:
+def _propagate(
+    weights: Tensor,
+    fused: Sequence[Tensor],
+    geometries: Sequence[AttentionGeometry],
+    step: Step,
+    scales: Sequence[Tensor | None] | None = None,
+) -> Tensor:
     vector, above = weights, None
-    for matrix, geometry in zip(reversed(fused), reversed(geometries), strict=True):
+    scales = scales if scales is not None else [None] * len(fused)
+    for matrix, geometry, scale in zip(reversed(fused), reversed(geometries), reversed(scales), strict=True):
         if above is not None and above.grid_size != geometry.grid_size:
             vector = spread(vector, above.grid_size, geometry.grid_size)
         vector, above = step(vector, matrix, geometry), geometry
+        if scale is not None:
+            vector = vector * scale
     return vector
 
 
@@ -60,9 +69,18 @@ def propagate_rollout(weights: Tensor, fused: Sequence[Tensor], geometries: Sequ
     return _propagate(weights, fused, geometries, _rollout_step)
 
 
-def propagate_additive(weights: Tensor, fused: Sequence[Tensor], geometries: Sequence[AttentionGeometry]) -> Tensor:
-    """``w (I + A_L) ... (I + A_s)``: Chefer et al.'s unnormalised rule ``R <- R + A R``."""
-    return _propagate(weights, fused, geometries, _additive_step)
+def propagate_additive(
+    weights: Tensor,
+    fused: Sequence[Tensor],
+    geometries: Sequence[AttentionGeometry],
+    scales: Sequence[Tensor | None] | None = None,
+) -> Tensor:
+    """``w (I + A_L) ... (I + A_s)``: Chefer et al.'s unnormalised rule ``R <- R + A R``.
+
+    ``scales[l]`` (``[B, N_l]`` or ``None``), when given, multiplies the vector token-wise right after block
+    ``l``'s product, i.e. ``(I + A_l) diag(scales[l])``; before a merged stage's vector is spread to the grid below.
+    """
+    return _propagate(weights, fused, geometries, _additive_step, scales)
 
 
 def propagate_token_transformation(

@@ -21,3 +21,12 @@ def test_shapes_demo_explains_the_untrained_model_then_every_epoch(tmp_path):
         assert f"relevance mass, {name}: untrained " in result.stdout
     assert "val_acc, last epoch: " in result.stdout
     assert (tmp_path / "explanations.png").is_file()
+
+
+@pytest.mark.slow
+def test_shapes_demo_with_a_swin(tmp_path):
+    options = ["--epochs", "1", "--train-size", "64", "--samples", "4", "--logger", "csv", "--out", str(tmp_path)]
+    command = [sys.executable, str(SCRIPT), *options, "--model", "swin"]
+    result = subprocess.run(command, check=True, timeout=300, capture_output=True, text=True)
+    assert "pointing game, layernorm_stats: untrained " in result.stdout
+    assert "SwinTransformer" in result.stdout or (tmp_path / "explanations.png").is_file()

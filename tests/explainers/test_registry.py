@@ -13,6 +13,7 @@ def test_available_names():
         "generic_attention",
         "gmar",
         "gradcam",
+        "layernorm_stats",
         "lrp",
         "partial_lrp",
         "patch_interaction",

@@ -1,0 +1,137 @@
+"""LayerNorm token statistics on gradient-weighted attention: our reconstruction of Nguyen, Lee & Kim 2023.
+
+The paper (arXiv 2311.11378) weighs Chefer et al.'s gradient-weighted attention relevance by the statistics of
+the tokens in the LayerNorm layers; its method section could not be read and no code is public (METHODS.md §7).
+What is built here: the generic rule ``R <- R + Ā R`` (``Ā = mean_h((dy_c/dA ⊙ A)^+)``, as ``generic_attention``)
+with the tokens' LayerNorm statistics entering as one of the candidate integrations of METHODS.md §7. A
+LayerNorm divides each token by its own ``σ_j = sqrt(var_c x_j + eps)``, so everything the attention branch reads
+from token ``j`` scales with ``1 / σ_j``; the residual path bypasses the norm.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_vitx.adapters import Capture, CaptureNeeds
+from lightning_vitx.adapters.capture import TokenStats
+from lightning_vitx.adapters.geometry import spread
+from lightning_vitx.explainers._propagation import propagate_additive
+from lightning_vitx.explainers._registry import ExplainerInfo, register
+from lightning_vitx.explainers.base import ReadoutExplainer
+
+__all__ = ["LayerNormStats", "token_weights"]
+
+Rule = Literal["inverse_std", "std", "outlier", "final", "none"]
+RULES = ("inverse_std", "std", "outlier", "final", "none")
+
+
+def token_weights(stats: TokenStats, rule: Rule, outlier_z: float = 2.0) -> Tensor:
+    """``[B, N]`` per-token weights from a LayerNorm's statistics, normalised to mean 1 over each sample's tokens.
+
+    ``inverse_std`` and ``final``: ``1 / σ_j``; ``std``: ``σ_j``; ``outlier``: 1, or ``outlier_z / |z_j|`` where the
+    z-score of ``σ_j`` across the sample's tokens exceeds ``outlier_z``; ``none``: 1.
+
+    Example::
+
+        >>> stats = TokenStats(mean=torch.zeros(1, 2), std=torch.tensor([[1.0, 3.0]]))
+        >>> token_weights(stats, "inverse_std")
+        tensor([[1.5000, 0.5000]])
+    """
+    std = stats.std
+    if rule in ("inverse_std", "final"):
+        weights = 1.0 / std
+    elif rule == "std":
+        weights = std
+    elif rule == "outlier":
+        z = (std - std.mean(dim=-1, keepdim=True)) / std.std(dim=-1, unbiased=False, keepdim=True).clamp_min(1e-12)
+        weights = torch.where(z.abs() > outlier_z, outlier_z / z.abs().clamp_min(1e-12), torch.ones_like(z))
+    elif rule == "none":
+        return torch.ones_like(std)
+    else:
+        raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
+    return weights / weights.mean(dim=-1, keepdim=True)
+
+
+@register(
+    ExplainerInfo(
+        name="layernorm_stats",
+        needs_gradients=True,
+        readout=True,
+        families=("vit", "swin"),
+        description="R <- R + mean_h((grad A * A)^+) diag(s) R, s = the keys' LayerNorm 1/std normalised to mean 1",
+        reference="Nguyen, Lee & Kim 2023, Inspecting Explainability of Transformer Models with Additional "
+        "Statistical Information (arXiv 2311.11378); our reconstruction, see METHODS.md §7",
+    )
+)
+class LayerNormStats(ReadoutExplainer):
+    """``w (I + Ā^L D^L) ... (I + Ā^s D^s)`` with ``D^l = diag(s^l)`` from block ``l``'s LayerNorm statistics.
+
+    ``Ā^l = mean_h(clamp(dy_c/dA ⊙ A, min=0))`` as in ``generic_attention``; ``s^l`` are the weights of
+    :func:`token_weights` for the statistics of ``norm1`` (the norm in front of the attention; its tokens are the
+    keys ``Ā``'s columns read). On Swin the patch-merging norm weighs the merged tokens the same way before the
+    relevance is spread to the finer grid. Rules (METHODS.md §7, candidates (i)-(iii)):
+
+    - ``"inverse_std"`` (default, chosen on the trained fixtures: see the README's table): ``s = 1/σ``.
+    - ``"std"``: ``s = σ``. ``"outlier"``: tokens whose ``σ`` is an outlier (z-score above ``outlier_z``)
+      down-weighted. ``"final"``: ``generic_attention``'s map times ``1/σ`` of the last block's ``norm2``
+      (brought to the patch grid by nearest upsampling). ``"none"``: ``generic_attention`` exactly.
+
+    Args:
+        model: a timm ViT / DeiT / Swin with LayerNorm ``norm1`` / ``norm2`` in every block.
+        rule: one of the rules above.
+        start_layer: first block included (0 = all).
+        outlier_z: the z-score above which ``"outlier"`` down-weighs a token.
+
+    Example::
+
+        >>> import timm, torch
+        >>> from lightning_vitx.explainers import create
+        >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5)
+        >>> create("layernorm_stats", model)(torch.randn(2, 3, 224, 224)).shape
+        torch.Size([2, 14, 14])
+    """
+
+    def __init__(self, model: nn.Module, rule: Rule = "inverse_std", start_layer: int = 0, outlier_z: float = 2.0):
+        super().__init__(model)
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
+        if not outlier_z > 0:
+            raise ValueError(f"outlier_z must be > 0, got {outlier_z}")
+        self.rule = rule
+        self.start_layer = self._block_index(start_layer, "start_layer")
+        self.outlier_z = float(outlier_z)
+
+    def capture_needs(self) -> CaptureNeeds:
+        return CaptureNeeds(gradients=True, norm_stats=True)
+
+    def read(self, record: Capture) -> Tensor:
+        grads = record.require_gradients("layernorm_stats")
+        if record.norm_stats is None:
+            raise ValueError("layernorm_stats needs LayerNorm statistics: capture with CaptureNeeds(norm_stats=True)")
+        start = self.start_layer
+        geometries = record.geometries[start:]
+        stats = record.norm_stats[start:]
+        pairs = zip(record.attentions[start:], grads[start:], strict=True)
+        fused = [(grad * attention).clamp(min=0).mean(dim=1) for attention, grad in pairs]
+        per_layer = self.rule in ("inverse_std", "std", "outlier")
+        scales: list[Tensor | None] = [None] * len(fused)
+        if per_layer:
+            fused = [
+                geometry.scale_keys(matrix, token_weights(block["norm1"], self.rule, self.outlier_z))
+                for matrix, geometry, block in zip(fused, geometries, stats, strict=True)
+            ]
+            for index, block in enumerate(stats):
+                if "merge" in block and index > 0:  # the merge under block `index`: weighs its tokens after it
+                    scales[index] = token_weights(block["merge"], self.rule, self.outlier_z)
+        relevance = propagate_additive(record.readout_weights(), fused, geometries, scales)
+        maps = record.patch_map(relevance, block=start)
+        if self.rule == "final":
+            weights = token_weights(record.norm_stats[-1]["norm2"], "final")
+            coarse, fine = record.geometries[-1].grid_size, record.layout.grid_size
+            weights = weights[:, record.geometries[-1].num_prefix_tokens :]
+            upsampled = spread(weights, coarse, fine) / spread(torch.ones_like(weights), coarse, fine)
+            maps = maps * upsampled.reshape_as(maps)
+        return maps
