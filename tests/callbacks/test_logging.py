@@ -28,22 +28,15 @@ config, history, table_rows = _records.config, _records.history, _records.table_
 defined_metrics = _records.defined_metrics
 
 
-def wandb_run(tmp_path, monkeypatch, name, watcher):
-    """A W&B offline run of the demo's shape: a validation pass before training, then two epochs."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    save_dir = tmp_path / name
-    save_dir.mkdir()
-    logger = WandbLogger(project="lvx-test", name=name, save_dir=str(save_dir), offline=True)
+def validate_then_fit(root, watcher, logger):
+    """The demo's shape: a validation pass before training (explain/epoch -1), then two epochs of three batches."""
     L.seed_everything(0, verbose=False)
     module = ShapesClassifier()
     trainer = L.Trainer(
         max_epochs=2,
         logger=logger,
         callbacks=[watcher],
-        default_root_dir=save_dir,
+        default_root_dir=root,
         accelerator="cpu",
         devices=1,
         limit_train_batches=3,
@@ -55,6 +48,19 @@ def wandb_run(tmp_path, monkeypatch, name, watcher):
     )
     trainer.validate(module, verbose=False)
     trainer.fit(module)
+    return trainer
+
+
+def wandb_run(tmp_path, monkeypatch, name, watcher):
+    """A W&B offline run of ``validate_then_fit``; returns its run folder."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    save_dir = tmp_path / name
+    save_dir.mkdir()
+    logger = WandbLogger(project="lvx-test", name=name, save_dir=str(save_dir), offline=True)
+    validate_then_fit(save_dir, watcher, logger)
     logger.experiment.finish()
     return glob.glob(f"{save_dir}/wandb/offline-run-*")[0]
 
@@ -121,25 +127,7 @@ def test_tensorboard_gets_scores_and_pictures_of_a_pass_at_one_step_a_layout_and
 
 
 def test_without_an_image_logger_each_pass_gets_its_own_png_and_csv_rows_carry_the_epoch(tmp_path):
-    watcher = monitor()
-    module = ShapesClassifier()
-    L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(
-        max_epochs=2,
-        logger=CSVLogger(tmp_path),
-        callbacks=[watcher],
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        devices=1,
-        limit_train_batches=3,
-        limit_val_batches=3,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.validate(module, verbose=False)
-    trainer.fit(module)
+    trainer = validate_then_fit(tmp_path, monitor(), CSVLogger(tmp_path))
     names = sorted(os.path.basename(p) for p in glob.glob(f"{tmp_path}/**/explanations/*.png", recursive=True))
     panels = [n for n in names if n.startswith("explain_panel_")]
     assert len(panels) == 3 and len(set(panels)) == 3  # the untrained pass no longer overwrites epoch 0

@@ -136,15 +136,18 @@ def test_metrics_leave_the_model_as_found_and_work_under_inference_mode(shapes_m
 
 # The trained tiny Swin (tests/conftest.py's shapes_swin): the readouts that take Swin. Margins as above, from the
 # gaps measured on the trained Swin (seed 0 only: one training takes minutes here); smallest gap in the comment.
+# Two trajectories of seed 0 were measured (trained with one thread, and with two): where they disagree, both gaps
+# are in the comment, and a check that did not separate on both is left out (attnlrp, patch_interaction: two
+# threads only).
 # Random maps fell short of the best of three by -0.05..+0.04 (pointing game), 0 (relevance mass), -0.06..-0.02
 # (deletion). A check left out of an explainer's row did not separate (gap in the comment).
 SWIN_MARGINS: dict[str, dict[str, float]] = {
     "attnlrp": {"pointing_game": 0.4, "relevance_mass": 0.2, "deletion_mean": 0.09},  # .79 .44 .18
     "generic_attention": {"pointing_game": 0.4, "deletion_mean": 0.06},  # .81 (.009) .12
     "gmar": {"pointing_game": 0.4, "relevance_mass": 0.08, "deletion_mean": 0.06},  # .82 .17 .13
-    "layernorm_stats": {"pointing_game": 0.35, "relevance_mass": 0.04, "deletion_mean": 0.02},  # .77 .08 .05
+    "layernorm_stats": {"pointing_game": 0.35, "deletion_mean": 0.02},  # .77 (.08 / .028) .05
     "patch_interaction": {"pointing_game": 0.35, "relevance_mass": 0.12, "deletion_mean": 0.025},  # .71 .26 .054
-    "raw_attention": {"relevance_mass": 0.09, "deletion_mean": 0.02},  # (.15) .18 .05
+    "raw_attention": {"relevance_mass": 0.09},  # (.15) .18 (.05 / -.003)
     "rollout": {"pointing_game": 0.4, "relevance_mass": 0.08, "deletion_mean": 0.06},  # .83 .18 .13
 }
 SWIN_NOT_SEPARATED = {
@@ -193,7 +196,8 @@ def test_layernorm_stats_against_the_papers_claim_on_the_trained_swin(shapes_swi
     model, images, labels, masks = shapes_swin
     maps = explained_swin[0]
     mass = {name: score("relevance_mass", model, images, maps[name], labels, masks) for name in maps}
-    assert mass["layernorm_stats"] > mass["generic_attention"] + 0.03, mass
+    # .168 vs .093 trained with one thread, .112 vs .098 with two (float rounding moves the trajectory)
+    assert mass["layernorm_stats"] > mass["generic_attention"], mass
     uniform = float(corner_region(tuple(maps["rollout"].shape[-2:])).float().mean())
     for name in ("rollout", "generic_attention"):
         assert float(corner_share(maps[name]).nanmean()) < uniform + 0.03, name
