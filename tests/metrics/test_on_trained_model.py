@@ -136,19 +136,19 @@ def test_metrics_leave_the_model_as_found_and_work_under_inference_mode(shapes_m
 
 # The trained tiny Swin (tests/conftest.py's shapes_swin): the readouts that take Swin. Margins as above, from the
 # gaps measured on the trained Swin (seed 0 only: one training takes minutes here); smallest gap in the comment.
-# Two trajectories of seed 0 were measured (trained with one thread, and with two): where they disagree, both gaps
-# are in the comment, and a check that did not separate on both is left out (attnlrp, patch_interaction: two
-# threads only).
+# The Swin's training is not bit-reproducible run to run (its CPU kernels are not deterministic), and three runs of
+# seed 0 gave different gaps: margins are a third of the smallest gap seen, a check whose gap fell below 0.1 in
+# some run is left out (the runs' gaps in brackets), and attnlrp and patch_interaction were measured on one run.
 # Random maps fell short of the best of three by -0.05..+0.04 (pointing game), 0 (relevance mass), -0.06..-0.02
 # (deletion). A check left out of an explainer's row did not separate (gap in the comment).
 SWIN_MARGINS: dict[str, dict[str, float]] = {
-    "attnlrp": {"pointing_game": 0.4, "relevance_mass": 0.2, "deletion_mean": 0.09},  # .79 .44 .18
-    "generic_attention": {"pointing_game": 0.4, "deletion_mean": 0.06},  # .81 (.009) .12
-    "gmar": {"pointing_game": 0.4, "relevance_mass": 0.08, "deletion_mean": 0.06},  # .82 .17 .13
-    "layernorm_stats": {"pointing_game": 0.35, "deletion_mean": 0.02},  # .77 (.08 / .028) .05
-    "patch_interaction": {"pointing_game": 0.35, "relevance_mass": 0.12, "deletion_mean": 0.025},  # .71 .26 .054
-    "raw_attention": {"relevance_mass": 0.09},  # (.15) .18 (.05 / -.003)
-    "rollout": {"pointing_game": 0.4, "relevance_mass": 0.08, "deletion_mean": 0.06},  # .83 .18 .13
+    "attnlrp": {"pointing_game": 0.3, "relevance_mass": 0.15, "deletion_mean": 0.06},  # .79 .44 .18
+    "generic_attention": {"pointing_game": 0.3, "deletion_mean": 0.04},  # .81 (.009) .12
+    "gmar": {"pointing_game": 0.3, "relevance_mass": 0.06, "deletion_mean": 0.04},  # .82 .17 .13
+    "layernorm_stats": {"pointing_game": 0.3},  # .77 (.08 / .028) (.05 / .009)
+    "patch_interaction": {"pointing_game": 0.3, "relevance_mass": 0.08},  # .71 .26 (.054)
+    "raw_attention": {"relevance_mass": 0.06},  # (.15) .18 (.05 / -.003)
+    "rollout": {"pointing_game": 0.3, "relevance_mass": 0.06, "deletion_mean": 0.04},  # .83 .18 .13
 }
 SWIN_NOT_SEPARATED = {
     "tokentm": "below random on this Swin: gaps -0.135 (pointing game), -0.008, -0.348 (deletion); see issue 10's note",
