@@ -6,9 +6,9 @@ The one place that knows what W&B, TensorBoard and the other Lightning loggers t
   the x-axis of every ``<prefix>/*`` key; per-sample images are captioned ``wandb.Image`` lists with the
   ground-truth mask as a toggleable overlay; the table is one incremental table across passes; curves are W&B
   line plots (overlayable across runs) and a figure.
-- **TensorBoard**: scalars, one image grid per key (captions in a text summary of the same step) and the figures,
-  all at the trainer's global step; ``define_axes`` adds a custom-scalars layout (one chart per metric, one line
-  per explainer).
+- **TensorBoard**: scalars, one image grid per key (masks outlined; captions in a text summary of the same step) and
+  the figures, all at the trainer's global step; ``define_axes`` adds a custom-scalars layout (one chart per metric,
+  one line per explainer).
 - **Any other logger** (CSV, MLflow, ...): the scalars through ``log_metrics``; the figures as PNG files.
 
 Call everything here on global rank zero only.
@@ -181,8 +181,13 @@ class PassLogger:
         for key, value in record.scalars.items():
             writer.add_scalar(key, value, global_step=record.step)
         writer.add_scalar(self.epoch_key, record.epoch, global_step=record.step)
+        from lightning_vitx.rendering import outline_masks
+
         for key, images in record.images.items():
             batch = torch.as_tensor(np.stack(images.pictures)).permute(0, 3, 1, 2)
+            if images.masks is not None:  # TensorBoard has no mask overlay: outline the objects in the picture
+                masks = torch.as_tensor(np.stack(images.masks)).bool()
+                batch = (outline_masks(batch.float() / 255, masks) * 255).round().byte()
             grid = make_grid(batch, nrow=len(images.pictures), padding=2, pad_value=255)
             writer.add_image(key, grid, global_step=record.step)
         captions = next(iter(record.images.values())).captions if record.images else []

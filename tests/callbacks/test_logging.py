@@ -2,16 +2,20 @@
 
 import glob
 import importlib.util
+import io
 import json
 import os
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from PIL import Image
 
 import lightning_vitx
 from lightning_vitx.data import SHAPE_CLASSES
+from lightning_vitx.rendering.heatmap import MASK_COLOUR
 
 
 def _sibling(name):
@@ -117,6 +121,9 @@ def test_tensorboard_gets_scores_and_pictures_of_a_pass_at_one_step_a_layout_and
     for tag in ["explain/rollout/maps", "explain/gmar/maps", "explain/inputs", "explain/curves"]:
         assert {int(image.step) for image in events.Images(tag)} == steps, tag
     assert [s.value for s in events.Scalars("explain/epoch")] == [0.0, 1.0]
+    grid = np.asarray(Image.open(io.BytesIO(events.Images("explain/inputs")[0].encoded_image_string)).convert("RGB"))
+    outline = np.round(np.array(MASK_COLOUR) * 255)
+    assert (np.abs(grid.astype(float) - outline).max(axis=-1) < 1).sum() > 50  # the objects' outlines are drawn
     tensors = set(events.Tags()["tensors"])
     assert "custom_scalars__config__" in tensors  # one chart per metric, one line per explainer
     settings = events.Tensors("explain/settings/text_summary")[0].tensor_proto.string_val[0].decode()
