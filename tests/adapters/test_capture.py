@@ -7,13 +7,8 @@ import lightning_vitx.explainers as X
 from lightning_vitx.adapters import CaptureNeeds, capture_pass, detect
 
 
-def test_gradients_match_an_independent_backward(models, make_images, copy_model):
-    model = models["deit_distilled"]
-    images = make_images(224, batch=2)
-    target = torch.tensor([3, 6])
-    record = capture_pass(detect(model), images, target, CaptureNeeds(gradients=True, token_states=True))
-
-    oracle = copy_model(model)
+def attention_grads_by_backward(oracle, images, score):
+    """``(logits, A per block, dscore/dA per block)`` from a plain ``.backward()`` on a copy that keeps each ``A``."""
     kept = []
 
     def keep(module, inputs, output):
@@ -24,13 +19,38 @@ def test_gradients_match_an_independent_backward(models, make_images, copy_model
         block.attn.fused_attn = False
         block.attn.attn_drop.register_forward_hook(keep)
     logits = oracle(images)
-    logits.gather(1, target[:, None]).sum().backward()
-    torch.testing.assert_close(record.logits, logits.detach())
-    for ours, theirs in zip(record.attention_grads, kept, strict=True):
-        torch.testing.assert_close(ours, theirs.grad, rtol=1e-4, atol=1e-7)
+    score(logits).backward()
+    return logits.detach(), [attention.detach() for attention in kept], [attention.grad for attention in kept]
+
+
+def test_gradients_match_an_independent_backward(models, make_images, copy_model):
+    model = models["deit_distilled"]
+    images = make_images(224, batch=2)
+    target = torch.tensor([3, 6])
+    record = capture_pass(detect(model), images, target, CaptureNeeds(gradients=True, token_states=True))
+
+    logits, kept, grads = attention_grads_by_backward(
+        copy_model(model), images, lambda logits: logits.gather(1, target[:, None]).sum()
+    )
+    torch.testing.assert_close(record.logits, logits)
+    for ours, theirs in zip(record.attention_grads, grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)
     for ours, theirs in zip(record.attentions, kept, strict=True):
-        torch.testing.assert_close(ours, theirs.detach())
+        torch.testing.assert_close(ours, theirs)
         torch.testing.assert_close(ours.sum(-1), torch.ones_like(ours[..., 0]))
+
+
+def test_probability_objective_matches_an_independent_backward(models, make_images, copy_model):
+    model = models["vit"]
+    images = make_images(224, batch=2)
+    target = torch.tensor([3, 6])
+    record = capture_pass(detect(model), images, target, CaptureNeeds(gradients=True, objective="probability"))
+    assert record.objective == "probability"
+    _, _, grads = attention_grads_by_backward(
+        copy_model(model), images, lambda logits: logits.softmax(dim=1).gather(1, target[:, None]).sum()
+    )
+    for ours, theirs in zip(record.attention_grads, grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-8)
 
 
 def test_token_states_are_consistent(models, make_images):
