@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, cast
 
 import torch
@@ -116,6 +116,7 @@ class Capture:
     token_states: list[dict[str, Tensor]] | None = None
     objective: Objective = "logit"
     norm_stats: list[dict[str, TokenStats]] | None = None
+    _gradient_weighted: list[Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
@@ -140,6 +141,17 @@ class Capture:
         if self.attention_grads is None:
             raise ValueError(f"{who} needs attention gradients: capture with CaptureNeeds(gradients=True)")
         return self.attention_grads
+
+    def gradient_weighted_attention(self, who: str) -> list[Tensor]:
+        """Per block, ``mean_h(clamp(dy_c/dA ⊙ A, min=0))`` (Chefer et al. 2021b's ``Ā``) in the block's layout.
+
+        Computed once per record and shared by the explainers of a group that read it (``generic_attention``,
+        ``layernorm_stats``); callers must not modify the tensors in place.
+        """
+        if self._gradient_weighted is None:
+            pairs = zip(self.attentions, self.require_gradients(who), strict=True)
+            self._gradient_weighted = [(grad * attention).clamp(min=0).mean(dim=1) for attention, grad in pairs]
+        return self._gradient_weighted
 
     def require_token_states(self, who: str) -> list[dict[str, Tensor]]:
         if self.token_states is None:

@@ -53,10 +53,6 @@ class DenseAttention:
         """``[B, N]``: the sum of each query row."""
         return fused.sum(dim=-1)
 
-    def scale_keys(self, fused: Tensor, scale: Tensor) -> Tensor:
-        """``fused diag(scale)``: each key column multiplied by its token's ``scale [B, N]``."""
-        return fused * scale.unsqueeze(-2)
-
 
 @dataclass(frozen=True)
 class WindowedAttention:
@@ -132,10 +128,6 @@ class WindowedAttention:
 
     def row_sums(self, fused: Tensor) -> Tensor:
         return self.from_windows(fused.sum(dim=-1))
-
-    def scale_keys(self, fused: Tensor, scale: Tensor) -> Tensor:
-        """``fused diag(scale)`` per window: each key column times its token's ``scale [B, H*W]`` (padding: 0)."""
-        return fused * self.to_windows(scale).unsqueeze(-2)
 
 
 AttentionGeometry = DenseAttention | WindowedAttention

@@ -110,13 +110,16 @@ def _check_mass(mass: float) -> None:
         raise ValueError(f"mass must be a share in (0, 1], got {mass!r}")
 
 
-def fused_indicator(attention: Tensor, grad: Tensor | None, indicator: str) -> Tensor:
-    """One block's indicator, head-fused: ``[B, heads, ...]`` -> ``[B, ...]`` in the block's own layout."""
+def fused_indicators(record: Capture, indicator: str) -> list[Tensor]:
+    """Per block, the indicator head-fused: ``[B, ...]`` in the block's own layout.
+
+    ``"gradient"`` is ``mean_h((dy_c/dA ⊙ A)^+)``, shared with the other explainers of a capture.
+    """
     if indicator == "attention":
-        return attention.mean(dim=1)
-    if grad is None:
+        return [attention.mean(dim=1) for attention in record.attentions]
+    if record.attention_grads is None:
         raise ValueError("the gradient indicator needs attention gradients: capture with CaptureNeeds(gradients=True)")
-    return (grad * attention).clamp(min=0).mean(dim=1)
+    return record.gradient_weighted_attention("the gradient indicator")
 
 
 def _dense(fused: Tensor, geometry: AttentionGeometry) -> Tensor:
@@ -136,12 +139,8 @@ def _dense(fused: Tensor, geometry: AttentionGeometry) -> Tensor:
 def interaction_matrices(record: Capture, indicator: Indicator = DEFAULT_INDICATOR) -> list[Tensor]:
     """Per block ``[B, P_l, P_l]`` patch-to-patch interactions from a capture (see the module docstring)."""
     _check_indicator(indicator)
-    grads = record.require_gradients("the gradient indicator") if indicator == "gradient" else None
-    matrices = []
-    for index, (attention, geometry) in enumerate(zip(record.attentions, record.geometries, strict=True)):
-        grad = None if grads is None else grads[index]
-        matrices.append(_dense(fused_indicator(attention, grad, indicator), geometry))
-    return matrices
+    fused = fused_indicators(record, indicator)
+    return [_dense(matrix, geometry) for matrix, geometry in zip(fused, record.geometries, strict=True)]
 
 
 def _offsets(grid_size: tuple[int, int], device: torch.device) -> Tensor:

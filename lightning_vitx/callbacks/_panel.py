@@ -160,8 +160,9 @@ def pass_record(
     if curves:
         lines = {metric: dict(per_explainer) for metric, per_explainer in curves.items()}
         record.figures[f"{prefix}/curves"] = curves_figure(lines, reference_curves, title=title)
-        record.curves = {m: {**lines[m], **({"random order": reference_curves[m]} if m in reference_curves else {})}
-                         for m in lines}
+        record.curves = {
+            m: {**lines[m], **({"random order": reference_curves[m]} if m in reference_curves else {})} for m in lines
+        }
 
     if "patch_interaction" in panel.maps:  # the receptive fields behind that map: one more pass, rank zero only
         from lightning_vitx.rendering import interaction_figures

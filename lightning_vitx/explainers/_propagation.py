@@ -18,7 +18,7 @@ from lightning_vitx.adapters.geometry import AttentionGeometry, spread
 
 __all__ = ["discard_lowest", "fuse_heads", "propagate_additive", "propagate_rollout", "propagate_token_transformation"]
 
-Step = Callable[[Tensor, Tensor, AttentionGeometry], Tensor]
+Step = Callable[[Tensor, Tensor, AttentionGeometry, Tensor | None], Tensor]
 
 
 def fuse_heads(attention: Tensor, how: str) -> Tensor:
@@ -38,25 +38,29 @@ def _propagate(
     geometries: Sequence[AttentionGeometry],
     step: Step,
     scales: Sequence[Tensor | None] | None = None,
+    key_scales: Sequence[Tensor | None] | None = None,
 ) -> Tensor:
     vector, above = weights, None
     scales = scales if scales is not None else [None] * len(fused)
-    for matrix, geometry, scale in zip(reversed(fused), reversed(geometries), reversed(scales), strict=True):
+    key_scales = key_scales if key_scales is not None else [None] * len(fused)
+    blocks = zip(reversed(fused), reversed(geometries), reversed(scales), reversed(key_scales), strict=True)
+    for matrix, geometry, scale, key_scale in blocks:
         if above is not None and above.grid_size != geometry.grid_size:
             vector = spread(vector, above.grid_size, geometry.grid_size)
-        vector, above = step(vector, matrix, geometry), geometry
+        vector, above = step(vector, matrix, geometry, key_scale), geometry
         if scale is not None:
             vector = vector * scale
     return vector
 
 
-def _rollout_step(vector: Tensor, matrix: Tensor, geometry: AttentionGeometry) -> Tensor:
+def _rollout_step(vector: Tensor, matrix: Tensor, geometry: AttentionGeometry, key_scale: Tensor | None) -> Tensor:
     scaled = vector / (geometry.row_sums(matrix) + 1.0)  # rows of A + I
     return geometry.times(scaled, matrix) + scaled
 
 
-def _additive_step(vector: Tensor, matrix: Tensor, geometry: AttentionGeometry) -> Tensor:
-    return vector + geometry.times(vector, matrix)
+def _additive_step(vector: Tensor, matrix: Tensor, geometry: AttentionGeometry, key_scale: Tensor | None) -> Tensor:
+    product = geometry.times(vector, matrix)
+    return vector + (product if key_scale is None else product * key_scale)
 
 
 def propagate_rollout(weights: Tensor, fused: Sequence[Tensor], geometries: Sequence[AttentionGeometry]) -> Tensor:
@@ -74,13 +78,16 @@ def propagate_additive(
     fused: Sequence[Tensor],
     geometries: Sequence[AttentionGeometry],
     scales: Sequence[Tensor | None] | None = None,
+    key_scales: Sequence[Tensor | None] | None = None,
 ) -> Tensor:
     """``w (I + A_L) ... (I + A_s)``: Chefer et al.'s unnormalised rule ``R <- R + A R``.
 
-    ``scales[l]`` (``[B, N_l]`` or ``None``), when given, multiplies the vector token-wise right after block
-    ``l``'s product, i.e. ``(I + A_l) diag(scales[l])``; before a merged stage's vector is spread to the grid below.
+    ``key_scales[l]`` (``[B, N_l]`` or ``None``), when given, weighs block ``l``'s key columns:
+    ``(I + A_l diag(key_scales[l]))``, done on the vector (``v + (v A_l) * s``), so the matrices are left as they
+    are. ``scales[l]`` multiplies the vector token-wise right after block ``l``'s product, i.e.
+    ``(I + A_l) diag(scales[l])``; before a merged stage's vector is spread to the grid below.
     """
-    return _propagate(weights, fused, geometries, _additive_step, scales)
+    return _propagate(weights, fused, geometries, _additive_step, scales, key_scales)
 
 
 def propagate_token_transformation(

@@ -44,10 +44,6 @@ class GenericAttention(ReadoutExplainer):
         self.start_layer = self._block_index(start_layer, "start_layer")
 
     def read(self, record: Capture) -> Tensor:
-        grads = record.require_gradients("generic_attention")
-        fused = [
-            (grad * attention).clamp(min=0).mean(dim=1)
-            for attention, grad in zip(record.attentions[self.start_layer :], grads[self.start_layer :], strict=True)
-        ]
+        fused = record.gradient_weighted_attention("generic_attention")[self.start_layer :]
         relevance = propagate_additive(record.readout_weights(), fused, record.geometries[self.start_layer :])
         return record.patch_map(relevance, block=self.start_layer)

@@ -108,25 +108,21 @@ class LayerNormStats(ReadoutExplainer):
         return CaptureNeeds(gradients=True, norm_stats=True)
 
     def read(self, record: Capture) -> Tensor:
-        grads = record.require_gradients("layernorm_stats")
+        fused = record.gradient_weighted_attention("layernorm_stats")
         if record.norm_stats is None:
             raise ValueError("layernorm_stats needs LayerNorm statistics: capture with CaptureNeeds(norm_stats=True)")
         start = self.start_layer
-        geometries = record.geometries[start:]
         stats = record.norm_stats[start:]
-        pairs = zip(record.attentions[start:], grads[start:], strict=True)
-        fused = [(grad * attention).clamp(min=0).mean(dim=1) for attention, grad in pairs]
         per_layer = self.rule in ("inverse_std", "std", "outlier")
-        scales: list[Tensor | None] = [None] * len(fused)
+        key_scales: list[Tensor | None] = [None] * len(stats)
+        scales: list[Tensor | None] = [None] * len(stats)
         if per_layer:
-            fused = [
-                geometry.scale_keys(matrix, token_weights(block["norm1"], self.rule, self.outlier_z))
-                for matrix, geometry, block in zip(fused, geometries, stats, strict=True)
-            ]
+            key_scales = [token_weights(block["norm1"], self.rule, self.outlier_z) for block in stats]
             for index, block in enumerate(stats):
                 if "merge" in block and index > 0:  # the merge under block `index`: weighs its tokens after it
                     scales[index] = token_weights(block["merge"], self.rule, self.outlier_z)
-        relevance = propagate_additive(record.readout_weights(), fused, geometries, scales)
+        readout, geometries = record.readout_weights(), record.geometries[start:]
+        relevance = propagate_additive(readout, fused[start:], geometries, scales, key_scales)
         maps = record.patch_map(relevance, block=start)
         if self.rule == "final":
             weights = token_weights(record.norm_stats[-1]["norm2"], "final")

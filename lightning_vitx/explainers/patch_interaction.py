@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from lightning_vitx.adapters import Capture, CaptureNeeds
 from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention, spread
-from lightning_vitx.analysis.patch_interactions import INDICATORS, fused_indicator
+from lightning_vitx.analysis.patch_interactions import INDICATORS, fused_indicators
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import ReadoutExplainer
 
@@ -72,11 +72,10 @@ class PatchInteraction(ReadoutExplainer):
         return CaptureNeeds(gradients=self.indicator == "gradient")
 
     def read(self, record: Capture) -> Tensor:
-        grads = record.require_gradients("patch_interaction") if self.indicator == "gradient" else None
+        indicators = fused_indicators(record, self.indicator)
         first = record.geometries[0].grid_size
         total = torch.zeros(record.batch_size, first[0] * first[1], device=record.logits.device)
-        for index, (attention, geometry) in enumerate(zip(record.attentions, record.geometries, strict=True)):
-            fused = fused_indicator(attention, None if grads is None else grads[index], self.indicator)
+        for fused, geometry in zip(indicators, record.geometries, strict=True):
             start = geometry.num_prefix_tokens
             mass = torch.zeros(record.batch_size, geometry.num_tokens, device=fused.device)
             if self.side in ("key", "both"):
