@@ -23,27 +23,28 @@ import lightning_vitx.metrics as M
 from lightning_vitx.adapters import CaptureNeeds, capture_pass, detect
 from lightning_vitx.analysis import attention_sharpness, corner_region, corner_share, object_share
 from lightning_vitx.analysis.corners import object_fraction
-from lightning_vitx.data import ShapesDataset, tiny_swin_for_shapes, tiny_vit_for_shapes, train_on_shapes
+from lightning_vitx.data import (
+    SHAPES_IMAGE_SIZES,
+    ShapesDataset,
+    tiny_swin_for_shapes,
+    tiny_vit_for_shapes,
+    trained_on_shapes,
+)
 
 RULES = ["inverse_std", "std", "outlier", "final"]  # layernorm_stats candidates besides the default
 
 
 def trained(kind: str, seed: int, cache: Path | None):  # type: ignore[no-untyped-def]
-    size, steps = (56, 1500) if kind == "swin" else (64, 1500)
-    model = (tiny_swin_for_shapes if kind == "swin" else tiny_vit_for_shapes)(size, seed=seed)
+    size = SHAPES_IMAGE_SIZES[kind]
     path = cache / f"{kind}-{seed}.pt" if cache else None
     if path is not None and path.exists():
+        model = (tiny_swin_for_shapes if kind == "swin" else tiny_vit_for_shapes)(size, seed=seed)
         model.load_state_dict(torch.load(path))
         model.eval()
     else:
         start = time.perf_counter()
-        run = train_on_shapes(
-            model,
-            ShapesDataset(64 * steps, size, seed=seed),
-            max_steps=steps,
-            held_out=ShapesDataset(256, size, seed=10_000 + seed),
-            target_accuracy=0.85,
-        )
+        run = trained_on_shapes(kind, seed)  # type: ignore[arg-type]
+        model = run.model
         print(f"{kind}: {run.steps} steps, held-out accuracy {run.accuracy:.3f}, {time.perf_counter() - start:.0f} s")
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import timm
@@ -97,57 +102,88 @@ TARGET_ACCURACY = 0.85  # held-out top-1 on 256 images (chance: 0.33); the steps
 MAX_STEPS = 1500
 
 
-@pytest.fixture(scope="session")
-def shapes_model():
-    """A tiny ViT trained on the synthetic shapes to TARGET_ACCURACY, and 96 held-out (images, labels, masks).
+# The two trained models (lightning_vitx.data.trained_on_shapes): the tiny ViT takes ~550 steps (about a minute of
+# one core), the tiny Swin (56 px: shifted windows, padding, two patch mergings) ~1000 (3-4 minutes). Each is
+# trained by tests/fixture_training.py in a process of its own, on one thread (the same run every time), from the
+# moment the collected tests include one that requests it; the suite runs on meanwhile.
+class _BackgroundTraining:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.process: subprocess.Popen | None = None
+        self.folder = ""
 
-    Training data, the accuracy check and the explained images are disjoint draws (seeds s, 10000 + s, 20000 + s).
-    The fixture fails, with the accuracy reached, if MAX_STEPS pass before TARGET_ACCURACY.
-    """
-    from lightning_vitx.data import ShapesDataset, tiny_vit_for_shapes, train_on_shapes
+    def start(self) -> None:
+        if self.process is None:
+            self.folder = tempfile.mkdtemp(prefix=f"lvx-{self.kind}-")
+            script = Path(__file__).with_name("fixture_training.py")
+            out = f"{self.folder}/model.pt"
+            command = [sys.executable, str(script), self.kind, "--seed", str(FIXTURE_SEED), "--out", out]
+            command += ["--max-steps", str(MAX_STEPS), "--target-accuracy", str(TARGET_ACCURACY)]
+            with open(f"{self.folder}/log.txt", "w") as log:
+                env = {**os.environ, "OMP_NUM_THREADS": "1"}
+                self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
-    seed = FIXTURE_SEED
-    run = train_on_shapes(
-        tiny_vit_for_shapes(64, seed=seed),
-        ShapesDataset(64 * MAX_STEPS, 64, seed=seed),  # fresh samples every step: no sample is seen twice
-        max_steps=MAX_STEPS,
-        held_out=ShapesDataset(256, 64, seed=10_000 + seed),
-        target_accuracy=TARGET_ACCURACY,
-    )
-    held_out = ShapesDataset(96, 64, seed=20_000 + seed)
+    def result(self) -> nn.Module:
+        """The trained model (eval mode), once its process has ended; raises with its log if training failed."""
+        from lightning_vitx.data import SHAPES_IMAGE_SIZES, tiny_swin_for_shapes, tiny_vit_for_shapes
+
+        self.start()
+        assert self.process is not None
+        code = self.process.wait(timeout=1800)
+        if code != 0:
+            log = Path(self.folder, "log.txt").read_text()
+            raise RuntimeError(f"training the tiny {self.kind} fixture failed (exit {code}):\n{log[-3000:]}")
+        build = tiny_swin_for_shapes if self.kind == "swin" else tiny_vit_for_shapes
+        model = build(SHAPES_IMAGE_SIZES[self.kind], seed=FIXTURE_SEED)
+        model.load_state_dict(torch.load(Path(self.folder, "model.pt"), weights_only=True))
+        return model.eval()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_TRAINING = {"shapes_model": _BackgroundTraining("vit"), "shapes_swin": _BackgroundTraining("swin")}
+
+
+def pytest_collection_finish(session) -> None:
+    for fixture, training in _TRAINING.items():
+        if any(fixture in getattr(item, "fixturenames", ()) for item in session.items):
+            training.start()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    for training in _TRAINING.values():
+        training.stop()
+
+
+def _trained(fixture: str):
+    """The trained model of ``fixture`` and 96 held-out (images, labels, masks): disjoint from the training data
+    (seed s) and the accuracy check (10000 + s), seed 20000 + s."""
+    from lightning_vitx.data import SHAPES_IMAGE_SIZES, ShapesDataset
+
+    training = _TRAINING[fixture]
+    model = training.result()
+    held_out = ShapesDataset(96, SHAPES_IMAGE_SIZES[training.kind], seed=20_000 + FIXTURE_SEED)
     images, labels, masks = (
         torch.stack([torch.as_tensor(held_out[i][k]) for i in range(len(held_out))]) for k in range(3)
     )
-    return run.model, images, labels, masks
+    return model, images, labels, masks
 
 
-# The trained tiny Swin (lightning_vitx.data.tiny_swin_for_shapes, 56 px: shifted windows, padding, two patch
-# mergings), trained as the ViT above to the same held-out accuracy; seed 0 (one thread) took 1000 steps (held-out
-# accuracy .863), 3-4 min of one core (12 min wall on the loaded 2-core machine), far above the ViT's ~1.5 min; only
-# the Swin rows of the trained-model tests and the trained-Swin monitor test request it.
-SWIN_MAX_STEPS = 1500
-SWIN_IMAGE_SIZE = 56
+@pytest.fixture(scope="session")
+def shapes_model():
+    """The tiny ViT trained on the synthetic shapes to TARGET_ACCURACY (64 px), and 96 held-out samples.
+
+    Fails, with the accuracy reached, if MAX_STEPS pass before TARGET_ACCURACY.
+    """
+    return _trained("shapes_model")
 
 
 @pytest.fixture(scope="session")
 def shapes_swin():
-    """A tiny Swin trained on the synthetic shapes to TARGET_ACCURACY, and 96 held-out (images, labels, masks).
-
-    Same draws as ``shapes_model`` (training seed s, accuracy check 10000 + s, explained images 20000 + s) at
-    SWIN_IMAGE_SIZE; fails, with the accuracy reached, if SWIN_MAX_STEPS pass before TARGET_ACCURACY.
-    """
-    from lightning_vitx.data import ShapesDataset, tiny_swin_for_shapes, train_on_shapes
-
-    seed, size = FIXTURE_SEED, SWIN_IMAGE_SIZE
-    run = train_on_shapes(
-        tiny_swin_for_shapes(size, seed=seed),
-        ShapesDataset(64 * SWIN_MAX_STEPS, size, seed=seed),
-        max_steps=SWIN_MAX_STEPS,
-        held_out=ShapesDataset(256, size, seed=10_000 + seed),
-        target_accuracy=TARGET_ACCURACY,
-    )
-    held_out = ShapesDataset(96, size, seed=20_000 + seed)
-    images, labels, masks = (
-        torch.stack([torch.as_tensor(held_out[i][k]) for i in range(len(held_out))]) for k in range(3)
-    )
-    return run.model, images, labels, masks
+    """The tiny Swin trained like ``shapes_model`` (56 px), and 96 held-out samples."""
+    return _trained("shapes_swin")

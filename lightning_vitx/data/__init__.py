@@ -3,14 +3,17 @@
 from lightning_vitx.data.modules import ImageFolderDataModule, ShapesDataModule
 from lightning_vitx.data.shapes import SHAPE_CLASSES, ShapesDataset, ShapesSample
 from lightning_vitx.data.training import (
+    SHAPES_IMAGE_SIZES,
     ShapesTraining,
     held_out_accuracy,
     tiny_swin_for_shapes,
     tiny_vit_for_shapes,
     train_on_shapes,
+    trained_on_shapes,
 )
 
 __all__ = [
+    "SHAPES_IMAGE_SIZES",
     "SHAPE_CLASSES",
     "ImageFolderDataModule",
     "ShapesDataModule",
@@ -21,4 +24,5 @@ __all__ = [
     "tiny_swin_for_shapes",
     "tiny_vit_for_shapes",
     "train_on_shapes",
+    "trained_on_shapes",
 ]

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_vitx.data.shapes import SHAPE_CLASSES
+from lightning_vitx.data.shapes import SHAPE_CLASSES, ShapesDataset
 
-__all__ = ["ShapesTraining", "held_out_accuracy", "tiny_swin_for_shapes", "tiny_vit_for_shapes", "train_on_shapes"]
+__all__ = [
+    "SHAPES_IMAGE_SIZES",
+    "ShapesTraining",
+    "held_out_accuracy",
+    "tiny_swin_for_shapes",
+    "tiny_vit_for_shapes",
+    "train_on_shapes",
+    "trained_on_shapes",
+]
+
+SHAPES_IMAGE_SIZES = {"vit": 64, "swin": 56}  # the input size of each tiny model trained by trained_on_shapes
 
 
 def tiny_vit_for_shapes(image_size: int = 64, seed: int = 0) -> nn.Module:
@@ -163,3 +173,24 @@ def train_on_shapes(
             f"{accuracy:.3f}. Raise max_steps or lr, or check the data."
         )
     return ShapesTraining(model, step, accuracy)
+
+
+def trained_on_shapes(
+    kind: Literal["vit", "swin"], seed: int = 0, max_steps: int = 1500, target_accuracy: float = 0.85
+) -> ShapesTraining:
+    """The tiny ViT or Swin of the tests and benchmarks, trained on the shapes until it has learnt them.
+
+    The model of ``seed`` (``tiny_vit_for_shapes`` at 64 px or ``tiny_swin_for_shapes`` at 56 px) sees fresh
+    samples every step (``ShapesDataset`` of ``seed``) and stops at the first check where its accuracy on 256
+    held-out images (seed ``10000 + seed``) reaches ``target_accuracy``; raises after ``max_steps`` (see
+    :func:`train_on_shapes`). Seed 0 takes ~450-550 steps (ViT) or ~1000 (Swin).
+    """
+    size = SHAPES_IMAGE_SIZES[kind]
+    model = tiny_vit_for_shapes(size, seed=seed) if kind == "vit" else tiny_swin_for_shapes(size, seed=seed)
+    return train_on_shapes(
+        model,
+        ShapesDataset(64 * max_steps, size, seed=seed),  # fresh samples every step: no sample is seen twice
+        max_steps=max_steps,
+        held_out=ShapesDataset(256, size, seed=10_000 + seed),
+        target_accuracy=target_accuracy,
+    )
