@@ -202,13 +202,31 @@ def state(model):
     }
 
 
+def tiny_avgpool(tiny_kwargs):
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, global_pool="avg", **tiny_kwargs)
+
+
+def tiny_swin():
+    kwargs = {
+        "img_size": 32,
+        "embed_dim": 16,
+        "depths": (2, 2),
+        "num_heads": (1, 2),
+        "window_size": 4,
+        "drop_path_rate": 0.0,
+    }
+    return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=5, **kwargs)
+
+
+@pytest.mark.parametrize("family", ["vit", "avgpool", "swin"])
 @pytest.mark.parametrize("name", ["transformer_attribution", "lrp", "partial_lrp", "attnlrp"])
-def test_model_left_exactly_as_found_also_when_the_pass_raises(name, tiny_vit, tiny_images):
-    model = tiny_vit().train()
-    model.blocks[0].eval()
-    model.blocks[0].attn.fused_attn = True
-    model.blocks[1].attn.fused_attn = False
-    model.blocks[0].requires_grad_(False)
+def test_model_left_exactly_as_found_also_when_the_pass_raises(name, family, tiny_vit, tiny_images, tiny_kwargs):
+    model = {"vit": tiny_vit, "avgpool": lambda: tiny_avgpool(tiny_kwargs), "swin": tiny_swin}[family]().train()
+    blocks = detect(model).blocks()
+    blocks[0].eval()
+    blocks[0].attn.fused_attn = True
+    blocks[1].attn.fused_attn = False
+    blocks[0].requires_grad_(False)
     images = tiny_images(batch=2)
     with torch.no_grad():
         before_output = model(images)  # no dropout in this model: train mode gives the same numbers
@@ -219,7 +237,7 @@ def test_model_left_exactly_as_found_also_when_the_pass_raises(name, tiny_vit, t
     def fail(module, inputs, output):
         raise RuntimeError("user hook fails halfway")
 
-    handle = model.blocks[1].mlp.register_forward_hook(fail)
+    handle = blocks[1].mlp.register_forward_hook(fail)
     with pytest.raises(RuntimeError, match="halfway"):
         explainer(images)
     handle.remove()
