@@ -147,7 +147,10 @@ def _check_swin(model: Any, name: str) -> list[Head]:
     from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, WindowAttention
 
     if getattr(model, "absolute_pos_embed", None) is not None:
-        raise TypeError(f"{name} has no rule for Swin's absolute position embedding; create the model without it")
+        raise TypeError(
+            f"{name} has no rule for Swin's absolute position embedding; create the model without it, or use "
+            "'attnlrp' or 'generic_attention'"
+        )
     for index, stage in enumerate(model.layers):
         if not isinstance(stage.downsample, (nn.Identity, PatchMerging)) or (
             index == 0 and not isinstance(stage.downsample, nn.Identity)
