@@ -228,9 +228,9 @@ def dense_oracle(model, image, target, rules):
             readout = readout @ spreading(grids[index], grids[index - 1]).to(readout.dtype)
     first = grids[0]
     return dict(
-        transformer_attribution=vector.reshape(first),
-        partial_lrp=readout.reshape(first),
-        lrp=relevance[0].sum(dim=-1).reshape(first),
+        transformer_attribution=vector.reshape(first).detach(),
+        partial_lrp=readout.reshape(first).detach(),
+        lrp=relevance[0].sum(dim=-1).reshape(first).detach(),
         total=float(relevance.sum().detach()),
         dropped=dropped,
     )
@@ -244,7 +244,7 @@ def oracles():
     found = {}
     for rules in (LRP.CHEFER, LRP.BASELINE):
         found[rules] = [dense_oracle(exact, batch[i].double(), target[i], rules) for i in range(2)]
-    in_float32 = [dense_oracle(model, batch[i], target[i], LRP.BASELINE)["lrp"].detach() for i in range(2)]
+    in_float32 = [dense_oracle(model, batch[i], target[i], LRP.BASELINE)["lrp"] for i in range(2)]
     return model, batch, torch.tensor(target), found, in_float32
 
 
