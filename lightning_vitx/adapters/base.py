@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from lightning_vitx.adapters.geometry import AttentionGeometry
+from lightning_vitx.adapters.geometry import AttentionGeometry, spread
 
 __all__ = ["Adapter", "TokenLayout", "check_patch_embed_input", "detect", "register_adapter"]
 
@@ -68,8 +68,14 @@ class TokenLayout:
             weights[self.num_prefix_tokens :] = 1.0 / self.num_patches
         return weights.expand(batch_size, -1).clone()
 
-    def patch_map(self, token_scores: Tensor) -> Tensor:
-        """Drop the prefix columns and fold the patch columns: ``[B, N]`` -> ``[B, gh, gw]``."""
+    def patch_map(self, token_scores: Tensor, grid_size: tuple[int, int] | None = None) -> Tensor:
+        """Drop the prefix columns and fold the patch columns: ``[B, N]`` -> ``[B, gh, gw]``.
+
+        ``grid_size``: the grid the scores lie on when it is a merged (coarser) one (Swin's later stages); they are
+        spread back to the patch grid (``adapters.geometry.spread``).
+        """
+        if grid_size is not None and tuple(grid_size) != self.grid_size:
+            token_scores = spread(token_scores, grid_size, self.grid_size)
         if token_scores.shape[-1] != self.num_tokens:
             raise ValueError(f"expected {self.num_tokens} token scores, got {token_scores.shape[-1]}")
         patches = token_scores[..., self.num_prefix_tokens :]

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from lightning_vitx._state import eval_mode
 from lightning_vitx.adapters.base import Adapter, TokenLayout
-from lightning_vitx.adapters.geometry import AttentionGeometry, spread
+from lightning_vitx.adapters.geometry import AttentionGeometry
 
 __all__ = ["Capture", "CaptureNeeds", "TokenStats", "capture_pass", "check_inputs", "explaining", "resolve_target"]
 
@@ -132,10 +132,7 @@ class Capture:
 
         Prefix columns are dropped; scores on a merged (coarser) grid are spread back to the patch grid.
         """
-        grid = self.geometries[block].grid_size
-        if grid != self.layout.grid_size:
-            token_scores = spread(token_scores, grid, self.layout.grid_size)
-        return self.layout.patch_map(token_scores)
+        return self.layout.patch_map(token_scores, self.geometries[block].grid_size)
 
     def require_gradients(self, who: str) -> list[Tensor]:
         if self.attention_grads is None:

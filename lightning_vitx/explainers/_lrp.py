@@ -1,123 +1,72 @@
-"""One LRP relevance pass over timm's pre-norm ViT ``Block``, shared by the LRP-based explainers.
+"""One LRP relevance pass over timm's ViT ``Block`` and Swin's ``SwinTransformerBlock``, for the LRP explainers.
 
-A forward pass with hooks records what the rules read (each sublayer's input, ``q``, ``k``, the ``qkv`` output, the
-attention probabilities ``A``, the two residual branches); then the relevance of a target logit is carried down the
-blocks by the rules below, with ``s(a, b) = a / (b + 1e-9)`` and 0 where ``b = 0``. Two rule sets, as in Chefer et
-al.'s code (METHODS.md §3.2, §3.4): ``CHEFER`` (``modules/layers_ours.py``, for ``transformer_attribution``) and
-``BASELINE`` (``modules/layers_lrp.py``, for the paper's LRP baselines). They differ in two rules only:
+A forward pass with hooks records what the rules (``_lrp_rules``, re-exported here) read: each sublayer's input, the
+``qkv`` output (and ViT's ``q``, ``k``), the attention probabilities ``A``, the two residual branches, Swin's patch
+merging; then the relevance of a target logit is carried down the blocks. The head: a Linear rule, then LRP-0
+through the class-token selection (ViT, DeiT) or through the mean over the patch tokens (``global_pool='avg'``,
+``mean_rule``); ``fc_norm``, the final norm and every other LayerNorm pass relevance unchanged.
 
-- Linear (``alpha = 1``, bias ignored), ``z+ = x+ W+^T``, ``z- = x- W-^T``: ``CHEFER`` divides both sign terms by
-  their sum, ``R_x = x+ (s(R, z+ + z-) W+) + x- (s(R, z+ + z-) W-)``; ``BASELINE`` divides each term by its own
-  part, ``R_x = x+ (s(R, z+) W+) + x- (s(R, z-) W-)`` (each term carries ``R`` on its own, so the sum is not
-  conservative).
-- Residual ``a + b``: LRP-0 split ``R_a = a s(R, a + b)``, ``R_b = b s(R, a + b)``; ``CHEFER`` then rescales each
-  branch to its share ``|sum R_a| / (|sum R_a| + |sum R_b|)`` of the total (sums over one sample), ``BASELINE``
-  keeps the plain split.
+Swin has no public Chefer-style implementation; the rules are local to each operation, so it takes these:
 
-Shared by both: GELU, LayerNorm, softmax, dropout, layer scale pass relevance unchanged; ``A v`` and ``q k^T`` take
-LRP-0 on both operands, each result halved; a fork of the residual stream adds its two branches' relevance back;
-the class-token selection is LRP-0.
+- Cyclic shift, padding to whole windows, window partition and reverse (``WindowedAttention.to_windows`` /
+  ``from_windows``) and patch merging's 2x2 gather are permutations or selections: relevance passes through them.
+  Relevance that reaches a padding token is dropped: timm pads with zeros after ``norm1``, and those tokens are
+  keys and queries inside their windows; patch merging pads odd grids with zeros that its LayerNorm makes nonzero.
+  On padded grids the ``CHEFER`` rules therefore conserve relevance only up to what the padding takes.
+- The attention scores are ``q k^T * scale + relative position bias (+ shift mask)``. The bias and mask are treated
+  like the Linear biases the rules ignore: all of the softmax input's relevance goes to the ``q k^T`` product (whose
+  rule, as the authors', ignores the scale); ``q``, ``k`` are read from the ``qkv`` output.
+- Patch merging: the gather (passes), its LayerNorm (passes), the bias-free Linear ``reduction`` (Linear rule).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_vitx.adapters import explaining, resolve_target
+from lightning_vitx.adapters import detect, explaining, resolve_target
 from lightning_vitx.adapters.base import TokenLayout
 from lightning_vitx.adapters.capture import Target, check_inputs
+from lightning_vitx.adapters.geometry import AttentionGeometry, WindowedAttention
+from lightning_vitx.explainers._lrp_rules import (
+    BASELINE,
+    CHEFER,
+    Rules,
+    add_rule,
+    fork_rule,
+    linear_rule,
+    matmul_rule,
+    mean_rule,
+    safe_divide,
+)
 from lightning_vitx.explainers.base import Explainer
 
 __all__ = [
     "BASELINE",
     "CHEFER",
     "BaselinePass",
+    "Head",
     "Record",
     "Rules",
     "add_rule",
+    "attention_relevances",
     "block_relevance",
     "check_supported",
     "fork_rule",
     "linear_rule",
     "matmul_rule",
+    "merging_relevance",
     "recording",
     "safe_divide",
     "top_relevance",
 ]
 
-
-@dataclass(frozen=True)
-class Rules:
-    """A rule set: which variant of the Linear and residual-add rules (module docstring) the pass uses.
-
-    Args:
-        joint_linear: one denominator ``z+ + z-`` for both sign terms of the Linear rule (else one per term).
-        renormalised_add: rescale the residual split to the branches' absolute shares (else plain LRP-0).
-    """
-
-    joint_linear: bool
-    renormalised_add: bool
-
-
-CHEFER = Rules(joint_linear=True, renormalised_add=True)
-BASELINE = Rules(joint_linear=False, renormalised_add=False)
-
-
-def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """``numerator / (denominator + 1e-9)``, 0 where ``denominator`` is 0: the stabiliser of the authors' rules."""
-    shifted = denominator + 1e-9
-    shifted = shifted.masked_fill(shifted == 0, 1e-9)
-    return (numerator / shifted).masked_fill(denominator == 0, 0.0)
-
-
-def linear_rule(relevance: Tensor, x: Tensor, weight: Tensor, joint: bool = True) -> Tensor:
-    """Relevance at the input ``x`` of a Linear layer (alpha-beta with alpha 1, beta 0; bias ignored).
-
-    ``joint``: one denominator for both sign terms (``CHEFER``), else one per term (``BASELINE``).
-    """
-    weight = weight.float()
-    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
-    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
-    z_pos, z_neg = F.linear(x_pos, w_pos), F.linear(x_neg, w_neg)
-    if joint:
-        scaled_pos = scaled_neg = safe_divide(relevance, z_pos + z_neg)
-    else:
-        scaled_pos, scaled_neg = safe_divide(relevance, z_pos), safe_divide(relevance, z_neg)
-    return x_pos * (scaled_pos @ w_pos) + x_neg * (scaled_neg @ w_neg)
-
-
-def matmul_rule(relevance: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """LRP-0 through ``a @ b`` to both operands, each halved (the attention module's rule for its two products)."""
-    scaled = safe_divide(relevance, a @ b)
-    return a * (scaled @ b.transpose(-2, -1)) / 2, b * (a.transpose(-2, -1) @ scaled) / 2
-
-
-def add_rule(relevance: Tensor, a: Tensor, b: Tensor, renormalise: bool = True) -> tuple[Tensor, Tensor]:
-    """Split the relevance of ``a + b`` between the summands (LRP-0).
-
-    ``renormalise``: rescale each part, per sample, to its absolute share of the total (``CHEFER``).
-    """
-    scaled = safe_divide(relevance, a + b)
-    r_a, r_b = a * scaled, b * scaled
-    if not renormalise:
-        return r_a, r_b
-    dims = tuple(range(1, relevance.ndim))
-    sum_a, sum_b = r_a.sum(dims, keepdim=True), r_b.sum(dims, keepdim=True)
-    total, both = relevance.sum(dims, keepdim=True), sum_a.abs() + sum_b.abs()
-    share_a, share_b = safe_divide(sum_a.abs(), both) * total, safe_divide(sum_b.abs(), both) * total
-    return r_a * safe_divide(share_a, sum_a), r_b * safe_divide(share_b, sum_b)
-
-
-def fork_rule(first: Tensor, second: Tensor, x: Tensor) -> Tensor:
-    """Relevance of ``x`` from the two branches it was copied into."""
-    return x * safe_divide(first + second, x)
+Head = tuple[nn.Linear, int | None]  # a classifier head and the token row it reads; None: the mean of the patch tokens
 
 
 @dataclass
@@ -126,36 +75,35 @@ class Record:
 
     blocks: list[dict[str, Tensor]]  # per block: each sublayer's input, q, k, the qkv output, the branches
     heads: list[dict[str, Tensor]]  # per classifier head: its "input" and "output"
-    tokens: Tensor | None = None  # final norm output, [B, N, D]
+    modules: list[nn.Module] = field(default_factory=list)  # the blocks, in order
+    merges: dict[int, tuple[nn.Module, dict[str, Tensor]]] = field(default_factory=dict)  # Swin: first block -> merge
+    num_prefix_tokens: int = 0
+    tokens: Tensor | None = None  # final norm output, [B, N, D] (Swin: [B, H, W, D])
     embeddings: Tensor | None = None  # patch embedding output, [B, gh * gw, D] (or [B, gh, gw, D])
+    pixels: Tensor | None = None  # the patch convolution's input, [B, 3, H, W] (padded when the embedding pads)
 
 
-def check_supported(model: Any, name: str) -> list[tuple[nn.Linear, int]]:
+def _is_swin(model: Any) -> bool:
+    from timm.models.swin_transformer import SwinTransformer
+
+    return isinstance(model, SwinTransformer)
+
+
+def check_supported(model: Any, name: str) -> list[Head]:
     """Raise a ``TypeError`` for what the rules don't cover; return the classifier heads and the rows they read."""
     from timm.layers import Mlp
-    from timm.models.vision_transformer import Attention, Block
 
-    if model.global_pool != "token":
-        raise TypeError(
-            f"{name} supports class-token ViTs (global_pool='token'), got "
-            f"global_pool={model.global_pool!r}: a head that averages the patch tokens is not covered yet. "
-            "Use a class-token model, or an explainer such as 'generic_attention'."
-        )
-    for index, block in enumerate(model.blocks):
-        attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
-        if (
-            type(block) is not Block
-            or type(attn) is not Attention
-            or cast(Any, attn).gate is not None
-            or type(mlp) is not Mlp
-        ):
+    if _is_swin(model):
+        heads = _check_swin(model, name)
+    else:
+        heads = _check_vit(model, name)
+    for index, block in enumerate(detect(model).blocks()):
+        if type(cast(Any, block).mlp) is not Mlp:
             raise TypeError(
-                f"{name} has rules for timm's pre-norm Block with Attention and Mlp; block {index} "
-                f"is a {type(block).__name__} with {type(attn).__name__} and {type(mlp).__name__}"
+                f"{name} has rules for timm's Mlp (fc1, GELU, fc2); block {index}'s mlp is a "
+                f"{type(cast(Any, block).mlp).__name__} (a gated MLP has no rule here): use 'attnlrp' or "
+                "'generic_attention' for this model"
             )
-    heads = [(model.head, 0)]
-    if getattr(model, "head_dist", None) is not None:
-        heads.append((model.head_dist, 1))  # distilled DeiT: logits = (head(x[:, 0]) + head_dist(x[:, 1])) / 2
     for head, _ in heads:
         if not isinstance(head, nn.Linear):
             raise TypeError(
@@ -165,10 +113,71 @@ def check_supported(model: Any, name: str) -> list[tuple[nn.Linear, int]]:
     return heads
 
 
+def _check_vit(model: Any, name: str) -> list[Head]:
+    from timm.models.vision_transformer import Attention, Block
+
+    if getattr(model, "attn_pool", None) is not None or model.global_pool not in ("token", "avg"):
+        raise TypeError(
+            f"{name} supports ViTs with global_pool='token' or 'avg', got global_pool={model.global_pool!r}: an "
+            "attention-pool or max head has no rule here. Use 'generic_attention' or 'attnlrp' for this model."
+        )
+    if model.global_pool == "avg" and (
+        getattr(model, "pool_include_prefix", False) or getattr(model, "head_dist", None) is not None
+    ):
+        raise TypeError(
+            f"{name} reads an avg-pool head as the mean of the patch tokens; this model's head also averages "
+            "prefix tokens or has a distillation head. Create it with pool_include_prefix=False and one head."
+        )
+    for index, block in enumerate(model.blocks):
+        attn = getattr(block, "attn", None)
+        if type(block) is not Block or type(attn) is not Attention or cast(Any, attn).gate is not None:
+            raise TypeError(
+                f"{name} has rules for timm's pre-norm Block with Attention and Mlp; block {index} "
+                f"is a {type(block).__name__} with {type(attn).__name__} and {type(block.mlp).__name__}"
+            )
+    if model.global_pool == "avg":
+        return [(model.head, None)]
+    heads: list[Head] = [(model.head, 0)]
+    if getattr(model, "head_dist", None) is not None:
+        heads.append((model.head_dist, 1))  # distilled DeiT: logits = (head(x[:, 0]) + head_dist(x[:, 1])) / 2
+    return heads
+
+
+def _check_swin(model: Any, name: str) -> list[Head]:
+    from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, WindowAttention
+
+    if getattr(model, "absolute_pos_embed", None) is not None:
+        raise TypeError(
+            f"{name} has no rule for Swin's absolute position embedding; create the model without it, or use "
+            "'attnlrp' or 'generic_attention'"
+        )
+    for index, stage in enumerate(model.layers):
+        if not isinstance(stage.downsample, (nn.Identity, PatchMerging)) or (
+            index == 0 and not isinstance(stage.downsample, nn.Identity)
+        ):
+            raise TypeError(
+                f"{name} has rules for timm's PatchMerging between stages, got a "
+                f"{type(stage.downsample).__name__} in stage {index}"
+            )
+    for index, block in enumerate(detect(model).blocks()):
+        if type(block) is not SwinTransformerBlock or type(cast(Any, block).attn) is not WindowAttention:
+            raise TypeError(
+                f"{name} has rules for timm's SwinTransformerBlock with WindowAttention; block {index} is a "
+                f"{type(block).__name__}"
+            )
+    return [(model.head.fc, None)]
+
+
 @contextlib.contextmanager
-def recording(model: Any, heads: list[tuple[nn.Linear, int]]) -> Iterator[Record]:
+def recording(model: Any, heads: list[Head]) -> Iterator[Record]:
     """Forward hooks that fill a ``Record``; all removed on exit."""
-    record = Record(blocks=[{} for _ in model.blocks], heads=[{} for _ in heads])
+    blocks: list[Any] = detect(model).blocks()
+    record = Record(
+        blocks=[{} for _ in blocks],
+        heads=[{} for _ in heads],
+        modules=blocks,
+        num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
+    )
     handles = []
 
     def keep(values: dict[str, Tensor], key: str, use_input: bool = False) -> Any:
@@ -177,93 +186,181 @@ def recording(model: Any, heads: list[tuple[nn.Linear, int]]) -> Iterator[Record
 
         return hook
 
+    def keep_on(module: nn.Module, values: dict[str, Tensor], **keys: bool) -> None:
+        for key, use_input in keys.items():
+            handles.append(module.register_forward_hook(keep(values, key, use_input)))
+
     try:
-        for block, values in zip(model.blocks, record.blocks, strict=True):
+        for block, values in zip(blocks, record.blocks, strict=True):
             attn = block.attn
-            handles += [
-                block.register_forward_hook(keep(values, "input", use_input=True)),
-                attn.qkv.register_forward_hook(keep(values, "qkv_input", use_input=True)),
-                attn.qkv.register_forward_hook(keep(values, "qkv")),
-                attn.q_norm.register_forward_hook(keep(values, "q")),
-                attn.k_norm.register_forward_hook(keep(values, "k")),
-                attn.attn_drop.register_forward_hook(keep(values, "attention")),
-                attn.proj.register_forward_hook(keep(values, "proj_input", use_input=True)),
-                block.drop_path1.register_forward_hook(keep(values, "attn_branch")),
-                block.norm2.register_forward_hook(keep(values, "mid", use_input=True)),
-                block.mlp.fc1.register_forward_hook(keep(values, "fc1_input", use_input=True)),
-                block.mlp.fc2.register_forward_hook(keep(values, "fc2_input", use_input=True)),
-                block.drop_path2.register_forward_hook(keep(values, "mlp_branch")),
-            ]
+            keep_on(block, values, input=True)
+            keep_on(attn.qkv, values, qkv_input=True, qkv=False)
+            keep_on(attn.attn_drop, values, attention=False)
+            keep_on(attn.proj, values, proj_input=True)
+            keep_on(block.drop_path1, values, attn_branch=False)
+            keep_on(block.norm2, values, mid=True)
+            keep_on(block.mlp.fc1, values, fc1_input=True)
+            keep_on(block.mlp.fc2, values, fc2_input=True)
+            keep_on(block.drop_path2, values, mlp_branch=False)
+            if hasattr(attn, "q_norm"):  # ViT: q and k after their (optional) norms; Swin reads them off qkv
+                keep_on(attn.q_norm, values, q=False)
+                keep_on(attn.k_norm, values, k=False)
+        first = 0
+        for stage in getattr(model, "layers", []):
+            if not isinstance(stage.downsample, nn.Identity):
+                merged: dict[str, Tensor] = {}
+                record.merges[first] = (stage.downsample, merged)
+                keep_on(stage.downsample, merged, input=True)
+                keep_on(stage.downsample.reduction, merged, reduction_input=True)
+            first += len(stage.blocks)
 
-        def keep_tokens(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            record.tokens = output
+        def keep_in_record(key: str, use_input: bool = False) -> Any:
+            def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+                setattr(record, key, inputs[0] if use_input else output)
 
-        def keep_embeddings(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            record.embeddings = output
+            return hook
 
-        handles.append(model.norm.register_forward_hook(keep_tokens))
-        handles.append(model.patch_embed.register_forward_hook(keep_embeddings))
-        for index, (head, _) in enumerate(heads):
-            handles += [
-                head.register_forward_hook(keep(record.heads[index], "input", use_input=True)),
-                head.register_forward_hook(keep(record.heads[index], "output")),
-            ]
+        handles.append(model.norm.register_forward_hook(keep_in_record("tokens")))
+        handles.append(model.patch_embed.register_forward_hook(keep_in_record("embeddings")))
+        handles.append(model.patch_embed.proj.register_forward_hook(keep_in_record("pixels", use_input=True)))
+        for (head, _), values in zip(heads, record.heads, strict=True):
+            keep_on(head, values, input=True, output=False)
         yield record
     finally:
         for handle in handles:
             handle.remove()
 
 
+def windows_of(block: Any, block_input: Tensor) -> WindowedAttention | None:
+    """The window layout a Swin block ran its attention in (from its input ``[B, H, W, C]``); ``None`` for ViT."""
+    if block_input.ndim != 4:
+        return None
+    grid = (int(block_input.shape[1]), int(block_input.shape[2]))
+    return WindowedAttention(grid, tuple(block.window_size), tuple(block.shift_size))
+
+
+def _to_windows(geometry: WindowedAttention, x: Tensor) -> Tensor:
+    """``[B, H*W, C]`` -> ``[B * windows, w, C]`` in the block's shifted, padded window order (padding: 0)."""
+    batch, _, channels = x.shape
+    windows = geometry.to_windows(x.transpose(1, 2).reshape(batch * channels, -1))  # [B * C, windows, w]
+    return windows.reshape(batch, channels, -1, geometry.window_area).permute(0, 2, 3, 1).flatten(0, 1)
+
+
+def _from_windows(geometry: WindowedAttention, x: Tensor, batch: int) -> Tensor:
+    """Inverse of ``_to_windows``: ``[B * windows, w, C]`` -> ``[B, H*W, C]`` (padding dropped, shift undone)."""
+    channels = x.shape[-1]
+    per_channel = x.reshape(batch, -1, geometry.window_area, channels).permute(0, 3, 1, 2).flatten(0, 1)
+    return geometry.from_windows(per_channel).reshape(batch, channels, -1).transpose(1, 2)
+
+
 def block_relevance(
     block: Any, recorded: dict[str, Tensor], relevance: Tensor, below: bool, rules: Rules = CHEFER
 ) -> tuple[Tensor, Tensor | None]:
-    """Relevance ``[B, N, D]`` at a block's output -> (``R^(A)`` ``[B, heads, N, N]``, relevance at its input).
+    """Relevance ``[B, N, D]`` at a block's output -> (``R^(A)``, relevance ``[B, N, D]`` at its input).
 
-    The input's relevance is computed only when ``below`` (a lower block still needs it).
+    ``R^(A)`` has the attention's recorded shape: ``[B, heads, N, N]`` (ViT), ``[B * windows, heads, w, w]`` (Swin,
+    tokens in the ``[B, H*W, D]`` row-major order). The input's relevance is computed only when ``below``.
     """
     record = {key: value.detach().float() for key, value in recorded.items()}
     attn = block.attn
-    heads, head_dim = int(attn.num_heads), int(attn.head_dim)
     joint, renormalise = rules.joint_linear, rules.renormalised_add
     residual, branch = add_rule(relevance, record["mid"], record["mlp_branch"], renormalise)
     branch = linear_rule(branch, record["fc2_input"], block.mlp.fc2.weight, joint)
     branch = linear_rule(branch, record["fc1_input"], block.mlp.fc1.weight, joint)
     relevance = fork_rule(residual, branch, record["mid"])
 
-    residual, branch = add_rule(relevance, record["input"], record["attn_branch"], renormalise)
+    inputs, windows = record["input"].flatten(1, -2), windows_of(block, record["input"])
+    residual, branch = add_rule(relevance, inputs, record["attn_branch"].flatten(1, -2), renormalise)
+    if windows is not None:
+        branch = _to_windows(windows, branch)
     branch = linear_rule(branch, record["proj_input"], attn.proj.weight, joint)
-    branch = branch.unflatten(-1, (heads, head_dim)).transpose(1, 2)  # [B, heads, N, head_dim]
-    qkv = record["qkv"].unflatten(-1, (3, heads, head_dim)).permute(2, 0, 3, 1, 4)  # [3, B, heads, N, head_dim]
+    heads = int(attn.num_heads)
+    head_dim = branch.shape[-1] // heads
+    branch = branch.unflatten(-1, (heads, head_dim)).transpose(1, 2)  # [rows, heads, n, head_dim]
+    qkv = record["qkv"].unflatten(-1, (3, heads, head_dim)).permute(2, 0, 3, 1, 4)  # [3, rows, heads, n, head_dim]
     attention_relevance, value_relevance = matmul_rule(branch, record["attention"], qkv[2])
     if not below:
         return attention_relevance, None
-    query_relevance, key_relevance = matmul_rule(attention_relevance, record["q"], record["k"].transpose(-2, -1))
+    q, k = record.get("q", qkv[0]), record.get("k", qkv[1])
+    query_relevance, key_relevance = matmul_rule(attention_relevance, q, k.transpose(-2, -1))
     stacked = torch.stack([query_relevance, key_relevance.transpose(-2, -1), value_relevance])
-    branch = stacked.permute(1, 3, 0, 2, 4).flatten(2)  # [B, N, 3 * heads * head_dim], the qkv output's layout
+    branch = stacked.permute(1, 3, 0, 2, 4).flatten(2)  # [rows, n, 3 * heads * head_dim], the qkv output's layout
     branch = linear_rule(branch, record["qkv_input"], attn.qkv.weight, joint)
-    return attention_relevance, fork_rule(residual, branch, record["input"])
+    if windows is not None:
+        branch = _from_windows(windows, branch, inputs.shape[0])
+    return attention_relevance, fork_rule(residual, branch, inputs)
 
 
-def top_relevance(record: Record, heads: list[tuple[nn.Linear, int]], target: Tensor, rules: Rules = CHEFER) -> Tensor:
+def merging_relevance(merging: Any, recorded: dict[str, Tensor], relevance: Tensor, rules: Rules = CHEFER) -> Tensor:
+    """Relevance ``[B, H/2 * W/2, 2C]`` at a patch merging's output -> ``[B, H * W, C]`` at its input.
+
+    The Linear rule through ``reduction``; its LayerNorm passes relevance; the 2x2 gather is undone (timm's order of
+    the four children in the channels: ``(0, 0), (1, 0), (0, 1), (1, 1)`` as (row, column) offsets) and the rows
+    and columns padded onto odd grids are dropped.
+    """
+    gathered = recorded["reduction_input"].detach().float()  # [B, H/2, W/2, 4C]
+    batch, height, width, channels = recorded["input"].shape
+    at_gather = linear_rule(
+        relevance.reshape(*gathered.shape[:-1], -1), gathered, merging.reduction.weight, rules.joint_linear
+    )
+    grid = at_gather.unflatten(-1, (2, 2, channels)).permute(0, 1, 4, 2, 3, 5)  # [B, H/2, dy, W/2, dx, C]
+    grid = grid.reshape(batch, 2 * gathered.shape[1], 2 * gathered.shape[2], channels)[:, :height, :width]
+    return grid.reshape(batch, height * width, channels)
+
+
+def attention_relevances(
+    record: Record, relevance: Tensor, rules: Rules, lowest: int = 0, to_input: bool = False
+) -> tuple[list[Tensor], Tensor | None]:
+    """From the relevance at the last block's output, down the blocks (and Swin's mergings) to block ``lowest``.
+
+    Returns each block's ``R^(A)`` from ``lowest`` up (bottom-up, in the attention's recorded shape), and the
+    relevance ``[B, N, D]`` at block ``lowest``'s input when ``to_input`` (else ``None``).
+    """
+    if any("attention" not in block for block in record.blocks):
+        raise RuntimeError(
+            "a block's attention did not run through its attn_drop module. Is this a stock timm attention module?"
+        )
+    found: list[Tensor] = []
+    for index in reversed(range(lowest, len(record.blocks))):
+        below = index > lowest or to_input
+        attention, under = block_relevance(record.modules[index], record.blocks[index], relevance, below, rules)
+        found.insert(0, attention)
+        if under is not None:
+            relevance = under
+        if index > lowest and index in record.merges:
+            merging, merged = record.merges[index]
+            relevance = merging_relevance(merging, merged, relevance, rules)
+    return found, (relevance if to_input else None)
+
+
+def top_relevance(record: Record, heads: list[Head], target: Tensor, rules: Rules = CHEFER) -> Tensor:
     """Relevance ``[B, N, D]`` at the last block's output, from a one-hot relevance of 1 at the target logit."""
     if record.tokens is None or any(len(values) != 2 for values in record.heads):
         raise RuntimeError("the forward pass did not run through the model's final norm and classifier head")
-    tokens = record.tokens.detach().float()
+    tokens = record.tokens.detach().float().flatten(1, -2)  # Swin's [B, H, W, D] -> [B, H*W, D]
     outputs = [values["output"].detach().float() for values in record.heads]
-    start = F.one_hot(target, outputs[0].shape[-1]).float()
+    start = torch.nn.functional.one_hot(target, outputs[0].shape[-1]).float()
     # Distilled DeiT averages two heads: the residual-add rule splits the logit's relevance between them.
     shares = [start] if len(heads) == 1 else list(add_rule(start, outputs[0], outputs[1], rules.renormalised_add))
     relevance = torch.zeros_like(tokens)
+    prefix = record.num_prefix_tokens
     for (head, row), share, values in zip(heads, shares, record.heads, strict=True):
-        at_row = linear_rule(share, values["input"].detach().float(), head.weight, rules.joint_linear)
-        relevance[:, row] += tokens[:, row] * safe_divide(at_row, tokens[:, row])  # token selection (pooling)
+        at_head = linear_rule(share, values["input"].detach().float(), head.weight, rules.joint_linear)
+        if row is None:  # the mean over the patch tokens (fc_norm after it passes relevance)
+            relevance[:, prefix:] += mean_rule(at_head, tokens[:, prefix:])
+        else:  # token selection
+            relevance[:, row] += tokens[:, row] * safe_divide(at_head, tokens[:, row])
     return relevance
+
+
+Reader = Callable[[Record, Tensor, TokenLayout, list[AttentionGeometry]], Tensor]
 
 
 class BaselinePass(Explainer):
     """An explainer on one recorded forward (no gradients) and the ``BASELINE`` rules from the target logit down.
 
-    Subclasses implement ``read``: the map ``[B, gh, gw]`` from the record and the relevance at the head's input.
+    Subclasses implement ``read``: the map ``[B, gh, gw]`` from the record, the relevance at the last block's
+    output, the token layout and the blocks' attention geometries.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -271,8 +368,11 @@ class BaselinePass(Explainer):
         self._heads = check_supported(self.model, self.info.name)
 
     def __call__(self, images: Tensor, target: Target = None) -> Tensor:
+        return self._run(images, target, self.read)
+
+    def _run(self, images: Tensor, target: Target, read: Reader) -> Tensor:
         dtype, device = check_inputs(self.adapter, images)
-        layout = self.adapter.layout(images)
+        layout, geometries = self.adapter.layout(images), self.adapter.attention_geometries(images)
         model = cast(Any, self.model)
         with explaining(self.adapter), torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
             target_ids = resolve_target(target, images.shape[0], self.adapter.num_classes, images.device)
@@ -281,7 +381,9 @@ class BaselinePass(Explainer):
             if target_ids is None:
                 target_ids = logits.argmax(dim=1)
             relevance = top_relevance(record, self._heads, target_ids, BASELINE)
-            return self.read(model, record, relevance, layout).float()
+            return read(record, relevance, layout, geometries).float()
 
-    def read(self, model: Any, record: Record, relevance: Tensor, layout: TokenLayout) -> Tensor:
+    def read(
+        self, record: Record, relevance: Tensor, layout: TokenLayout, geometries: list[AttentionGeometry]
+    ) -> Tensor:
         raise NotImplementedError

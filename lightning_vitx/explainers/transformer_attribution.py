@@ -2,11 +2,15 @@
 
 One forward pass records what the relevance rules read (each sublayer's input, ``q``, ``k``, ``v`` and the
 attention probabilities ``A``); one ``torch.autograd.grad`` gives ``dy_c/dA``; then the relevance pass of
-``_lrp`` with the authors' rules (``_lrp.CHEFER``: ``modules/layers_ours.py``, ``baselines/ViT/ViT_LRP.py``;
+``_lrp`` with the authors' rules (``_lrp_rules.CHEFER``: ``modules/layers_ours.py``, ``baselines/ViT/ViT_LRP.py``;
 METHODS.md §3.2) carries the relevance from the target logit down to the lowest block explained, keeping
 ``R^(A)`` (the relevance of each block's attention probabilities) on the way.
 
 The map is ``w (I + Ā^L) ... (I + Ā^s)`` read at the patch columns, ``Ā = mean_h(clamp(dy_c/dA ⊙ R^(A), min=0))``.
+On Swin each ``Ā`` is the block's windowed ``[B, windows, w, w]`` matrix, carried as ``generic_attention`` carries
+its own (``_propagation.propagate_additive``, spread at each patch merging), and the map lies on the first stage's
+grid; the rules Swin takes beyond the authors' (shift, padding, windows, merging, the position bias) are listed in
+``_lrp``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from torch import Tensor, nn
 
 from lightning_vitx.adapters import explaining, resolve_target
 from lightning_vitx.adapters.capture import Target, check_inputs
-from lightning_vitx.explainers._lrp import CHEFER, block_relevance, check_supported, recording, top_relevance
+from lightning_vitx.explainers._lrp import CHEFER, attention_relevances, check_supported, recording, top_relevance
 from lightning_vitx.explainers._propagation import propagate_additive
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import Explainer
@@ -31,7 +35,7 @@ __all__ = ["TransformerAttribution"]
         name="transformer_attribution",
         needs_gradients=True,
         readout=False,
-        families=("vit",),
+        families=("vit", "swin"),
         description="R <- R + mean_h((grad A * R^(A))^+) R, with R^(A) from LRP rules through every block",
         reference="Chefer, Gur & Wolf 2021, Transformer Interpretability Beyond Attention Visualization "
         "(arXiv 2012.09838)",
@@ -43,16 +47,20 @@ class TransformerAttribution(Explainer):
 
     ``Ā^l = mean_h(clamp(dy_c/dA^l ⊙ R^(A,l), min=0))`` where ``R^(A,l)`` is the LRP relevance of block ``l``'s
     attention probabilities, propagated from a relevance of 1 at the target logit with the authors' rules (module
-    docstring). Maps are non-negative and unnormalised.
+    docstring). ``w`` is the readout row: the class token (the mean of class and distillation rows for distilled
+    DeiT), or the mean of the patch rows for avg-pool heads (ViT ``global_pool='avg'``, Swin). Maps are non-negative
+    and unnormalised, at the patch grid (Swin: the first stage's grid).
 
     Args:
-        model: a timm ViT or DeiT (distilled too, register tokens too) that reads its class token.
+        model: a timm ViT or DeiT (class token or ``global_pool='avg'``; distilled, register tokens) or a timm Swin,
+            with timm's ``Mlp`` blocks and a Linear classifier head.
         start_layer: first block included in the rollout (0 = all, the authors' notebook; their evaluation
             scripts use 1); negative counts from the end.
 
     Differences from the reference code, which runs one image at a time: the residual rule's sums run over each
     sample, so a batch gives each image's single-image result. Distilled DeiT (not in the reference) splits the
-    logit's relevance between its two heads with the residual rule and reads the mean of their two rows.
+    logit's relevance between its two heads with the residual rule and reads the mean of their two rows. Avg-pool
+    heads (not in the reference) take LRP-0 through the mean; Swin (no reference exists) takes the rules in ``_lrp``.
 
     Example::
 
@@ -83,20 +91,18 @@ class TransformerAttribution(Explainer):
                 target_ids = logits.detach().argmax(dim=1)
             if any("attention" not in block for block in record.blocks):
                 raise RuntimeError(
-                    "a block's attention did not run through its attn_drop module. Is this a stock timm Attention?"
+                    "a block's attention did not run through its attn_drop module. Is this a stock timm attention?"
                 )
             attentions = [block["attention"] for block in record.blocks[self.start_layer :]]
             grads = torch.autograd.grad(logits.float().gather(1, target_ids[:, None]).sum(), attentions)
             with torch.no_grad():
                 relevance = top_relevance(record, self._heads, target_ids, CHEFER)
-                fused: list[Tensor] = []
-                for index in reversed(range(self.start_layer, len(record.blocks))):
-                    attention_relevance, below = block_relevance(
-                        model.blocks[index], record.blocks[index], relevance, index > self.start_layer, CHEFER
-                    )
-                    grad = grads[index - self.start_layer].float()
-                    fused.insert(0, (grad * attention_relevance).clamp(min=0).mean(dim=1))
-                    if below is not None:
-                        relevance = below
-                weights = layout.readout_weights(images.shape[0], device=device)
-                return layout.patch_map(propagate_additive(weights, fused, geometries)).float()
+                found, _ = attention_relevances(record, relevance, CHEFER, self.start_layer)
+                batch = images.shape[0]
+                fused = [
+                    geometry.fold((grad.float() * attention).clamp(min=0), batch).mean(dim=1)
+                    for grad, attention, geometry in zip(grads, found, geometries, strict=True)
+                ]
+                weights = layout.readout_weights(batch, device=device)
+                scores = propagate_additive(weights, fused, geometries)
+                return layout.patch_map(scores, geometries[0].grid_size).float()

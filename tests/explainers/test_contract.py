@@ -6,9 +6,6 @@ import torch
 import lightning_vitx.explainers as X
 
 NAMES = X.available()
-# (explainer, model case) pairs an explainer refuses with a TypeError that says so, instead of explaining
-REFUSED = {(name, case) for name in ("lrp", "partial_lrp", "transformer_attribution") for case in ("avgpool", "swin")}
-
 # Explainers whose rules are ill-conditioned by design, so bf16 activations move their maps far from float32 ones:
 # lrp's and partial_lrp's baseline rules split a residual sum x + a by plain LRP-0 (R x / (x + a), no
 # renormalisation) and divide each sign term of a Linear rule by its own part; where x + a or z- nearly cancel, bf16
@@ -16,23 +13,16 @@ REFUSED = {(name, case) for name in ("lrp", "partial_lrp", "transformer_attribut
 # Measured on conftest's vit, per-image Pearson bf16 vs float32: partial_lrp 0.65 and 0.998, lrp 0.84 and 0.76.
 # Checked for float32, finite output only.
 BF16_ILL_CONDITIONED = {"lrp", "partial_lrp"}
-
-
-def create_or_refuse(name, case, model):
-    """The explainer for ``model``, or None after checking that a refused pair raises its TypeError."""
-    if (name, case) in REFUSED:
-        with pytest.raises(TypeError, match=name):
-            X.create(name, model)
-        return None
-    return X.create(name, model)
+# The same rules amplify the float32 rounding by which a batch's forward differs from one image's: lrp on conftest's
+# swin (eight blocks, three mergings) moves by up to 6e-5 of its map's scale (5.7e-5 with the rules in float64, so
+# the forward's rounding, not the batching). tests/explainers/test_lrp_swin.py checks it at 1e-5 on a float64 model.
+BATCH_TOLERANCE = {("lrp", "swin"): 2e-4}
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_output_shape_dtype_device(name, model_case, make_images, patch_grid):
     case, model, size = model_case
-    explainer = create_or_refuse(name, case, model)
-    if explainer is None:
-        return
+    explainer = X.create(name, model)
     images = make_images(size, batch=2)
     maps = explainer(images)
     assert maps.shape == (2, *patch_grid(case, size))
@@ -66,16 +56,15 @@ def test_gradient_methods_depend_on_target(name, models, make_images):
 @pytest.mark.parametrize("name", NAMES)
 def test_batch_equals_one_by_one(name, model_case, make_images):
     case, model, size = model_case
-    explainer = create_or_refuse(name, case, model)
-    if explainer is None:
-        return
+    explainer = X.create(name, model)
     batch = 3 if size == 224 else 2
     images = make_images(size, batch=batch)
     target = torch.tensor([0, 5, 2])[:batch]
     batched = explainer(images, target)
     single = torch.cat([explainer(images[i : i + 1], target[i : i + 1]) for i in range(batch)])
     # 1e-5 of the map's scale where that exceeds 1 (unnormalised LRP relevance reaches ~100: float32 rounding)
-    torch.testing.assert_close(batched, single, rtol=0, atol=1e-5 * max(1.0, float(single.abs().max())))
+    tolerance = BATCH_TOLERANCE.get((name, case), 1e-5)
+    torch.testing.assert_close(batched, single, rtol=0, atol=tolerance * max(1.0, float(single.abs().max())))
 
 
 @pytest.mark.parametrize("name", NAMES)

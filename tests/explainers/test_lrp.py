@@ -104,11 +104,11 @@ def test_batched_pass_equals_the_dense_oracle(case, tiny_vit, tiny_images):
 
 
 def test_unsupported_models_raise_a_clear_type_error(tiny_kwargs):
-    avgpool = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, class_token=False, global_pool="avg", **tiny_kwargs
+    prefix_pool = timm.create_model(  # avg-pool heads are explained, but not one that also averages the class token
+        "vit_tiny_patch16_224", pretrained=False, global_pool="avg", pool_include_prefix=True, **tiny_kwargs
     )
-    with pytest.raises(TypeError, match=r"lrp supports class-token ViTs \(global_pool='token'\)"):
-        X.create("lrp", avgpool)
+    with pytest.raises(TypeError, match=r"lrp reads an avg-pool head as the mean of the patch tokens"):
+        X.create("lrp", prefix_pool)
     pre_norm = timm.create_model("vit_tiny_patch16_224", pretrained=False, pre_norm=True, **tiny_kwargs)
     with pytest.raises(TypeError, match=r"lrp has no rule for a norm before the blocks \(norm_pre\), got LayerNorm"):
         X.create("lrp", pre_norm)
@@ -116,4 +116,4 @@ def test_unsupported_models_raise_a_clear_type_error(tiny_kwargs):
 
 def test_registry_entry():
     info = X.get_info("lrp")
-    assert (info.needs_gradients, info.readout, info.families, info.signed) == (False, False, ("vit",), True)
+    assert (info.needs_gradients, info.readout, info.families, info.signed) == (False, False, ("vit", "swin"), True)

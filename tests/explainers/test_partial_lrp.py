@@ -135,11 +135,11 @@ def test_differs_from_the_chefer_rules(tiny_vit, tiny_images):
 
 
 def test_unsupported_models_raise_a_clear_type_error(tiny_kwargs):
-    avgpool = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, class_token=False, global_pool="avg", **tiny_kwargs
+    prefix_pool = timm.create_model(  # avg-pool heads are explained, but not one that also averages the class token
+        "vit_tiny_patch16_224", pretrained=False, global_pool="avg", pool_include_prefix=True, **tiny_kwargs
     )
-    with pytest.raises(TypeError, match=r"partial_lrp supports class-token ViTs \(global_pool='token'\)"):
-        X.create("partial_lrp", avgpool)
+    with pytest.raises(TypeError, match=r"partial_lrp reads an avg-pool head as the mean of the patch tokens"):
+        X.create("partial_lrp", prefix_pool)
     headless = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**tiny_kwargs, "num_classes": 0})
     with pytest.raises(TypeError, match="partial_lrp needs a Linear classifier head"):
         X.create("partial_lrp", headless)
@@ -147,4 +147,4 @@ def test_unsupported_models_raise_a_clear_type_error(tiny_kwargs):
 
 def test_registry_entry():
     info = X.get_info("partial_lrp")
-    assert (info.needs_gradients, info.readout, info.families, info.signed) == (False, False, ("vit",), False)
+    assert (info.needs_gradients, info.readout, info.families, info.signed) == (False, False, ("vit", "swin"), False)

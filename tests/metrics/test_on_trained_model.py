@@ -146,9 +146,13 @@ SWIN_MARGINS: dict[str, dict[str, float]] = {
     "generic_attention": {"pointing_game": 0.3, "deletion_mean": 0.04},  # .81 (.009) .12
     "gmar": {"pointing_game": 0.3, "relevance_mass": 0.06, "deletion_mean": 0.04},  # .82 .17 .13
     "layernorm_stats": {"pointing_game": 0.3},  # .77 (.08 / .028) (.05 / .009)
+    # lrp, partial_lrp, transformer_attribution: measured on one run of seed 0 (one thread)
+    "lrp": {"pointing_game": 0.14, "relevance_mass": 0.07},  # .42 .21 (-.002)
+    "partial_lrp": {"pointing_game": 0.1, "relevance_mass": 0.07},  # .32 .22 (.054)
     "patch_interaction": {"pointing_game": 0.3, "relevance_mass": 0.08},  # .71 .26 (.054)
     "raw_attention": {"relevance_mass": 0.06},  # (.15) .18 (.05 / -.003)
     "rollout": {"pointing_game": 0.3, "relevance_mass": 0.06, "deletion_mean": 0.04},  # .83 .18 .13
+    "transformer_attribution": {"pointing_game": 0.24},  # .74 (-.001) (.095)
 }
 SWIN_NOT_SEPARATED = {
     "tokentm": "below random on this Swin: gaps -0.135 (pointing game), -0.008, -0.348 (deletion); see issue 10's note",

@@ -1,0 +1,136 @@
+"""The LRP rules of Chefer et al.'s code, one small function per operation (METHODS.md §3.2, §3.4).
+
+``s(a, b) = a / (b + 1e-9)``, 0 where ``b = 0``, is the stabiliser of every rule. Two rule sets: ``CHEFER``
+(``modules/layers_ours.py``, for ``transformer_attribution``) and ``BASELINE`` (``modules/layers_lrp.py``, for the
+paper's LRP baselines). They differ in two rules only:
+
+- Linear (``alpha = 1``, bias ignored), ``z+ = x+ W+^T``, ``z- = x- W-^T``: ``CHEFER`` divides both sign terms by
+  their sum, ``R_x = x+ (s(R, z+ + z-) W+) + x- (s(R, z+ + z-) W-)``; ``BASELINE`` divides each term by its own
+  part, ``R_x = x+ (s(R, z+) W+) + x- (s(R, z-) W-)`` (each term carries ``R`` on its own, so the sum is not
+  conservative).
+- Residual ``a + b``: LRP-0 split ``R_a = a s(R, a + b)``, ``R_b = b s(R, a + b)``; ``CHEFER`` then rescales each
+  branch to its share ``|sum R_a| / (|sum R_a| + |sum R_b|)`` of the total (sums over one sample), ``BASELINE``
+  keeps the plain split.
+
+Shared by both: GELU, LayerNorm, softmax, dropout, layer scale pass relevance unchanged; ``A v`` and ``q k^T`` take
+LRP-0 on both operands, each result halved; a fork of the residual stream adds its two branches' relevance back;
+a token selection or a mean over tokens takes LRP-0; the patch convolution takes the z^B rule bounded by the
+image's minimum and maximum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "BASELINE",
+    "CHEFER",
+    "Rules",
+    "add_rule",
+    "fork_rule",
+    "linear_rule",
+    "matmul_rule",
+    "mean_rule",
+    "safe_divide",
+    "zb_conv_rule",
+]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """A rule set: which variant of the Linear and residual-add rules (module docstring) the pass uses.
+
+    Args:
+        joint_linear: one denominator ``z+ + z-`` for both sign terms of the Linear rule (else one per term).
+        renormalised_add: rescale the residual split to the branches' absolute shares (else plain LRP-0).
+    """
+
+    joint_linear: bool
+    renormalised_add: bool
+
+
+CHEFER = Rules(joint_linear=True, renormalised_add=True)
+BASELINE = Rules(joint_linear=False, renormalised_add=False)
+
+
+def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / (denominator + 1e-9)``, 0 where ``denominator`` is 0: the stabiliser of the authors' rules."""
+    shifted = denominator + 1e-9
+    shifted = shifted.masked_fill(shifted == 0, 1e-9)
+    return (numerator / shifted).masked_fill(denominator == 0, 0.0)
+
+
+def linear_rule(relevance: Tensor, x: Tensor, weight: Tensor, joint: bool = True) -> Tensor:
+    """Relevance at the input ``x`` of a Linear layer (alpha-beta with alpha 1, beta 0; bias ignored).
+
+    ``joint``: one denominator for both sign terms (``CHEFER``), else one per term (``BASELINE``).
+    """
+    weight = weight.to(x.dtype)
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    z_pos, z_neg = F.linear(x_pos, w_pos), F.linear(x_neg, w_neg)
+    if joint:
+        scaled_pos = scaled_neg = safe_divide(relevance, z_pos + z_neg)
+    else:
+        scaled_pos, scaled_neg = safe_divide(relevance, z_pos), safe_divide(relevance, z_neg)
+    return x_pos * (scaled_pos @ w_pos) + x_neg * (scaled_neg @ w_neg)
+
+
+def matmul_rule(relevance: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """LRP-0 through ``a @ b`` to both operands, each halved (the attention module's rule for its two products)."""
+    scaled = safe_divide(relevance, a @ b)
+    return a * (scaled @ b.transpose(-2, -1)) / 2, b * (a.transpose(-2, -1) @ scaled) / 2
+
+
+def add_rule(relevance: Tensor, a: Tensor, b: Tensor, renormalise: bool = True) -> tuple[Tensor, Tensor]:
+    """Split the relevance of ``a + b`` between the summands (LRP-0).
+
+    ``renormalise``: rescale each part, per sample, to its absolute share of the total (``CHEFER``).
+    """
+    scaled = safe_divide(relevance, a + b)
+    r_a, r_b = a * scaled, b * scaled
+    if not renormalise:
+        return r_a, r_b
+    dims = tuple(range(1, relevance.ndim))
+    sum_a, sum_b = r_a.sum(dims, keepdim=True), r_b.sum(dims, keepdim=True)
+    total, both = relevance.sum(dims, keepdim=True), sum_a.abs() + sum_b.abs()
+    share_a, share_b = safe_divide(sum_a.abs(), both) * total, safe_divide(sum_b.abs(), both) * total
+    return r_a * safe_divide(share_a, sum_a), r_b * safe_divide(share_b, sum_b)
+
+
+def fork_rule(first: Tensor, second: Tensor, x: Tensor) -> Tensor:
+    """Relevance of ``x`` from the two branches it was copied into."""
+    return x * safe_divide(first + second, x)
+
+
+def mean_rule(relevance: Tensor, tokens: Tensor) -> Tensor:
+    """LRP-0 through a mean over tokens: ``[B, D]`` relevance of ``mean_j tokens[:, j]`` -> ``[B, N, D]``.
+
+    Token ``j`` gets ``x_j s(R, sum_j x_j)`` (the ``1 / N`` of the mean cancels).
+    """
+    return tokens * safe_divide(relevance, tokens.sum(dim=1)).unsqueeze(1)
+
+
+def zb_conv_rule(relevance: Tensor, x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """The z^B rule through a patch convolution (kernel = stride, no padding), bounded by each image's min and max.
+
+    ``relevance``: ``[B, D, gh, gw]`` at the convolution's output; ``x``: its input ``[B, C, H, W]``. With
+    ``L``/``H`` the image's minimum/maximum (one number per image) and ``z = conv(x, W) - conv(L, W+) - conv(H, W-)``
+    (bias ignored; ``z >= 0``), the input gets ``x (s W) - L (s W+) - H (s W-)`` transposed-convolved, ``s =
+    s(R, z)``. Each output's relevance goes to its own patch's pixels, all of it up to the stabiliser.
+    """
+    weight = conv.weight.to(x.dtype)
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+    low = x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x)
+    high = x.amax(dim=(1, 2, 3), keepdim=True).expand_as(x)
+    stride = conv.stride
+    z = F.conv2d(x, weight, stride=stride) - F.conv2d(low, w_pos, stride=stride) - F.conv2d(high, w_neg, stride=stride)
+    scaled = safe_divide(relevance, z)
+
+    def back(w: Tensor) -> Tensor:
+        return F.conv_transpose2d(scaled, w, stride=stride)
+
+    return x * back(weight) - low * back(w_pos) - high * back(w_neg)
