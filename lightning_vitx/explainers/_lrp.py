@@ -196,11 +196,11 @@ def recording(model: Any, heads: list[Head]) -> Iterator[Record]:
             keep_on(block, values, input=True)
             keep_on(attn.qkv, values, qkv_input=True, qkv=False)
             keep_on(attn.attn_drop, values, attention=False)
-            keep_on(attn.proj, values, proj_input=True)
+            keep_on(attn.proj, values, proj_input=True, proj=False)
             keep_on(block.drop_path1, values, attn_branch=False)
             keep_on(block.norm2, values, mid=True)
-            keep_on(block.mlp.fc1, values, fc1_input=True)
-            keep_on(block.mlp.fc2, values, fc2_input=True)
+            keep_on(block.mlp.fc1, values, fc1_input=True, fc1=False)
+            keep_on(block.mlp.fc2, values, fc2_input=True, fc2=False)
             keep_on(block.drop_path2, values, mlp_branch=False)
             if hasattr(attn, "q_norm"):  # ViT: q and k after their (optional) norms; Swin reads them off qkv
                 keep_on(attn.q_norm, values, q=False)
@@ -253,6 +253,12 @@ def _from_windows(geometry: WindowedAttention, x: Tensor, batch: int) -> Tensor:
     return geometry.from_windows(per_channel).reshape(batch, channels, -1).transpose(1, 2)
 
 
+def _z(linear: nn.Module, output: Tensor) -> Tensor:
+    """A Linear layer's recorded output without its bias: the ``x W^T`` of the Linear rule."""
+    bias = cast(Any, linear).bias
+    return output if bias is None else output - bias.detach().to(output.dtype)
+
+
 def block_relevance(
     block: Any, recorded: dict[str, Tensor], relevance: Tensor, below: bool, rules: Rules = CHEFER
 ) -> tuple[Tensor, Tensor | None]:
@@ -265,15 +271,15 @@ def block_relevance(
     attn = block.attn
     joint, renormalise = rules.joint_linear, rules.renormalised_add
     residual, branch = add_rule(relevance, record["mid"], record["mlp_branch"], renormalise)
-    branch = linear_rule(branch, record["fc2_input"], block.mlp.fc2.weight, joint)
-    branch = linear_rule(branch, record["fc1_input"], block.mlp.fc1.weight, joint)
+    branch = linear_rule(branch, record["fc2_input"], block.mlp.fc2.weight, joint, _z(block.mlp.fc2, record["fc2"]))
+    branch = linear_rule(branch, record["fc1_input"], block.mlp.fc1.weight, joint, _z(block.mlp.fc1, record["fc1"]))
     relevance = fork_rule(residual, branch, record["mid"])
 
     inputs, windows = record["input"].flatten(1, -2), windows_of(block, record["input"])
     residual, branch = add_rule(relevance, inputs, record["attn_branch"].flatten(1, -2), renormalise)
     if windows is not None:
         branch = _to_windows(windows, branch)
-    branch = linear_rule(branch, record["proj_input"], attn.proj.weight, joint)
+    branch = linear_rule(branch, record["proj_input"], attn.proj.weight, joint, _z(attn.proj, record["proj"]))
     heads = int(attn.num_heads)
     head_dim = branch.shape[-1] // heads
     branch = branch.unflatten(-1, (heads, head_dim)).transpose(1, 2)  # [rows, heads, n, head_dim]
@@ -285,7 +291,7 @@ def block_relevance(
     query_relevance, key_relevance = matmul_rule(attention_relevance, q, k.transpose(-2, -1))
     stacked = torch.stack([query_relevance, key_relevance.transpose(-2, -1), value_relevance])
     branch = stacked.permute(1, 3, 0, 2, 4).flatten(2)  # [rows, n, 3 * heads * head_dim], the qkv output's layout
-    branch = linear_rule(branch, record["qkv_input"], attn.qkv.weight, joint)
+    branch = linear_rule(branch, record["qkv_input"], attn.qkv.weight, joint, _z(attn.qkv, record["qkv"]))
     if windows is not None:
         branch = _from_windows(windows, branch, inputs.shape[0])
     return attention_relevance, fork_rule(residual, branch, inputs)

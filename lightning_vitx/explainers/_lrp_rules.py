@@ -59,23 +59,29 @@ BASELINE = Rules(joint_linear=False, renormalised_add=False)
 def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     """``numerator / (denominator + 1e-9)``, 0 where ``denominator`` is 0: the stabiliser of the authors' rules."""
     shifted = denominator + 1e-9
-    shifted = shifted.masked_fill(shifted == 0, 1e-9)
-    return (numerator / shifted).masked_fill(denominator == 0, 0.0)
+    shifted.masked_fill_(shifted == 0, 1e-9)
+    return (numerator / shifted).masked_fill_(denominator == 0, 0.0)
 
 
-def linear_rule(relevance: Tensor, x: Tensor, weight: Tensor, joint: bool = True) -> Tensor:
+def linear_rule(relevance: Tensor, x: Tensor, weight: Tensor, joint: bool = True, z: Tensor | None = None) -> Tensor:
     """Relevance at the input ``x`` of a Linear layer (alpha-beta with alpha 1, beta 0; bias ignored).
 
-    ``joint``: one denominator for both sign terms (``CHEFER``), else one per term (``BASELINE``).
+    ``joint``: one denominator for both sign terms (``CHEFER``), else one per term (``BASELINE``). ``z``: the layer's
+    ``x W^T`` (its output without the bias) when the caller has it, which saves one matmul of the joint rule.
+
+    The joint rule runs on ``W`` and ``|W|``: with ``u = |x| |W|^T``, the denominator is ``z+ + z- = (z + u) / 2``
+    and ``x+ (s W+) + x- (s W-) = (x (s W) + |x| (s |W|)) / 2``: three matmuls (two with ``z`` given), not four.
     """
     weight = weight.to(x.dtype)
+    if joint:
+        magnitude, x_magnitude = weight.abs(), x.abs()
+        z = F.linear(x, weight) if z is None else z
+        scaled = safe_divide(relevance, (z + F.linear(x_magnitude, magnitude)) / 2)
+        return (x * (scaled @ weight) + x_magnitude * (scaled @ magnitude)) / 2
     w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
     x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
-    z_pos, z_neg = F.linear(x_pos, w_pos), F.linear(x_neg, w_neg)
-    if joint:
-        scaled_pos = scaled_neg = safe_divide(relevance, z_pos + z_neg)
-    else:
-        scaled_pos, scaled_neg = safe_divide(relevance, z_pos), safe_divide(relevance, z_neg)
+    scaled_pos = safe_divide(relevance, F.linear(x_pos, w_pos))
+    scaled_neg = safe_divide(relevance, F.linear(x_neg, w_neg))
     return x_pos * (scaled_pos @ w_pos) + x_neg * (scaled_neg @ w_neg)
 
 
