@@ -31,7 +31,7 @@ from lightning_vitx.data import (
     trained_on_shapes,
 )
 
-RULES = ["inverse_std", "std", "outlier", "final"]  # layernorm_stats candidates besides the default
+RULES = ["inverse_std", "std", "outlier"]  # layernorm_stats candidates besides the default ("final")
 
 
 def trained(kind: str, seed: int, cache: Path | None):  # type: ignore[no-untyped-def]

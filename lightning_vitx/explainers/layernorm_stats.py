@@ -61,23 +61,26 @@ def token_weights(stats: TokenStats, rule: Rule, outlier_z: float = 2.0) -> Tens
         needs_gradients=True,
         readout=True,
         families=("vit", "swin"),
-        description="R <- R + mean_h((grad A * A)^+) diag(s) R, s = the keys' LayerNorm 1/std normalised to mean 1",
+        description="generic_attention's map times the last block's LayerNorm 1/std per token (mean 1); "
+        "per-layer key weightings as options",
         reference="Nguyen, Lee & Kim 2023, Inspecting Explainability of Transformer Models with Additional "
         "Statistical Information (arXiv 2311.11378); our reconstruction, see METHODS.md §7",
     )
 )
 class LayerNormStats(ReadoutExplainer):
-    """``w (I + Ā^L D^L) ... (I + Ā^s D^s)`` with ``D^l = diag(s^l)`` from block ``l``'s LayerNorm statistics.
+    """Gradient-weighted attention relevance with the tokens' LayerNorm statistics (METHODS.md §7, (i)-(iii)).
 
-    ``Ā^l = mean_h(clamp(dy_c/dA ⊙ A, min=0))`` as in ``generic_attention``; ``s^l`` are the weights of
-    :func:`token_weights` for the statistics of ``norm1`` (the norm in front of the attention; its tokens are the
-    keys ``Ā``'s columns read). On Swin the patch-merging norm weighs the merged tokens the same way before the
-    relevance is spread to the finer grid. Rules (METHODS.md §7, candidates (i)-(iii)):
+    ``Ā^l = mean_h(clamp(dy_c/dA ⊙ A, min=0))`` as in ``generic_attention``. Rules:
 
-    - ``"inverse_std"`` (default, chosen on the trained fixtures: see the README's table): ``s = 1/σ``.
-    - ``"std"``: ``s = σ``. ``"outlier"``: tokens whose ``σ`` is an outlier (z-score above ``outlier_z``)
-      down-weighted. ``"final"``: ``generic_attention``'s map times ``1/σ`` of the last block's ``norm2``
-      (brought to the patch grid by nearest upsampling). ``"none"``: ``generic_attention`` exactly.
+    - ``"final"`` (default, chosen on the trained fixtures: see the README's table): ``generic_attention``'s map
+      ``w (I + Ā^L) ... (I + Ā^s)`` times the :func:`token_weights` ``1/σ`` of the last block's ``norm2`` (brought
+      to the patch grid by nearest upsampling on Swin).
+    - per layer, ``w (I + Ā^L D^L) ... (I + Ā^s D^s)`` with ``D^l = diag(s^l)``, the :func:`token_weights` of
+      block ``l``'s ``norm1`` (the norm in front of the attention; its tokens are the keys ``Ā``'s columns read);
+      on Swin the patch-merging norm weighs the merged tokens the same way before the relevance is spread to the
+      finer grid: ``"inverse_std"`` (``s = 1/σ``), ``"std"`` (``s = σ``), ``"outlier"`` (tokens whose ``σ`` is an
+      outlier, z-score above ``outlier_z``, down-weighted).
+    - ``"none"``: ``generic_attention`` exactly.
 
     Args:
         model: a timm ViT / DeiT / Swin with LayerNorm ``norm1`` / ``norm2`` in every block.
@@ -94,7 +97,7 @@ class LayerNormStats(ReadoutExplainer):
         torch.Size([2, 14, 14])
     """
 
-    def __init__(self, model: nn.Module, rule: Rule = "inverse_std", start_layer: int = 0, outlier_z: float = 2.0):
+    def __init__(self, model: nn.Module, rule: Rule = "final", start_layer: int = 0, outlier_z: float = 2.0):
         super().__init__(model)
         if rule not in RULES:
             raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")

@@ -1,4 +1,4 @@
-"""The monitor on the trained tiny Swin (tests/conftest.py's shapes_swin), with layernorm_stats among the readouts."""
+"""The monitor on the trained tiny Swin (tests/conftest.py's shapes_swin): readouts and the four LRP explainers."""
 
 import copy
 
@@ -24,10 +24,11 @@ class Wrapped(L.LightningModule):
         return DataLoader(self.data, batch_size=8)
 
 
-def test_monitor_explains_the_trained_swin_with_layernorm_stats(tmp_path, shapes_swin):
+def test_monitor_explains_the_trained_swin(tmp_path, shapes_swin):
     model, images, labels, masks = shapes_swin
     model = copy.deepcopy(model)
-    names = ["layernorm_stats", "generic_attention", "rollout"]
+    readouts = ["layernorm_stats", "generic_attention", "rollout"]
+    names = [*readouts, "transformer_attribution", "lrp", "partial_lrp", "attnlrp"]
     watcher = ExplainabilityMonitor(
         explainers=names, metrics={"pointing_game": {}, "relevance_mass": {}}, num_samples=16, panel_size=2
     )
@@ -43,10 +44,13 @@ def test_monitor_explains_the_trained_swin_with_layernorm_stats(tmp_path, shapes
         enable_checkpointing=False,
     )
     trainer.validate(Wrapped(model, images[:16], labels[:16], masks[:16]), verbose=False)
+    assert not watcher._failed
     for name in names:
-        assert 0.0 <= float(trainer.callback_metrics[f"explain/{name}/pointing_game"]) <= 1.0
+        for metric in ("pointing_game", "relevance_mass"):
+            value = float(trainer.callback_metrics[f"explain/{name}/{metric}"])
+            assert 0.0 <= value <= 1.0, (name, metric, value)
     # maps at the first-stage grid (56 / 4 = 14), equal to the explainers called directly on the same samples
-    assert watcher.last_maps["layernorm_stats"].shape[-2:] == (14, 14)
-    expected = X.create_many(names, model)(images[:16])
+    expected = {name: X.create(name, model)(images[:16]) for name in names}
     for name in names:
+        assert watcher.last_maps[name].shape[-2:] == (14, 14), name
         torch.testing.assert_close(watcher.last_maps[name], expected[name][: len(watcher.last_maps[name])])
