@@ -79,7 +79,7 @@ class AttnLRP(Explainer):
                 raise ValueError(f"{option} must be a number >= 0, got {value!r}")
         self.attention_rule: AttentionRule = attention_rule
         self.gamma, self.conv_gamma = float(gamma), float(conv_gamma)
-        _check_supported(self.model, self.adapter.attention_modules())
+        _check_supported(self.model, self.adapter.attention_modules(), self.conv_gamma)
 
     def __call__(self, images: Tensor, target: Target = None) -> Tensor:
         """Maps ``[B, gh, gw]``: the input relevance summed over channels and over each patch's pixels."""
@@ -110,16 +110,20 @@ class AttnLRP(Explainer):
             return (inputs.detach() * grad).float().sum(dim=1)
 
 
-def _check_supported(model: nn.Module, attention: list[nn.Module]) -> None:
+def _check_supported(model: nn.Module, attention: list[nn.Module], conv_gamma: float) -> None:
     """Raise a ``TypeError`` for what the rules don't cover (gated MLPs, attention without ``qkv``, no head)."""
     from timm.layers import Mlp
 
     for index, module in enumerate(attention):
         qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
-        if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
+        if not (
+            isinstance(qkv, nn.Linear)
+            and isinstance(proj, nn.Linear)
+            and isinstance(getattr(module, "attn_drop", None), nn.Module)
+        ):
             raise TypeError(
-                f"attnlrp needs attention with a fused qkv Linear and a proj Linear; attention {index} is a "
-                f"{type(module).__name__}"
+                f"attnlrp needs attention with a fused qkv Linear, an attn_drop module and a proj Linear; attention "
+                f"{index} is a {type(module).__name__}"
             )
         if getattr(module, "gate", None) is not None:
             raise TypeError(f"attnlrp has no rule for gated attention (attention {index})")
@@ -128,6 +132,13 @@ def _check_supported(model: nn.Module, attention: list[nn.Module]) -> None:
             raise TypeError(
                 f"attnlrp has rules for timm's Mlp (fc1, activation, fc2); {name} is a {type(module).__name__}"
             )
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and conv_gamma != 0:
+            if module.padding_mode != "zeros" or isinstance(module.padding, str):
+                raise TypeError(
+                    f"attnlrp's gamma rule needs convolutions with numeric zero padding; {name} has padding "
+                    f"{module.padding!r}, padding_mode {module.padding_mode!r} (use conv_gamma=0)"
+                )
     classifier = cast(Any, model).get_classifier()
     for head in classifier if isinstance(classifier, tuple) else (classifier,):
         if not isinstance(head, nn.Linear):
