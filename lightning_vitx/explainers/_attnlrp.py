@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn.grad import conv2d_input
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["AttentionRule", "gamma_conv", "gamma_linear", "lrp_rules"]
+__all__ = ["AttentionRule", "fused_attention", "gamma_conv", "gamma_linear", "lrp_rules"]
 
 AttentionRule = Literal["attnlrp", "cp"]
 
@@ -203,7 +203,8 @@ class _Identity(torch.autograd.Function):
 class _LayerNorm(torch.autograd.Function):
     """Forward: the LayerNorm's output as it is; backward: the LayerNorm's with its standard deviation constant.
 
-    The weight and bias get their plain gradients (they absorb relevance like any other parameter), when asked.
+    The bias gets its plain gradient (it absorbs relevance, like any other bias); the weight, which multiplies,
+    none (keeping its gradient's input would cost the pass a tensor per LayerNorm that nothing reads).
     """
 
     @staticmethod
@@ -212,25 +213,18 @@ class _LayerNorm(torch.autograd.Function):
     ) -> Tensor:
         axes = tuple(range(-dims, 0))
         centred = x.detach() - x.detach().mean(dim=axes, keepdim=True)
-        std = centred.square().mean(dim=axes, keepdim=True).add_(eps).sqrt_()
-        normalised = centred.div_(std) if ctx.needs_input_grad[2] else None  # for the weight's gradient
-        ctx.save_for_backward(std, normalised, None if weight is None else weight.detach())
-        ctx.axes = axes
+        ctx.save_for_backward(centred.square_().mean(dim=axes, keepdim=True).add_(eps).sqrt_())
+        ctx.weight, ctx.axes = None if weight is None else weight.detach(), axes
         return output
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        std, normalised, weight = ctx.saved_tensors
-        axes, needs = ctx.axes, ctx.needs_input_grad
-        leading = tuple(range(grad.ndim - len(axes)))
-        grad_weight = grad_bias = None
-        if needs[2]:
-            grad_weight = (grad * normalised).sum(dim=leading)
-        if needs[3]:
-            grad_bias = grad.sum(dim=leading)
+        (std,) = ctx.saved_tensors
+        axes, weight = ctx.axes, ctx.weight
+        grad_bias = grad.sum(dim=tuple(range(grad.ndim - len(axes)))) if ctx.needs_input_grad[3] else None
         scaled = grad * weight if weight is not None else grad.clone()
         grad_x = scaled.sub_(scaled.mean(dim=axes, keepdim=True)).div_(std)
-        return grad_x, None, grad_weight, grad_bias, None, None
+        return grad_x, None, None, grad_bias, None, None
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -297,6 +291,23 @@ def _query_key_halves(qkv: nn.Linear) -> Tensor:
     rows = torch.ones(qkv.out_features, dtype=qkv.weight.dtype, device=qkv.weight.device)
     rows[: 2 * width] = 0.5
     return rows
+
+
+@contextlib.contextmanager
+def fused_attention(attention: list[nn.Module]) -> Iterator[None]:
+    """The fused attention kernel (timm's) on for these modules (``fused_attn = True``), each flag restored on exit.
+
+    For ``attention_rule="attnlrp"`` only, whose softmax takes the plain gradient: the rules' hooks on ``qkv`` and
+    ``proj`` hold without the probabilities, and the fused backward keeps neither them nor copies of q, k, v.
+    """
+    flags = [(module, cast(Any, module).fused_attn) for module in attention]
+    try:
+        for module, _ in flags:
+            cast(Any, module).fused_attn = True
+        yield
+    finally:
+        for module, flag in flags:
+            cast(Any, module).fused_attn = flag
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from lightning_vitx.adapters import explaining, resolve_target
 from lightning_vitx.adapters.capture import Target, check_inputs
-from lightning_vitx.explainers._attnlrp import AttentionRule, lrp_rules
+from lightning_vitx.explainers._attnlrp import AttentionRule, fused_attention, lrp_rules
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import Explainer
 
@@ -99,10 +99,17 @@ class AttnLRP(Explainer):
         dtype, device = check_inputs(self.adapter, images)
         autocast_off = torch.autocast(device_type=device.type, enabled=False)
         attention = self.adapter.attention_modules()
+        # the uniform rule needs nothing from inside the attention: the fused kernel, where the model used it (the
+        # probabilities and the q, k, v copies of the explicit path are then not kept for the backward)
+        fused = [module for module in attention if getattr(module, "fused_attn", False)]
+        fused = fused if self.attention_rule == "attnlrp" else []
         with explaining(self.adapter), torch.inference_mode(False), torch.enable_grad(), autocast_off:
             target_ids = resolve_target(target, images.shape[0], self.adapter.num_classes, images.device)
             inputs = images.detach().clone().to(dtype).requires_grad_(True)
-            with lrp_rules(self.model, attention, self.attention_rule, self.gamma, self.conv_gamma):
+            with (
+                fused_attention(fused),
+                lrp_rules(self.model, attention, self.attention_rule, self.gamma, self.conv_gamma),
+            ):
                 logits = self.model(inputs)
             if target_ids is None:
                 target_ids = logits.detach().argmax(dim=1)
