@@ -67,7 +67,8 @@ class _GammaLinear(torch.autograd.Function):
     g (p + b+)`` where ``z > 0`` and ``z + g (z0 - p + b-)`` where ``z < 0``, are ``sign(z) D`` with ``D = (1 + g/2)
     |z| + (g/2) (|x| |W|^T + |b|)`` (plus the stabiliser ``epsilon``; ``D > 0``), and the rule's gradient
     ``(z > 0) g/D_up (W + g [x>0] W+ + g [x<0] W-) + (z < 0) g/D_down (W + g [x>0] W- + g [x<0] W+)`` is ``(1 + g/2)
-    (|z| g / D) W + (g/2) sign(x) (z g / D) |W|``: one extra matmul in the forward direction and two back.
+    (|z| g / D) W + (g/2) sign(x) (z g / D) |W|`` (nothing where ``z = 0``, as in the rule's two masks): one extra
+    matmul in the forward direction and two back. ``_Scaling``'s factors fold into the weights and ``addmm``.
     """
 
     @staticmethod

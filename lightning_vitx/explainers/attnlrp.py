@@ -1,12 +1,13 @@
 """AttnLRP (Achtibat et al. 2024) and CP-LRP (Ali et al. 2022): LRP of the target logit in one modified backward.
 
-Forward hooks (``_attnlrp``) give the user's own model, for one pass, a backward whose gradient times input is the
-relevance of the AttnLRP rules (METHODS.md §9.1): identity rule through the MLP's activation, LayerNorm with its
-standard deviation held constant, the uniform rule through ``q k^T`` and ``A v`` with AttnLRP's softmax rule (or,
-with ``attention_rule="cp"``, the attention probabilities detached), and the gamma rule on the Linear layers and
-the patch-embedding convolution. The input's relevance ``x * dy_c/dx`` is summed over channels (the pixel map)
-and over each patch's pixels (the patch map). Swin needs nothing more: its windows, shifts, padding and patch
-merging are permutations and sums, which the plain gradient carries.
+Forward hooks (``_attnlrp``; each passes its module's output through a small autograd function whose backward is
+the rule's) give the user's own model, for one pass, a backward whose gradient times input is the relevance of the
+AttnLRP rules (METHODS.md §9.1): identity rule through the MLP's activation, LayerNorm with its standard deviation
+held constant, the uniform rule through ``q k^T`` and ``A v`` with AttnLRP's softmax rule (or, with
+``attention_rule="cp"``, the attention probabilities detached), and the gamma rule on the Linear layers and the
+patch-embedding convolution. The input's relevance ``x * dy_c/dx`` is summed over channels (the pixel map) and over
+each patch's pixels (the patch map). Swin needs nothing more: its windows, shifts, padding and patch merging are
+permutations and sums, which the plain gradient carries.
 """
 
 from __future__ import annotations
