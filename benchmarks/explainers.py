@@ -6,6 +6,8 @@
     python benchmarks/explainers.py --rows tokentm "all but tokentm" "all (one capture)"   # what tokentm adds
     python benchmarks/explainers.py --model vit_tiny_patch16_224 --batch 8 --sizes 224 --repeats 2 \
         --rows layernorm_stats
+    python benchmarks/explainers.py --model swin_tiny_patch4_window7_224 --sizes 224 --repeats 2 \
+        --rows attnlrp "attnlrp (cp)"                    # issue 9's setting: target <= 2.0x forward+backward
 
 Each row runs in a fresh subprocess so its peak memory is its own: peak RSS above the process's RSS after a
 warm-up no-grad forward on CPU, ``torch.cuda.max_memory_allocated`` above the model and batch on CUDA.
@@ -33,6 +35,7 @@ READOUTS = [name for name in X.available() if X.get_info(name).readout]  # what 
 # the shared pass without tokentm, the only readout that records token states: what adding it costs the pass
 ALL_BUT_TOKENTM = "all but tokentm"
 WITHOUT_LN = "all but layernorm_stats"  # the shared pass before layernorm_stats joined (its own capture needs)
+ATTNLRP_CP = "attnlrp (cp)"  # attnlrp with attention_rule="cp": the probabilities detached, no softmax backward
 
 
 def build(model_name: str, size: int, batch: int, device: str) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -59,6 +62,8 @@ def runner(row: str, model: torch.nn.Module):  # type: ignore[no-untyped-def]
         return X.create_many([name for name in READOUTS if name != "tokentm"], model)
     if row == WITHOUT_LN:
         return X.create_many([name for name in READOUTS if name != "layernorm_stats"], model)
+    if row == ATTNLRP_CP:
+        return X.create("attnlrp", model, attention_rule="cp")
     return X.create(row, model)
 
 
@@ -109,7 +114,8 @@ def main() -> None:
 
     family = detect(timm.create_model(args.model, pretrained=False)).family
     explainers = [name for name in X.available() if family in X.get_info(name).families]
-    rows = ["forward", "forward+backward", *explainers, ALL_BUT_TOKENTM, WITHOUT_LN, ALL]
+    variants = [ATTNLRP_CP] if "attnlrp" in explainers else []
+    rows = ["forward", "forward+backward", *explainers, *variants, ALL_BUT_TOKENTM, WITHOUT_LN, ALL]
     if args.rows:
         unknown = sorted(set(args.rows) - set(rows))
         if unknown:
@@ -148,6 +154,11 @@ def main() -> None:
             print(f"all from one capture / all but tokentm: {full['seconds'] / without['seconds']:.2f}  "
                   f"(target <= 1.2); tokentm's extra peak memory in the pass: "
                   f"{full['peak_mib'] - without['peak_mib']:.0f} MiB")
+        for row in ("attnlrp", ATTNLRP_CP):
+            if row in results:
+                memory = results[row]["peak_mib"] / max(results["forward+backward"]["peak_mib"], 1)
+                print(f"{row} / forward+backward: {results[row]['seconds'] / backward:.2f} (target <= 2.0); "
+                      f"peak memory {memory:.2f}x forward+backward's")
         if "layernorm_stats" in results and ALL in results and WITHOUT_LN in results:
             print(f"layernorm_stats / forward+backward: {results['layernorm_stats']['seconds'] / backward:.2f} "
                   f"(target <= 1.5); one capture with it / without it: "

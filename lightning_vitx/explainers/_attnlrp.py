@@ -1,19 +1,19 @@
 """AttnLRP and CP-LRP as one modified backward over a stock timm model (Gradient x Input form).
 
-Each rule is a forward hook that returns the module's own output with a different gradient: ``out = z.detach() +
-(t - t.detach())`` has the value of ``z`` exactly and the gradient of ``t``. With relevance ``R = x * dy/dx`` at
-every tensor (Achtibat et al. 2024, ``lxt.efficient``; METHODS.md §9.1) the rules are:
+Each rule is a forward hook that returns the module's own output, unchanged, from a small custom autograd function
+whose backward is the rule's: with relevance ``R = x * dy/dx`` at every tensor (Achtibat et al. 2024,
+``lxt.efficient``; METHODS.md §9.1) the rules are:
 
 - element-wise activations (GELU): identity rule, ``R_in = R_out``: gradient ``f(x) / x``.
 - LayerNorm: the standard deviation is a constant, ``y = (x - mean(x)) / stopgrad(std) * w + b`` (epsilon rule on
-  the centring; ``b`` keeps its share).
+  the centring; ``b`` keeps its share): gradient ``(g w - mean(g w)) / std``.
 - attention, ``attention_rule="attnlrp"``: the uniform rule on both products, ``A v`` (half to ``A``, half to ``v``:
   the gradient at the output of the heads is halved) and ``q k^T`` (half to each: the gradient at ``q`` and ``k``
   halved again); the softmax takes the plain gradient, which in this form is AttnLRP's softmax rule
   ``R_in = x (R_out - s sum(R_out))`` (the rest is the bias term of its Taylor expansion; relative position
   biases keep their share of its input's relevance).
-- attention, ``attention_rule="cp"`` (Ali et al. 2022): ``q`` and ``k`` detached, so the attention probabilities are
-  constant weights and the relevance goes through the values only.
+- attention, ``attention_rule="cp"`` (Ali et al. 2022): the attention probabilities detached (constant weights), so
+  the relevance goes through the values only and the backward skips the softmax and ``q k^T``.
 - Linear layers and the patch-embedding convolution: the generalised gamma rule (zennit's ``Gamma``, which lxt's
   ViT recipe and hilrp use): where ``z > 0`` the relevance goes out in proportion to ``x+ (W + g W+) + x- (W + g
   W-)`` (bias ``b + g b+``), where ``z < 0`` to ``x+ (W + g W-) + x- (W + g W+)`` (bias ``b + g b-``); ``g = 0`` is
@@ -31,122 +31,284 @@ from typing import Any, Literal, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.grad import conv2d_input
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["AttentionRule", "gamma_rule", "lrp_rules", "stabilize", "with_gradient"]
+__all__ = ["AttentionRule", "fused_attention", "gamma_conv", "gamma_linear", "lrp_rules"]
 
 AttentionRule = Literal["attnlrp", "cp"]
 
-
-def with_gradient(value: Tensor, surrogate: Tensor) -> Tensor:
-    """``value``'s numbers with ``surrogate``'s gradient (the two have one shape)."""
-    return value.detach() + (surrogate - surrogate.detach())
+EPSILON = 1e-6  # zennit's stabiliser of the gamma rule's denominators: d + epsilon * sign(d)
 
 
-def stabilize(denominator: Tensor, epsilon: float = 1e-6) -> Tensor:
-    """``d + epsilon * sign(d)``, with sign +1 at 0: zennit's stabiliser for the gamma rule's denominators."""
-    return denominator + epsilon * torch.where(denominator >= 0, 1.0, -1.0).to(denominator)
+def _gamma_factors(z: Tensor, magnitude: Tensor, grad: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """``(|z| g / D, z g / D)`` of the gamma rule's gradient (``_GammaLinear``); ``magnitude`` is overwritten.
 
-
-def _gamma_coefficients(
-    z: Tensor, p: Tensor, bias: Tensor | None, gamma: float, shape: tuple[int, ...]
-) -> tuple[Tensor, Tensor]:
-    """The weights ``(c1, c2)`` with which ``z`` and ``p`` enter the gamma rule's surrogate ``c1 z + c2 p``."""
-    b = torch.zeros((), dtype=z.dtype, device=z.device) if bias is None else bias.detach().reshape(shape)
-    up = (z > 0) * z / stabilize(z + gamma * (p + b.clamp(min=0)))
-    down = (z < 0) * z / stabilize(z + gamma * (z - b - p + b.clamp(max=0)))
-    # up * (z0 + g p) + down * ((1 + g) z0 - g p), the rule's two weighted sums, as a function of z0 = z - b and p
-    return up + (1 + gamma) * down, gamma * (up - down)
-
-
-def gamma_rule(
-    x: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, gamma: float, op: Callable[[Tensor, Tensor], Tensor]
-) -> Tensor:
-    """``z = op(x, weight) + bias`` with the gamma rule's gradient (module docstring); ``op`` is linear in each.
-
-    With ``p = op(x+, W+) + op(x-, W-)`` and ``z0 = z - bias``, the two denominators are ``z + g (p + b+)`` (where
-    ``z > 0``) and ``z + g (z0 - p + b-)`` (where ``z < 0``), so one extra ``op`` pair gives both. ``F.linear``
-    runs as a custom autograd function (all of the rule in its backward); other ops (the patch convolution) as a
-    surrogate with the rule's gradient.
+    ``magnitude`` comes in as ``|x| |W|^T + |b| + 2 epsilon / gamma`` and becomes the denominator ``D`` (scaled by
+    ``2 / gamma``); the two factors are the weights of ``W`` and of ``sign(x) |W|`` in the gradient.
     """
-    if op is F.linear:
-        return cast(Tensor, _GammaLinear.apply(x, z.detach(), weight.detach(), bias, gamma))
-    w = weight.detach()
-    p = op(x.clamp(min=0), w.clamp(min=0)) + op(x.clamp(max=0), w.clamp(max=0))
-    with torch.no_grad():
-        c1, c2 = _gamma_coefficients(z, p, bias, gamma, (-1,) + (1,) * (z.ndim - 2))
-    return with_gradient(z, c1 * z + c2 * p)
+    magnitude_z = z.abs()
+    denominator = magnitude.add_(magnitude_z, alpha=1 + 2 / gamma)
+    ratio = torch.div(grad, denominator, out=denominator)
+    return magnitude_z.mul_(ratio), ratio.mul_(z)
+
+
+def _offset(bias: Tensor | None, gamma: float, like: Tensor) -> Tensor:
+    """``|b| + 2 epsilon / gamma`` per output (the denominator's constant, in units of ``gamma / 2``)."""
+    if bias is None:
+        return torch.full(like.shape[:1], 2 * EPSILON / gamma, dtype=like.dtype, device=like.device)
+    return bias.abs().add_(2 * EPSILON / gamma)
 
 
 class _GammaLinear(torch.autograd.Function):
-    """Forward: the stock output ``z`` as it is; backward: the gamma rule's gradient at ``x``."""
+    """Forward: the stock output ``z`` as it is; backward: the gamma rule's gradient at ``x``.
+
+    With ``p = x+ W+^T + x- W-^T = (z0 + |x| |W|^T) / 2`` (``z0 = z - b``), both of the rule's denominators, ``z +
+    g (p + b+)`` where ``z > 0`` and ``z + g (z0 - p + b-)`` where ``z < 0``, are ``sign(z) D`` with ``D = (1 + g/2)
+    |z| + (g/2) (|x| |W|^T + |b|)`` (plus the stabiliser ``epsilon``; ``D > 0``), and the rule's gradient
+    ``(z > 0) g/D_up (W + g [x>0] W+ + g [x<0] W-) + (z < 0) g/D_down (W + g [x>0] W- + g [x<0] W+)`` is ``(1 + g/2)
+    (|z| g / D) W + (g/2) sign(x) (z g / D) |W|`` (nothing where ``z = 0``, as in the rule's two masks): one extra
+    matmul in the forward direction and two back. ``_Scaling``'s factors fold into the weights and ``addmm``.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, gamma: float) -> Tensor:
+    def forward(ctx: Any, x: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, rule: _Scaling) -> Tensor:
         ctx.save_for_backward(x.detach(), z, weight)
-        ctx.bias, ctx.gamma = None if bias is None else bias.detach(), gamma
+        ctx.bias, ctx.rule = None if bias is None else bias.detach(), rule
         return z
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
-        # With W+ = (W + |W|) / 2 and W- = (W - |W|) / 2: p = (z0 + |x| |W|^T) / 2, and the gradient
-        # c1 g W + [x > 0] (c2 g W+) + [x < 0] (c2 g W-) is (c1 g + c2 g / 2) W + sign(x) (c2 g / 2) |W|.
         x, z, weight = ctx.saved_tensors
-        bias = ctx.bias
-        z0 = z if bias is None else z - bias
+        bias, rule = ctx.bias, ctx.rule
+        if rule.outputs is not None:  # the other outputs' gradient is zero: leave them out
+            z, grad, weight = z[..., rule.outputs], grad[..., rule.outputs], weight[rule.outputs]
+            bias = None if bias is None else bias[rule.outputs]
+        gamma = rule.gamma
         magnitude = weight.abs()
-        p = (z0 + F.linear(x.abs(), magnitude)) / 2
-        c1, c2 = _gamma_coefficients(z, p, bias, ctx.gamma, (-1,))
-        half = grad * c2 / 2
-        return (grad * c1 + half) @ weight + x.sign() * (half @ magnitude), None, None, None, None
+        flat_x = x.reshape(-1, x.shape[-1])
+        denominator = F.linear(flat_x.abs(), magnitude, _offset(bias, gamma, weight))
+        factor, signed = _gamma_factors(
+            z.reshape(denominator.shape), denominator, grad.reshape(denominator.shape), gamma
+        )
+        if rule.rows is not None:  # a gradient scale per output, folded into the weights
+            weight, magnitude = weight * rule.rows[:, None], magnitude.mul_(rule.rows[:, None])
+        grad_x = (signed @ magnitude).mul_(flat_x.sign())
+        grad_x = grad_x.addmm_(factor, weight, beta=rule.scale, alpha=rule.scale * (1 + 2 / gamma))
+        return grad_x.reshape(x.shape), None, None, None, None
 
 
-def _gamma_hook(gamma: float) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]:
+class _GammaConv(torch.autograd.Function):
+    """``_GammaLinear`` for a convolution (``|x| |W|^T``: ``|x|`` convolved with ``|W|``; ``@ W``: the transpose)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, gamma: float, geometry: _Geometry
+    ) -> Tensor:
+        ctx.save_for_backward(x.detach(), z, weight)
+        ctx.bias, ctx.gamma, ctx.geometry = None if bias is None else bias.detach(), gamma, geometry
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None, None]:
+        x, z, weight = ctx.saved_tensors
+        gamma, geometry = ctx.gamma, ctx.geometry
+        magnitude = weight.abs()
+        denominator = F.conv2d(x.abs(), magnitude, _offset(ctx.bias, gamma, weight), *geometry)
+        factor, signed = _gamma_factors(z, denominator, grad, gamma)
+        grad_x = _conv_input(signed, magnitude, x.shape, geometry).mul_(x.sign())
+        grad_x = grad_x.add_(_conv_input(factor, weight, x.shape, geometry), alpha=1 + 2 / gamma)
+        return grad_x, None, None, None, None, None
+
+
+_Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]  # stride, padding, dilation, groups
+
+
+def _conv_input(grad: Tensor, weight: Tensor, shape: torch.Size, geometry: _Geometry) -> Tensor:
+    """The gradient at a convolution's input ``[B, C, H, W]``: its transpose applied to ``grad``.
+
+    A patchifying convolution (stride = kernel, no padding, dilation or groups) as a matmul and a reshape, which
+    on the CPU is a few times faster than the general transposed convolution.
+    """
+    stride, padding, dilation, groups = geometry
+    kernel = (weight.shape[-2], weight.shape[-1])
+    if stride != kernel or padding != (0, 0) or dilation != (1, 1) or groups != 1:
+        return conv2d_input(shape, weight, grad, stride, padding, dilation, groups)
+    batch, _, rows, columns = grad.shape
+    patches = grad.flatten(2).transpose(1, 2) @ weight.flatten(1)  # [B, rows * columns, C kh kw]
+    patches = patches.reshape(batch, rows, columns, shape[1], *kernel).permute(0, 3, 1, 4, 2, 5)
+    image = patches.reshape(batch, shape[1], rows * kernel[0], columns * kernel[1])
+    return F.pad(image, (0, shape[-1] - image.shape[-1], 0, shape[-2] - image.shape[-2]))  # a remainder: no gradient
+
+
+class _Scaling:
+    """What a Linear's gamma rule needs besides the layer: ``gamma``, the uniform rules' gradient scales folded in.
+
+    ``scale`` multiplies the gradient at the input (AttnLRP's half at the heads' output), ``rows`` the gradient at
+    each output (its half at ``q`` and ``k``), and ``outputs``, where given, are the only outputs with a gradient
+    (CP-LRP's values).
+    """
+
+    def __init__(
+        self, gamma: float, scale: float = 1.0, rows: Tensor | None = None, outputs: slice | None = None
+    ) -> None:
+        self.gamma, self.scale, self.rows, self.outputs = gamma, scale, rows, outputs
+
+
+def gamma_linear(
+    x: Tensor,
+    z: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    gamma: float,
+    scale: float = 1.0,
+    rows: Tensor | None = None,
+    outputs: slice | None = None,
+) -> Tensor:
+    """``z = F.linear(x, weight, bias)`` as it is, with the gamma rule's gradient (``gamma > 0``; module docstring).
+
+    Args:
+        x: the layer's input ``[..., in]``.
+        z: its output ``[..., out]``.
+        weight: ``[out, in]``.
+        bias: ``[out]`` or ``None``.
+        gamma: the rule's ``gamma``.
+        scale: a factor on the gradient at ``x``.
+        rows: a factor ``[out]`` on the gradient at ``z`` (or ``None``).
+        outputs: the outputs whose gradient the rule reads, the others' being zero (``None``: all).
+    """
+    rule = _Scaling(gamma, scale, rows, outputs)
+    return cast(Tensor, _GammaLinear.apply(x, z.detach(), weight.detach(), bias, rule))
+
+
+def gamma_conv(x: Tensor, z: Tensor, conv: nn.Conv2d, gamma: float) -> Tensor:
+    """``z = conv(x)`` as it is, with the gamma rule's gradient (``gamma > 0``; numeric zero padding only)."""
+    geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    return cast(Tensor, _GammaConv.apply(x, z.detach(), conv.weight.detach(), conv.bias, gamma, geometry))
+
+
+class _Identity(torch.autograd.Function):
+    """Forward: ``f(x)`` as it is; backward: ``g f(x) / x`` (0 where ``x`` is 0), the identity rule."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, output: Tensor) -> Tensor:
+        ctx.save_for_backward(x.detach(), output)
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        x, output = ctx.saved_tensors
+        return (grad * output).div_(x).masked_fill_(x == 0, 0.0), None
+
+
+class _LayerNorm(torch.autograd.Function):
+    """Forward: the LayerNorm's output as it is; backward: the LayerNorm's with its standard deviation constant.
+
+    The bias gets its plain gradient (it absorbs relevance, like any other bias); the weight, which multiplies,
+    none (keeping its gradient's input would cost the pass a tensor per LayerNorm that nothing reads).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, output: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, dims: int
+    ) -> Tensor:
+        axes = tuple(range(-dims, 0))
+        centred = x.detach() - x.detach().mean(dim=axes, keepdim=True)
+        ctx.save_for_backward(centred.square_().mean(dim=axes, keepdim=True).add_(eps).sqrt_())
+        ctx.weight, ctx.axes = None if weight is None else weight.detach(), axes
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (std,) = ctx.saved_tensors
+        axes, weight = ctx.axes, ctx.weight
+        grad_bias = grad.sum(dim=tuple(range(grad.ndim - len(axes)))) if ctx.needs_input_grad[3] else None
+        scaled = grad * weight if weight is not None else grad.clone()
+        grad_x = scaled.sub_(scaled.mean(dim=axes, keepdim=True)).div_(std)
+        return grad_x, None, None, grad_bias, None, None
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Forward: ``x`` as it is; backward: the gradient times ``scale`` (a number or a broadcastable tensor)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float | Tensor) -> Tensor:
+        ctx.scale = scale
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
+Hook = Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]
+
+
+def _linear_hook(rule: _Scaling) -> Hook:
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-        if isinstance(module, nn.Conv2d):
-            stride, padding, dilation, groups = module.stride, module.padding, module.dilation, module.groups
+        linear = cast(nn.Linear, module)
+        return gamma_linear(
+            inputs[0], output, linear.weight, linear.bias, rule.gamma, rule.scale, rule.rows, rule.outputs
+        )
 
-            def op(x: Tensor, w: Tensor) -> Tensor:
-                return F.conv2d(x, w, None, stride, padding, dilation, groups)
+    return hook
 
-            return gamma_rule(inputs[0], output, module.weight, module.bias, gamma, op)
-        return gamma_rule(inputs[0], output, module.weight, module.bias, gamma, F.linear)  # type: ignore[arg-type]
+
+def _conv_hook(gamma: float) -> Hook:
+    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        return gamma_conv(inputs[0], output, cast(nn.Conv2d, module), gamma)
 
     return hook
 
 
 def _identity_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-    x = inputs[0]
-    ratio = torch.where(x == 0, 0.0, output.detach() / torch.where(x == 0, 1.0, x.detach()))
-    return with_gradient(output, x * ratio)
+    return cast(Tensor, _Identity.apply(inputs[0], output.detach()))
 
 
 def _layer_norm_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-    norm: Any = module
-    x = inputs[0]
-    dims = tuple(range(-len(norm.normalized_shape), 0))
-    centred = x - x.mean(dim=dims, keepdim=True)
-    std = (centred.detach().pow(2).mean(dim=dims, keepdim=True) + norm.eps).sqrt()
-    y = centred / std
-    if norm.weight is not None:
-        y = y * norm.weight
-    if norm.bias is not None:
-        y = y + norm.bias
-    return with_gradient(output, y)
+    norm = cast(nn.LayerNorm, module)
+    dims = len(norm.normalized_shape)
+    return cast(Tensor, _LayerNorm.apply(inputs[0], output.detach(), norm.weight, norm.bias, norm.eps, dims))
 
 
-def _qkv_hook(rule: AttentionRule) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]:
+def _detach_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+    return output.detach()  # CP-LRP: the attention probabilities are constant weights
+
+
+def _scale_hook(scale: float | Tensor) -> Hook:
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-        query_key, value = output.split([2 * output.shape[-1] // 3, output.shape[-1] // 3], dim=-1)
-        if rule == "cp":
-            return torch.cat([query_key.detach(), value], dim=-1)
-        return torch.cat([with_gradient(query_key, query_key / 2), value], dim=-1)  # uniform rule on q k^T
+        return cast(Tensor, _ScaleGradient.apply(output, scale))
 
     return hook
 
 
 def _halve_pre_hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    return (with_gradient(inputs[0], inputs[0] / 2), *inputs[1:])  # uniform rule on A v: half to A, half to v
+    return (cast(Tensor, _ScaleGradient.apply(inputs[0], 0.5)), *inputs[1:])  # uniform rule on A v
+
+
+def _query_key_halves(qkv: nn.Linear) -> Tensor:
+    """``[1/2 ... 1/2 1 ... 1]``: the uniform rule on ``q k^T``, a half at each of ``q`` and ``k`` (not ``v``)."""
+    width = qkv.out_features // 3
+    rows = torch.ones(qkv.out_features, dtype=qkv.weight.dtype, device=qkv.weight.device)
+    rows[: 2 * width] = 0.5
+    return rows
+
+
+@contextlib.contextmanager
+def fused_attention(attention: list[nn.Module]) -> Iterator[None]:
+    """The fused attention kernel (timm's) on for these modules (``fused_attn = True``), each flag restored on exit.
+
+    For ``attention_rule="attnlrp"`` only, whose softmax takes the plain gradient: the rules' hooks on ``qkv`` and
+    ``proj`` hold without the probabilities, and the fused backward keeps neither them nor copies of q, k, v.
+    """
+    flags = [(module, cast(Any, module).fused_attn) for module in attention]
+    try:
+        for module, _ in flags:
+            cast(Any, module).fused_attn = True
+        yield
+    finally:
+        for module, flag in flags:
+            cast(Any, module).fused_attn = flag
 
 
 @contextlib.contextmanager
@@ -158,28 +320,41 @@ def lrp_rules(
     Args:
         model: the model; its ``nn.Linear``, ``nn.Conv2d``, ``nn.LayerNorm`` modules and its MLPs' activations get
             their rules.
-        attention: the attention modules (each with a ``qkv`` Linear whose output is ``[q | k | v]`` and a ``proj``
-            Linear that reads the heads' output).
+        attention: the attention modules (each with a ``qkv`` Linear whose output is ``[q | k | v]``, an
+            ``attn_drop`` module that reads the attention probabilities and a ``proj`` Linear that reads the heads'
+            output).
         attention_rule: ``"attnlrp"`` or ``"cp"``.
         gamma: the gamma of the Linear layers' rule.
         conv_gamma: the gamma of the convolutions' rule.
     """
+    qkvs = {cast(nn.Linear, module.qkv): module for module in attention}
+    projections = {cast(nn.Linear, module.proj) for module in attention}
     handles: list[RemovableHandle] = []
     try:
         for module in model.modules():
             if isinstance(module, nn.Linear) and gamma != 0:
-                handles.append(module.register_forward_hook(_gamma_hook(gamma)))
+                rule = _Scaling(gamma)
+                if module in qkvs and attention_rule == "cp":
+                    rule.outputs = slice(2 * module.out_features // 3, module.out_features)  # the values only
+                elif module in qkvs:
+                    rule.rows = _query_key_halves(module)
+                elif module in projections and attention_rule == "attnlrp":
+                    rule.scale = 0.5
+                handles.append(module.register_forward_hook(_linear_hook(rule)))
             elif isinstance(module, nn.Conv2d) and conv_gamma != 0:
-                handles.append(module.register_forward_hook(_gamma_hook(conv_gamma)))
+                handles.append(module.register_forward_hook(_conv_hook(conv_gamma)))
             elif isinstance(module, nn.LayerNorm):
                 handles.append(module.register_forward_hook(_layer_norm_hook))
             act = getattr(module, "act", None)
             if isinstance(getattr(module, "fc1", None), nn.Linear) and isinstance(act, nn.Module):
                 handles.append(act.register_forward_hook(_identity_hook))  # an MLP's activation
         for module in attention:
-            handles.append(module.qkv.register_forward_hook(_qkv_hook(attention_rule)))  # type: ignore[union-attr]
-            if attention_rule == "attnlrp":
-                handles.append(module.proj.register_forward_pre_hook(_halve_pre_hook))  # type: ignore[union-attr]
+            if attention_rule == "cp":
+                handles.append(cast(nn.Module, module.attn_drop).register_forward_hook(_detach_hook))
+            elif gamma == 0:  # with gamma, the gamma rule's backward carries these factors
+                qkv = cast(nn.Linear, module.qkv)
+                handles.append(qkv.register_forward_hook(_scale_hook(_query_key_halves(qkv))))
+                handles.append(cast(nn.Module, module.proj).register_forward_pre_hook(_halve_pre_hook))
         yield
     finally:
         for handle in handles:

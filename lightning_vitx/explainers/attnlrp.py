@@ -1,12 +1,13 @@
 """AttnLRP (Achtibat et al. 2024) and CP-LRP (Ali et al. 2022): LRP of the target logit in one modified backward.
 
-Forward hooks (``_attnlrp``) give the user's own model, for one pass, a backward whose gradient times input is the
-relevance of the AttnLRP rules (METHODS.md §9.1): identity rule through the MLP's activation, LayerNorm with its
-standard deviation held constant, the uniform rule through ``q k^T`` and ``A v`` with AttnLRP's softmax rule (or,
-with ``attention_rule="cp"``, the attention probabilities detached), and the gamma rule on the Linear layers and
-the patch-embedding convolution. The input's relevance ``x * dy_c/dx`` is summed over channels (the pixel map)
-and over each patch's pixels (the patch map). Swin needs nothing more: its windows, shifts, padding and patch
-merging are permutations and sums, which the plain gradient carries.
+Forward hooks (``_attnlrp``; each passes its module's output through a small autograd function whose backward is
+the rule's) give the user's own model, for one pass, a backward whose gradient times input is the relevance of the
+AttnLRP rules (METHODS.md §9.1): identity rule through the MLP's activation, LayerNorm with its standard deviation
+held constant, the uniform rule through ``q k^T`` and ``A v`` with AttnLRP's softmax rule (or, with
+``attention_rule="cp"``, the attention probabilities detached), and the gamma rule on the Linear layers and the
+patch-embedding convolution. The input's relevance ``x * dy_c/dx`` is summed over channels (the pixel map) and over
+each patch's pixels (the patch map). Swin needs nothing more: its windows, shifts, padding and patch merging are
+permutations and sums, which the plain gradient carries.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from lightning_vitx.adapters import explaining, resolve_target
 from lightning_vitx.adapters.capture import Target, check_inputs
-from lightning_vitx.explainers._attnlrp import AttentionRule, lrp_rules
+from lightning_vitx.explainers._attnlrp import AttentionRule, fused_attention, lrp_rules
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import Explainer
 
@@ -79,7 +80,7 @@ class AttnLRP(Explainer):
                 raise ValueError(f"{option} must be a number >= 0, got {value!r}")
         self.attention_rule: AttentionRule = attention_rule
         self.gamma, self.conv_gamma = float(gamma), float(conv_gamma)
-        _check_supported(self.model, self.adapter.attention_modules())
+        _check_supported(self.model, self.adapter.attention_modules(), self.conv_gamma)
 
     def __call__(self, images: Tensor, target: Target = None) -> Tensor:
         """Maps ``[B, gh, gw]``: the input relevance summed over channels and over each patch's pixels."""
@@ -99,10 +100,17 @@ class AttnLRP(Explainer):
         dtype, device = check_inputs(self.adapter, images)
         autocast_off = torch.autocast(device_type=device.type, enabled=False)
         attention = self.adapter.attention_modules()
+        # the uniform rule needs nothing from inside the attention: the fused kernel, where the model used it (the
+        # probabilities and the q, k, v copies of the explicit path are then not kept for the backward)
+        fused = [module for module in attention if getattr(module, "fused_attn", False)]
+        fused = fused if self.attention_rule == "attnlrp" else []
         with explaining(self.adapter), torch.inference_mode(False), torch.enable_grad(), autocast_off:
             target_ids = resolve_target(target, images.shape[0], self.adapter.num_classes, images.device)
             inputs = images.detach().clone().to(dtype).requires_grad_(True)
-            with lrp_rules(self.model, attention, self.attention_rule, self.gamma, self.conv_gamma):
+            with (
+                fused_attention(fused),
+                lrp_rules(self.model, attention, self.attention_rule, self.gamma, self.conv_gamma),
+            ):
                 logits = self.model(inputs)
             if target_ids is None:
                 target_ids = logits.detach().argmax(dim=1)
@@ -110,16 +118,20 @@ class AttnLRP(Explainer):
             return (inputs.detach() * grad).float().sum(dim=1)
 
 
-def _check_supported(model: nn.Module, attention: list[nn.Module]) -> None:
+def _check_supported(model: nn.Module, attention: list[nn.Module], conv_gamma: float) -> None:
     """Raise a ``TypeError`` for what the rules don't cover (gated MLPs, attention without ``qkv``, no head)."""
     from timm.layers import Mlp
 
     for index, module in enumerate(attention):
         qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
-        if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
+        if not (
+            isinstance(qkv, nn.Linear)
+            and isinstance(proj, nn.Linear)
+            and isinstance(getattr(module, "attn_drop", None), nn.Module)
+        ):
             raise TypeError(
-                f"attnlrp needs attention with a fused qkv Linear and a proj Linear; attention {index} is a "
-                f"{type(module).__name__}"
+                f"attnlrp needs attention with a fused qkv Linear, an attn_drop module and a proj Linear; attention "
+                f"{index} is a {type(module).__name__}"
             )
         if getattr(module, "gate", None) is not None:
             raise TypeError(f"attnlrp has no rule for gated attention (attention {index})")
@@ -128,6 +140,13 @@ def _check_supported(model: nn.Module, attention: list[nn.Module]) -> None:
             raise TypeError(
                 f"attnlrp has rules for timm's Mlp (fc1, activation, fc2); {name} is a {type(module).__name__}"
             )
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and conv_gamma != 0:
+            if module.padding_mode != "zeros" or isinstance(module.padding, str):
+                raise TypeError(
+                    f"attnlrp's gamma rule needs convolutions with numeric zero padding; {name} has padding "
+                    f"{module.padding!r}, padding_mode {module.padding_mode!r} (use conv_gamma=0)"
+                )
     classifier = cast(Any, model).get_classifier()
     for head in classifier if isinstance(classifier, tuple) else (classifier,):
         if not isinstance(head, nn.Linear):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import lightning_vitx.explainers as X
 from lightning_vitx.adapters import detect, explaining
-from lightning_vitx.explainers._attnlrp import gamma_rule, lrp_rules
+from lightning_vitx.explainers._attnlrp import _Identity, _LayerNorm, gamma_conv, gamma_linear, lrp_rules
 
 TINY_SWIN = {"embed_dim": 16, "depths": (2, 2), "num_heads": (2, 2), "window_size": 4, "num_classes": 5}
 
@@ -178,7 +178,7 @@ def test_gamma_rule_by_hand():
     weight = torch.tensor([[1.0, 1.0], [-1.0, 0.5]])
     bias = torch.tensor([0.5, 0.0])
     z = F.linear(x, weight, bias)  # [1 - 2 + 0.5, -1 - 1] = [-0.5, -2]: both negative
-    out = gamma_rule(x, z, weight, bias, 1.0, F.linear)
+    out = gamma_linear(x, z, weight, bias, 1.0)
     torch.testing.assert_close(out, z, rtol=0, atol=0)  # the stock output
     (grad,) = torch.autograd.grad(out, x, torch.tensor([[1.0, 1.0]]))  # R_out = z * 1 = [-0.5, -2]
     # z < 0: weights W + W- (W- = min(W, 0)) on x+ and W + W+ on x-, bias b + b- = b
@@ -186,6 +186,83 @@ def test_gamma_rule_by_hand():
     # output 1: 1*(-1-1) + (-2)*(0.5+0.5) + 0 = -4 -> R to x1 = -2 * -2/-4 = -1, to x2 = -2 * -2/-4 = -1
     expected = torch.tensor([[0.2 - 1.0, -0.8 - 1.0]])
     torch.testing.assert_close(x.detach() * grad, expected)
+
+
+@pytest.mark.parametrize("gamma", [0.01, 0.25, 100.0])
+@pytest.mark.parametrize("scaling", ["plain", "scale", "rows", "outputs"])
+def test_gamma_linear_equals_the_explicit_rule(gamma, scaling):
+    """The backward's closed form (one |x| |W| matmul) against zennit's two weighted sums, written out."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 7, dtype=torch.float64, generator=generator)
+    x[0, 0, :3] = 0.0  # zero inputs: neither x+ nor x- carries them
+    weight = torch.randn(6, 7, dtype=torch.float64, generator=generator)
+    bias = torch.randn(6, dtype=torch.float64, generator=generator)
+    grad = torch.randn(2, 5, 6, dtype=torch.float64, generator=generator)
+    options, at_z, at_x = {}, torch.ones(6, dtype=torch.float64), 1.0
+    if scaling == "scale":
+        options["scale"] = at_x = 0.5
+    elif scaling == "rows":
+        options["rows"] = at_z = torch.tensor([0.5, 0.5, 2.0, 1.0, 1.0, 0.25], dtype=torch.float64)
+    elif scaling == "outputs":
+        options["outputs"] = slice(4, 6)
+        at_z[:4] = 0.0
+    x.requires_grad_(True)
+    z = F.linear(x, weight, bias)
+    out = gamma_linear(x, z, weight, bias, gamma, **options)
+    torch.testing.assert_close(out, z, rtol=0, atol=0)
+    (grad_x,) = torch.autograd.grad(out, x, grad)
+    expected = at_x * oracle_gamma((z * grad * at_z).reshape(10, 6), x.detach().reshape(10, 7), weight, bias, gamma)
+    torch.testing.assert_close(x.detach() * grad_x, expected.reshape(2, 5, 7), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, padding",
+    [(18, 8, 8, 0), (16, 4, 4, 0), (9, 3, 2, 1)],
+    ids=["remainder", "patches", "overlap"],
+)
+def test_gamma_conv_equals_the_explicit_rule(size, kernel, stride, padding):
+    """Patchifying convolutions (a matmul in the backward; a remainder gets no gradient) and a general one."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding).double()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, requires_grad=True)
+    z = conv(x)
+    out = gamma_conv(x, z, conv, 0.25)
+    torch.testing.assert_close(out, z, rtol=0, atol=0)
+    grad = torch.randn_like(z)
+    (grad_x,) = torch.autograd.grad(out, x, grad)
+    patches = F.unfold(x.detach(), kernel, padding=padding, stride=stride).transpose(1, 2)  # [B, L, 3 k k]
+    relevance = (z * grad).flatten(2).transpose(1, 2)  # [B, L, 4]
+    r_patches = oracle_gamma(relevance, patches, conv.weight.detach().flatten(1), conv.bias.detach(), 0.25)
+    expected = F.fold(r_patches.transpose(1, 2), (size, size), kernel, padding=padding, stride=stride)
+    torch.testing.assert_close(x.detach() * grad_x, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_layer_norm_and_identity_rules_equal_their_surrogates():
+    """The LayerNorm rule's gradients (input, bias) and the identity rule's, against autograd through the forms they
+    replace: the normalisation with its std detached, and ``x * stopgrad(f(x) / x)``."""
+    generator = torch.Generator().manual_seed(0)
+    norm = torch.nn.LayerNorm(8).double()
+    with torch.no_grad():
+        norm.weight.normal_(generator=generator)
+        norm.bias.normal_(generator=generator)
+    x = torch.randn(3, 4, 8, dtype=torch.float64, generator=generator, requires_grad=True)
+    grad = torch.randn(3, 4, 8, dtype=torch.float64, generator=generator)
+    out = _LayerNorm.apply(x, norm(x).detach(), norm.weight, norm.bias, norm.eps, 1)
+    centred = x - x.mean(dim=-1, keepdim=True)
+    std = (centred.detach().pow(2).mean(dim=-1, keepdim=True) + norm.eps).sqrt()
+    surrogate = centred / std * norm.weight + norm.bias
+    torch.testing.assert_close(out, surrogate, rtol=0, atol=1e-12)
+    for got, want in zip(
+        torch.autograd.grad(out, [x, norm.bias], grad),
+        torch.autograd.grad(surrogate, [x, norm.bias], grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0], dtype=torch.float64, requires_grad=True)
+    f = F.gelu(x)
+    (got,) = torch.autograd.grad(_Identity.apply(x, f.detach()), x, torch.full_like(x, 3.0))
+    ratio = torch.where(x == 0, 0.0, f.detach() / torch.where(x == 0, 1.0, x.detach()))
+    torch.testing.assert_close(got, 3.0 * ratio, rtol=1e-15, atol=0)
 
 
 # --- conservation --------------------------------------------------------------------------------------------------
@@ -284,6 +361,22 @@ def test_attention_rules_differ_and_cp_ignores_queries_and_keys(tiny_vit, tiny_i
     attnlrp = X.create("attnlrp", model)(images, 1)
     cp = X.create("attnlrp", model, attention_rule="cp")(images, 1)
     assert not torch.allclose(attnlrp, cp, atol=1e-3)
+
+
+@pytest.mark.parametrize("rule", ["attnlrp", "cp"])
+def test_fused_and_explicit_attention_give_one_map(rule, tiny_vit, tiny_images):
+    """The uniform rule runs on timm's fused kernel where the model uses it (CP-LRP needs the explicit path);
+    the maps agree with the explicit path's and every flag is as it was."""
+    model = tiny_vit()
+    images = tiny_images()
+    explainer = X.create("attnlrp", model, attention_rule=rule)
+    fused = explainer(images, 1)
+    assert all(block.attn.fused_attn for block in model.blocks)
+    for block in model.blocks:
+        block.attn.fused_attn = False
+    explicit = explainer(images, 1)
+    assert not any(block.attn.fused_attn for block in model.blocks)
+    torch.testing.assert_close(fused, explicit, rtol=0, atol=1e-5 * float(explicit.abs().max()))
 
 
 def test_group_runs_attnlrp_in_its_own_pass(tiny_vit, tiny_images):
