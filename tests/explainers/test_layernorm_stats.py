@@ -95,8 +95,12 @@ def test_hand_built_tokens_differing_only_in_scale():
         order = maps.argsort(descending=decreasing)
         assert torch.equal(order, torch.arange(16)), (rule, maps)  # ordered by scale: smaller sigma, more relevance
     # inverse_std: the attention part of each token's relevance is proportional to 1 / sigma_j
-    maps = X.create("layernorm_stats", model).read(record)[0].flatten()
+    maps = X.create("layernorm_stats", model, rule="inverse_std").read(record)[0].flatten()
     weights = token_weights(record.norm_stats[0]["norm1"], "inverse_std")[0, 1:]
+    torch.testing.assert_close(maps / maps[0], weights / weights[0], rtol=1e-4, atol=0)
+    # final (the default): the uniform base map times 1 / sigma_j of the last block's norm2
+    maps = X.create("layernorm_stats", model).read(record)[0].flatten()
+    weights = 1.0 / record.norm_stats[-1]["norm2"].std[0, 1:]
     torch.testing.assert_close(maps / maps[0], weights / weights[0], rtol=1e-4, atol=0)
 
 

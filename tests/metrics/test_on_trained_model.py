@@ -49,7 +49,7 @@ NOT_SEPARATED = {
     # small ViTs, as in Chefer et al. 2021's perturbation tables; its rule is checked on hand-computed cases.
     "gradcam": "last-block Grad-CAM is near random on this model (see the comment above)",
 }
-# layernorm_stats (seeds 0 and 1, one thread): smallest gaps .70 .49 .27
+# layernorm_stats, rule "final" (seeds 0 and 1, one thread): smallest gaps .70 .51 .28
 MARGINS["layernorm_stats"] = {"pointing_game": 0.3, "relevance_mass": 0.25, "deletion_mean": 0.07}
 
 
@@ -143,6 +143,7 @@ SWIN_MARGINS: dict[str, dict[str, float]] = {
     "attnlrp": {"pointing_game": 0.3, "relevance_mass": 0.15, "deletion_mean": 0.06},  # .53 .32 .12
     "generic_attention": {"pointing_game": 0.3, "deletion_mean": 0.04},  # .72 (.010) .051
     "gmar": {"pointing_game": 0.3, "relevance_mass": 0.06, "deletion_mean": 0.04},  # .73 .16 .061
+    "layernorm_stats": {"pointing_game": 0.2},  # .63 (.007 / .021) (-.017 / .045)
     "lrp": {"pointing_game": 0.14, "relevance_mass": 0.07},  # .40 .19 (-.002 / -.048)
     "partial_lrp": {"pointing_game": 0.1, "relevance_mass": 0.07},  # .32 .22 (.054 / .042)
     "patch_interaction": {"pointing_game": 0.3, "relevance_mass": 0.08},  # .63 .21 (.102 / .048)
@@ -155,8 +156,6 @@ SWIN_NOT_SEPARATED = {
     "(deletion) on seeds 0 / 1; see issue 10's note",
     "gradcam": "last-block Grad-CAM on the 4x4 last stage: gaps +0.02 / +0.07 (pointing game), +0.07 / +0.09, "
     "-0.09 / -0.12 (deletion)",
-    "layernorm_stats": "at random on seed 0: gaps -0.010 (pointing game), +0.004, -0.082 (deletion); seed 1: "
-    "+0.25, +0.022, +0.011. Its LayerNorm weighting undoes generic_attention's lead on this Swin (the README table)",
 }
 
 
@@ -188,20 +187,20 @@ def test_explainers_beat_random_maps_on_the_trained_swin(name, shapes_swin, expl
 
 
 def test_layernorm_stats_against_the_papers_claim_on_the_trained_swin(shapes_swin, explained_swin):
-    """The paper's claim, as far as this model bears it out (numbers of seed 0 in the comments).
+    """The paper's claim, as far as this model bears it out (seeds 0 / 1 in the comments; the README's table).
 
-    On the object, layernorm_stats beats its own base, generic_attention (relevance mass .168 vs .093), but not
-    rollout (.267). No corner artifact appears on this model: rollout and generic_attention put .133 and .181 of
-    their relevance in the corners, about a uniform map's .184 (the object mask: .035), and layernorm_stats .190;
-    so "less in the corners" cannot show here (see benchmarks/corners.py and the README).
+    On the object the claim fails: rollout puts more relevance there (.228 / .292) than layernorm_stats (.091 /
+    .095), which moves its base generic_attention's share (.094 / .088) by less than .01 either way. No corner
+    artifact appears on this model: rollout and generic_attention put .130 / .118 and .180 / .180 of their relevance
+    in the corners, under a uniform map's .184 (the object mask: .035), and layernorm_stats .182 / .183; so "less in
+    the corners" cannot show here (benchmarks/corners.py).
     """
     from lightning_vitx.analysis import corner_region, corner_share
 
     model, images, labels, masks = shapes_swin
     maps = explained_swin[0]
     mass = {name: score("relevance_mass", model, images, maps[name], labels, masks) for name in maps}
-    # .168 vs .093 trained with one thread, .112 vs .098 with two (float rounding moves the trajectory)
-    assert mass["layernorm_stats"] > mass["generic_attention"], mass
+    assert mass["rollout"] > mass["layernorm_stats"] + 0.05, mass
     uniform = float(corner_region(tuple(maps["rollout"].shape[-2:])).float().mean())
     for name in ("rollout", "generic_attention"):
         assert float(corner_share(maps[name]).nanmean()) < uniform + 0.03, name
