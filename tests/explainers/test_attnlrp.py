@@ -336,7 +336,8 @@ def test_relevance_balance_with_biases(case, rule, tiny_vit, tiny_kwargs, tiny_i
         assert (rule == "attnlrp") == bool(probs)
         torch.testing.assert_close(float(maps[i].sum()), float(pixels), rtol=1e-5, atol=1e-5)
         total = float(pixels) + absorbed + softmax_terms
-        assert abs(total - float(logit.detach())) <= 1e-4 * max(1.0, abs(float(logit.detach()))), (total, float(logit.detach()))
+        value = float(logit.detach())
+        assert abs(total - value) <= 1e-4 * max(1.0, abs(value)), (total, value)
         assert abs(absorbed) > 1e-3  # the biases do absorb: the balance needs every term
 
 
