@@ -284,7 +284,11 @@ def block_relevance(
     head_dim = branch.shape[-1] // heads
     branch = branch.unflatten(-1, (heads, head_dim)).transpose(1, 2)  # [rows, heads, n, head_dim]
     qkv = record["qkv"].unflatten(-1, (3, heads, head_dim)).permute(2, 0, 3, 1, 4)  # [3, rows, heads, n, head_dim]
-    attention_relevance, value_relevance = matmul_rule(branch, record["attention"], qkv[2])
+    # the heads' output A v, as the module passed it to proj (unless a norm sits between them)
+    heads_output = None
+    if isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity):
+        heads_output = record["proj_input"].unflatten(-1, (heads, head_dim)).transpose(1, 2)
+    attention_relevance, value_relevance = matmul_rule(branch, record["attention"], qkv[2], heads_output)
     if not below:
         return attention_relevance, None
     q, k = record.get("q", qkv[0]), record.get("k", qkv[1])

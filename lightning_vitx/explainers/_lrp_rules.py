@@ -85,9 +85,12 @@ def linear_rule(relevance: Tensor, x: Tensor, weight: Tensor, joint: bool = True
     return x_pos * (scaled_pos @ w_pos) + x_neg * (scaled_neg @ w_neg)
 
 
-def matmul_rule(relevance: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """LRP-0 through ``a @ b`` to both operands, each halved (the attention module's rule for its two products)."""
-    scaled = safe_divide(relevance, a @ b)
+def matmul_rule(relevance: Tensor, a: Tensor, b: Tensor, product: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """LRP-0 through ``a @ b`` to both operands, each halved (the attention module's rule for its two products).
+
+    ``product``: ``a @ b`` when the caller has it recorded (saves the matmul).
+    """
+    scaled = safe_divide(relevance, a @ b if product is None else product)
     return a * (scaled @ b.transpose(-2, -1)) / 2, b * (a.transpose(-2, -1) @ scaled) / 2
 
 
