@@ -253,10 +253,15 @@ def _from_windows(geometry: WindowedAttention, x: Tensor, batch: int) -> Tensor:
     return geometry.from_windows(per_channel).reshape(batch, channels, -1).transpose(1, 2)
 
 
-def _z(linear: nn.Module, output: Tensor) -> Tensor:
-    """A Linear layer's recorded output without its bias: the ``x W^T`` of the Linear rule."""
-    bias = cast(Any, linear).bias
-    return output if bias is None else output - bias.detach().to(output.dtype)
+def _linear(linear: Any, record: dict[str, Tensor], key: str, relevance: Tensor, joint: bool) -> Tensor:
+    """The Linear rule through the layer recorded as ``key`` (its input ``<key>_input``, its output ``<key>``).
+
+    The joint rule reads the recorded output without the bias as ``x W^T``; the per-term rule does not need it.
+    """
+    z = None
+    if joint:
+        z = record[key] if linear.bias is None else record[key] - linear.bias.detach().to(record[key].dtype)
+    return linear_rule(relevance, record[f"{key}_input"], linear.weight, joint, z)
 
 
 def block_relevance(
@@ -271,15 +276,15 @@ def block_relevance(
     attn = block.attn
     joint, renormalise = rules.joint_linear, rules.renormalised_add
     residual, branch = add_rule(relevance, record["mid"], record["mlp_branch"], renormalise)
-    branch = linear_rule(branch, record["fc2_input"], block.mlp.fc2.weight, joint, _z(block.mlp.fc2, record["fc2"]))
-    branch = linear_rule(branch, record["fc1_input"], block.mlp.fc1.weight, joint, _z(block.mlp.fc1, record["fc1"]))
+    branch = _linear(block.mlp.fc2, record, "fc2", branch, joint)
+    branch = _linear(block.mlp.fc1, record, "fc1", branch, joint)
     relevance = fork_rule(residual, branch, record["mid"])
 
     inputs, windows = record["input"].flatten(1, -2), windows_of(block, record["input"])
     residual, branch = add_rule(relevance, inputs, record["attn_branch"].flatten(1, -2), renormalise)
     if windows is not None:
         branch = _to_windows(windows, branch)
-    branch = linear_rule(branch, record["proj_input"], attn.proj.weight, joint, _z(attn.proj, record["proj"]))
+    branch = _linear(attn.proj, record, "proj", branch, joint)
     heads = int(attn.num_heads)
     head_dim = branch.shape[-1] // heads
     branch = branch.unflatten(-1, (heads, head_dim)).transpose(1, 2)  # [rows, heads, n, head_dim]
@@ -295,7 +300,7 @@ def block_relevance(
     query_relevance, key_relevance = matmul_rule(attention_relevance, q, k.transpose(-2, -1))
     stacked = torch.stack([query_relevance, key_relevance.transpose(-2, -1), value_relevance])
     branch = stacked.permute(1, 3, 0, 2, 4).flatten(2)  # [rows, n, 3 * heads * head_dim], the qkv output's layout
-    branch = linear_rule(branch, record["qkv_input"], attn.qkv.weight, joint, _z(attn.qkv, record["qkv"]))
+    branch = _linear(attn.qkv, record, "qkv", branch, joint)
     if windows is not None:
         branch = _from_windows(windows, branch, inputs.shape[0])
     return attention_relevance, fork_rule(residual, branch, inputs)
