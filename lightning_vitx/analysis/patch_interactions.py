@@ -117,9 +117,7 @@ def fused_indicators(record: Capture, indicator: str) -> list[Tensor]:
     """
     if indicator == "attention":
         return [attention.mean(dim=1) for attention in record.attentions]
-    if record.attention_grads is None:
-        raise ValueError("the gradient indicator needs attention gradients: capture with CaptureNeeds(gradients=True)")
-    return record.gradient_weighted_attention("the gradient indicator")
+    return record.gradient_weighted_attention("the gradient indicator")  # raises without gradients
 
 
 def _dense(fused: Tensor, geometry: AttentionGeometry) -> Tensor:
