@@ -193,7 +193,7 @@ def recording(model: Any, heads: list[Head]) -> Iterator[Record]:
     try:
         for block, values in zip(blocks, record.blocks, strict=True):
             attn = block.attn
-            keep_on(block, values, input=True)
+            keep_on(block, values, input=True, output=False)
             keep_on(attn.qkv, values, qkv_input=True, qkv=False)
             keep_on(attn.attn_drop, values, attention=False)
             keep_on(attn.proj, values, proj_input=True, proj=False)
@@ -254,14 +254,8 @@ def _from_windows(geometry: WindowedAttention, x: Tensor, batch: int) -> Tensor:
 
 
 def _linear(linear: Any, record: dict[str, Tensor], key: str, relevance: Tensor, joint: bool) -> Tensor:
-    """The Linear rule through the layer recorded as ``key`` (its input ``<key>_input``, its output ``<key>``).
-
-    The joint rule reads the recorded output without the bias as ``x W^T``; the per-term rule does not need it.
-    """
-    z = None
-    if joint:
-        z = record[key] if linear.bias is None else record[key] - linear.bias.detach().to(record[key].dtype)
-    return linear_rule(relevance, record[f"{key}_input"], linear.weight, joint, z)
+    """The Linear rule through the layer recorded as ``key`` (its input ``<key>_input``, its output ``<key>``)."""
+    return linear_rule(relevance, record[f"{key}_input"], linear.weight, joint, record[key], linear.bias)
 
 
 def block_relevance(
@@ -275,13 +269,15 @@ def block_relevance(
     record = {key: value.detach().float() for key, value in recorded.items()}
     attn = block.attn
     joint, renormalise = rules.joint_linear, rules.renormalised_add
-    residual, branch = add_rule(relevance, record["mid"], record["mlp_branch"], renormalise)
+    # each residual add's output is recorded: the block's output, and norm2's input (``mid``)
+    output = record["output"].flatten(1, -2)
+    residual, branch = add_rule(relevance, record["mid"], record["mlp_branch"], renormalise, total=output)
     branch = _linear(block.mlp.fc2, record, "fc2", branch, joint)
     branch = _linear(block.mlp.fc1, record, "fc1", branch, joint)
     relevance = fork_rule(residual, branch, record["mid"])
 
     inputs, windows = record["input"].flatten(1, -2), windows_of(block, record["input"])
-    residual, branch = add_rule(relevance, inputs, record["attn_branch"].flatten(1, -2), renormalise)
+    residual, branch = add_rule(relevance, inputs, record["attn_branch"].flatten(1, -2), renormalise, record["mid"])
     if windows is not None:
         branch = _to_windows(windows, branch)
     branch = _linear(attn.proj, record, "proj", branch, joint)
@@ -298,8 +294,13 @@ def block_relevance(
         return attention_relevance, None
     q, k = record.get("q", qkv[0]), record.get("k", qkv[1])
     query_relevance, key_relevance = matmul_rule(attention_relevance, q, k.transpose(-2, -1))
-    stacked = torch.stack([query_relevance, key_relevance.transpose(-2, -1), value_relevance])
-    branch = stacked.permute(1, 3, 0, 2, 4).flatten(2)  # [rows, n, 3 * heads * head_dim], the qkv output's layout
+    branch = torch.empty_like(record["qkv"])  # [rows, n, 3 * heads * head_dim], the qkv output's layout
+    for part, part_relevance in zip(
+        branch.unflatten(-1, (3, heads, head_dim)).permute(2, 0, 3, 1, 4),
+        (query_relevance, key_relevance.transpose(-2, -1), value_relevance),
+        strict=True,
+    ):
+        part.copy_(part_relevance)
     branch = _linear(attn.qkv, record, "qkv", branch, joint)
     if windows is not None:
         branch = _from_windows(windows, branch, inputs.shape[0])
@@ -340,10 +341,12 @@ def attention_relevances(
         below = index > lowest or to_input
         attention, under = block_relevance(record.modules[index], record.blocks[index], relevance, below, rules)
         found.insert(0, attention)
+        # release what the block recorded (its input stays for the caller): the next block's temporaries reuse it
+        record.blocks[index] = {"input": record.blocks[index]["input"]}
         if under is not None:
             relevance = under
         if index > lowest and index in record.merges:
-            merging, merged = record.merges[index]
+            merging, merged = record.merges.pop(index)
             relevance = merging_relevance(merging, merged, relevance, rules)
     return found, (relevance if to_input else None)
 

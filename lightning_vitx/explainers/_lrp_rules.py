@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -60,29 +61,65 @@ def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     """``numerator / (denominator + 1e-9)``, 0 where ``denominator`` is 0: the stabiliser of the authors' rules."""
     shifted = denominator + 1e-9
     shifted.masked_fill_(shifted == 0, 1e-9)
-    return (numerator / shifted).masked_fill_(denominator == 0, 0.0)
+    return _divide_into(numerator, shifted).masked_fill_(denominator == 0, 0.0)
 
 
-def linear_rule(relevance: Tensor, x: Tensor, weight: Tensor, joint: bool = True, z: Tensor | None = None) -> Tensor:
+def _divide_into(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator``, written over ``denominator`` (a temporary) where the shapes and dtypes allow."""
+    same = numerator.shape == denominator.shape and numerator.dtype == denominator.dtype
+    if same and not (numerator.requires_grad or denominator.requires_grad):
+        return torch.div(numerator, denominator, out=denominator)
+    return numerator / denominator
+
+
+def linear_rule(
+    relevance: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    joint: bool = True,
+    output: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
     """Relevance at the input ``x`` of a Linear layer (alpha-beta with alpha 1, beta 0; bias ignored).
 
-    ``joint``: one denominator for both sign terms (``CHEFER``), else one per term (``BASELINE``). ``z``: the layer's
-    ``x W^T`` (its output without the bias) when the caller has it, which saves one matmul of the joint rule.
+    ``joint``: one denominator for both sign terms (``CHEFER``), else one per term (``BASELINE``). ``output``: the
+    layer's recorded output ``x W^T + bias`` when the caller has it, which saves one matmul of the joint rule.
 
-    The joint rule runs on ``W`` and ``|W|``: with ``u = |x| |W|^T``, the denominator is ``z+ + z- = (z + u) / 2``
-    and ``x+ (s W+) + x- (s W-) = (x (s W) + |x| (s |W|)) / 2``: three matmuls (two with ``z`` given), not four.
+    The joint rule runs on ``W`` and ``|W|``: with ``z = x W^T`` and ``u = |x| |W|^T``, the denominator is ``z+ + z-
+    = (z + u) / 2`` and ``x+ (s W+) + x- (s W-) = (x (s W) + |x| (s |W|)) / 2``: three matmuls (two with ``output``
+    given), not four. The two halvings cancel: ``R_x = x (s' W) + |x| (s' |W|)`` with ``s' = R / (z + u + 2e-9)``
+    (``z + u >= 0``; it is clamped there, against rounding). Each rule writes over its own temporaries.
     """
     weight = weight.to(x.dtype)
-    if joint:
-        magnitude, x_magnitude = weight.abs(), x.abs()
-        z = F.linear(x, weight) if z is None else z
-        scaled = safe_divide(relevance, (z + F.linear(x_magnitude, magnitude)) / 2)
-        return (x * (scaled @ weight) + x_magnitude * (scaled @ magnitude)) / 2
+    if not joint:
+        return _per_term_linear_rule(relevance, x, weight)
+    magnitude, x_magnitude = weight.abs(), x.abs()
+    flat_magnitude = x_magnitude.reshape(-1, x.shape[-1])
+    if output is None:
+        denominator = F.linear(x, weight).reshape(-1, weight.shape[0])
+        denominator.addmm_(flat_magnitude, magnitude.T)
+    else:  # z = output - bias
+        denominator = torch.addmm(output.to(x.dtype).reshape(-1, weight.shape[0]), flat_magnitude, magnitude.T)
+        if bias is not None:
+            denominator.sub_(bias.detach().to(x.dtype))
+    denominator.add_(2e-9).clamp_(min=2e-9)
+    scaled = _divide_into(relevance.reshape(denominator.shape), denominator)
+    at_input = (scaled @ weight).reshape(x.shape).mul_(x)
+    return at_input.addcmul_((scaled @ magnitude).reshape(x.shape), x_magnitude)
+
+
+def _per_term_linear_rule(relevance: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """``R_x = x+ (s(R, z+) W+) + x- (s(R, z-) W-)``, the ``BASELINE`` Linear rule.
+
+    No zero mask is needed: where ``z+`` (``z-``) is 0 every product in it is 0, so its finite ``R / 1e-9`` meets
+    only zeros on the way back.
+    """
     w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
     x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
-    scaled_pos = safe_divide(relevance, F.linear(x_pos, w_pos))
-    scaled_neg = safe_divide(relevance, F.linear(x_neg, w_neg))
-    return x_pos * (scaled_pos @ w_pos) + x_neg * (scaled_neg @ w_neg)
+    scaled_pos = _divide_into(relevance, F.linear(x_pos, w_pos).add_(1e-9))  # z+ >= 0: never 0 once shifted
+    shifted_neg = F.linear(x_neg, w_neg).add_(1e-9)
+    scaled_neg = _divide_into(relevance, shifted_neg.masked_fill_(shifted_neg == 0, 1e-9))
+    return (scaled_pos @ w_pos).mul_(x_pos).addcmul_(scaled_neg @ w_neg, x_neg)
 
 
 def matmul_rule(relevance: Tensor, a: Tensor, b: Tensor, product: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -90,29 +127,35 @@ def matmul_rule(relevance: Tensor, a: Tensor, b: Tensor, product: Tensor | None 
 
     ``product``: ``a @ b`` when the caller has it recorded (saves the matmul).
     """
-    scaled = safe_divide(relevance, a @ b if product is None else product)
-    return a * (scaled @ b.transpose(-2, -1)) / 2, b * (a.transpose(-2, -1) @ scaled) / 2
+    scaled = safe_divide(relevance, a @ b if product is None else product).mul_(0.5)
+    return (scaled @ b.transpose(-2, -1)).mul_(a), (a.transpose(-2, -1) @ scaled).mul_(b)
 
 
-def add_rule(relevance: Tensor, a: Tensor, b: Tensor, renormalise: bool = True) -> tuple[Tensor, Tensor]:
+def add_rule(
+    relevance: Tensor, a: Tensor, b: Tensor, renormalise: bool = True, total: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Split the relevance of ``a + b`` between the summands (LRP-0).
 
-    ``renormalise``: rescale each part, per sample, to its absolute share of the total (``CHEFER``).
+    ``renormalise``: rescale each part, per sample, to its absolute share of the total (``CHEFER``). ``total``:
+    ``a + b`` when the caller has it recorded.
     """
-    scaled = safe_divide(relevance, a + b)
-    r_a, r_b = a * scaled, b * scaled
+    scaled = safe_divide(relevance, a + b if total is None else total)
+    r_a, r_b = a * scaled, scaled.mul_(b)
     if not renormalise:
         return r_a, r_b
     dims = tuple(range(1, relevance.ndim))
     sum_a, sum_b = r_a.sum(dims, keepdim=True), r_b.sum(dims, keepdim=True)
-    total, both = relevance.sum(dims, keepdim=True), sum_a.abs() + sum_b.abs()
-    share_a, share_b = safe_divide(sum_a.abs(), both) * total, safe_divide(sum_b.abs(), both) * total
-    return r_a * safe_divide(share_a, sum_a), r_b * safe_divide(share_b, sum_b)
+    total_relevance, both = relevance.sum(dims, keepdim=True), sum_a.abs() + sum_b.abs()
+    share_a = safe_divide(sum_a.abs(), both) * total_relevance
+    share_b = safe_divide(sum_b.abs(), both) * total_relevance
+    return r_a.mul_(safe_divide(share_a, sum_a)), r_b.mul_(safe_divide(share_b, sum_b))
 
 
 def fork_rule(first: Tensor, second: Tensor, x: Tensor) -> Tensor:
-    """Relevance of ``x`` from the two branches it was copied into."""
-    return x * safe_divide(first + second, x)
+    """Relevance of ``x`` from the two branches it was copied into: ``x s(first + second, x)``."""
+    shifted = x + 1e-9
+    shifted.masked_fill_(shifted == 0, 1e-9)
+    return torch.add(first, second).mul_(x).div_(shifted)  # x = 0 gives 0 / 1e-9: no zero mask needed
 
 
 def mean_rule(relevance: Tensor, tokens: Tensor) -> Tensor:

@@ -55,6 +55,41 @@ def test_safe_divide_is_zero_where_the_denominator_is():
     torch.testing.assert_close(quotient, torch.tensor([0.0, 0.5, 1e9]))
 
 
+def test_linear_rules_match_their_four_matmul_forms_and_read_the_recorded_output():
+    # The joint rule runs as x (s' W) + |x| (s' |W|), s' = R / (z + u + 2e-9); the per-term rule skips the zero mask.
+    # Both against the explicit sign-split sums, with a zero input row (a padded token) and the recorded output.
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(2, 5, 7, dtype=torch.float64), torch.randn(4, 7, dtype=torch.float64), torch.randn(4)
+    x[0, 2] = 0.0
+    relevance = torch.randn(2, 5, 4, dtype=torch.float64)
+    x_pos, x_neg, w_pos, w_neg = x.clamp(min=0), x.clamp(max=0), weight.clamp(min=0), weight.clamp(max=0)
+    z_pos, z_neg = x_pos @ w_pos.T, x_neg @ w_neg.T
+    joint = relevance / (z_pos + z_neg + 1e-9)
+    expected_joint = x_pos * (joint @ w_pos) + x_neg * (joint @ w_neg)
+    per_term = x_pos * ((relevance / (z_pos + 1e-9)) @ w_pos) + x_neg * ((relevance / (z_neg + 1e-9)) @ w_neg)
+    output = torch.nn.functional.linear(x, weight, bias.double())
+    torch.testing.assert_close(LRP.linear_rule(relevance, x, weight), expected_joint)
+    torch.testing.assert_close(LRP.linear_rule(relevance, x, weight, True, output, bias), expected_joint)
+    torch.testing.assert_close(LRP.linear_rule(relevance, x, weight, False), per_term)
+    for joint_rule in (True, False):
+        at_padding = LRP.linear_rule(relevance, x, weight, joint_rule)[0, 2]
+        assert torch.equal(at_padding, torch.zeros(7, dtype=torch.float64))
+
+
+def test_add_rule_reads_a_recorded_sum_and_fork_rule_keeps_the_reference_stabiliser():
+    torch.manual_seed(0)
+    a, b, relevance = torch.randn(3, 4, 6), torch.randn(3, 4, 6), torch.randn(3, 4, 6)
+    for renormalise in (True, False):
+        recorded = LRP.add_rule(relevance, a, b, renormalise, total=a + b)
+        for got, expected in zip(recorded, LRP.add_rule(relevance, a, b, renormalise), strict=True):
+            torch.testing.assert_close(got, expected)
+    x = torch.tensor([0.0, 2.0, -1e-9, -3.0])
+    first, second = torch.tensor([1.0, 1.0, 1.0, 1.0]), torch.tensor([0.5, 0.5, 0.5, -2.0])
+    fork = LRP.fork_rule(first, second, x)
+    torch.testing.assert_close(fork, x * LRP.safe_divide(first + second, x))
+    assert torch.equal(first, torch.ones(4)) and bool(torch.isfinite(fork).all())  # inputs untouched, no inf
+
+
 # --- an independent dense oracle: one image at a time, index notation, autograd VJPs, the N x N matrix chain ------
 
 
