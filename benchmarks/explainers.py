@@ -124,8 +124,22 @@ def main() -> None:
     for size in args.sizes:
         results = {}
         for row in rows:
-            command = [sys.executable, __file__, "--worker", row, "--size", str(size), "--model", args.model,
-                       "--batch", str(args.batch), "--repeats", str(args.repeats), "--device", args.device]
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                row,
+                "--size",
+                str(size),
+                "--model",
+                args.model,
+                "--batch",
+                str(args.batch),
+                "--repeats",
+                str(args.repeats),
+                "--device",
+                args.device,
+            ]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[row] = json.loads(output.strip().splitlines()[-1])
         forward = results["forward"]["seconds"]
@@ -134,35 +148,48 @@ def main() -> None:
             torch.zeros(1, 3, size, size)
         )
         grid = "x".join(map(str, layout.grid_size))
-        print(f"\n{args.model}, batch {args.batch}, {size}px (maps {grid}), {args.device}, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print(
+            f"\n{args.model}, batch {args.batch}, {size}px (maps {grid}), {args.device}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        )
         print(f"| {'method':20s} | {'x forward':>9s} | {'x fwd+bwd':>9s} | {'peak MiB':>8s} |")
         print(f"|{'-' * 22}|{'-' * 11}|{'-' * 11}|{'-' * 10}|")
         for row in rows:
             r = results[row]
-            print(f"| {row:20s} | {r['seconds'] / forward:9.2f} | {r['seconds'] / backward:9.2f} | "
-                  f"{r['peak_mib']:8.0f} |")
+            print(
+                f"| {row:20s} | {r['seconds'] / forward:9.2f} | {r['seconds'] / backward:9.2f} | {r['peak_mib']:8.0f} |"
+            )
         count = len(READOUTS)
         if ALL in results and all(name in results for name in READOUTS):
             slowest = max(results[name]["seconds"] for name in READOUTS)
-            print(f"all {count} readouts from one capture / slowest alone: {results[ALL]['seconds'] / slowest:.2f}  "
-                  "(target <= 1.2)")
-            print(f"sum of the {count} readouts run one by one / all from one capture: "
-                  f"{sum(results[n]['seconds'] for n in READOUTS) / results[ALL]['seconds']:.2f}")
+            print(
+                f"all {count} readouts from one capture / slowest alone: {results[ALL]['seconds'] / slowest:.2f}  "
+                "(target <= 1.2)"
+            )
+            print(
+                f"sum of the {count} readouts run one by one / all from one capture: "
+                f"{sum(results[n]['seconds'] for n in READOUTS) / results[ALL]['seconds']:.2f}"
+            )
         if ALL in results and ALL_BUT_TOKENTM in results:
             full, without = results[ALL], results[ALL_BUT_TOKENTM]
-            print(f"all from one capture / all but tokentm: {full['seconds'] / without['seconds']:.2f}  "
-                  f"(target <= 1.2); tokentm's extra peak memory in the pass: "
-                  f"{full['peak_mib'] - without['peak_mib']:.0f} MiB")
+            print(
+                f"all from one capture / all but tokentm: {full['seconds'] / without['seconds']:.2f}  "
+                f"(target <= 1.2); tokentm's extra peak memory in the pass: "
+                f"{full['peak_mib'] - without['peak_mib']:.0f} MiB"
+            )
         for row in ("attnlrp", ATTNLRP_CP):
             if row in results:
                 memory = results[row]["peak_mib"] / max(results["forward+backward"]["peak_mib"], 1)
-                print(f"{row} / forward+backward: {results[row]['seconds'] / backward:.2f} (target <= 2.0); "
-                      f"peak memory {memory:.2f}x forward+backward's")
+                print(
+                    f"{row} / forward+backward: {results[row]['seconds'] / backward:.2f} (target <= 2.0); "
+                    f"peak memory {memory:.2f}x forward+backward's"
+                )
         if "layernorm_stats" in results and ALL in results and WITHOUT_LN in results:
-            print(f"layernorm_stats / forward+backward: {results['layernorm_stats']['seconds'] / backward:.2f} "
-                  f"(target <= 1.5); one capture with it / without it: "
-                  f"{results[ALL]['seconds'] / results[WITHOUT_LN]['seconds']:.2f} (target <= 1.1)")
+            print(
+                f"layernorm_stats / forward+backward: {results['layernorm_stats']['seconds'] / backward:.2f} "
+                f"(target <= 1.5); one capture with it / without it: "
+                f"{results[ALL]['seconds'] / results[WITHOUT_LN]['seconds']:.2f} (target <= 1.1)"
+            )
 
 
 if __name__ == "__main__":

@@ -258,6 +258,28 @@ def _linear(linear: Any, record: dict[str, Tensor], key: str, relevance: Tensor,
     return linear_rule(relevance, record[f"{key}_input"], linear.weight, joint, record[key], linear.bias)
 
 
+MLP_CHUNK_ELEMENTS = 1 << 20  # the MLP rules run on token rows in chunks of about this many hidden-width elements
+
+
+def _mlp_relevance(mlp: Any, record: dict[str, Tensor], relevance: Tensor, joint: bool) -> Tensor:
+    """The Linear rules through ``fc2`` then ``fc1``, on chunks of token rows: ``[B, N, D]`` -> ``[B, N, D]``.
+
+    The rules act on each row alone, so chunking changes nothing but the size of the temporaries at the hidden
+    width: a whole batch's (77 MB a tensor for swin_tiny's first stage at batch 16) are fresh pages each time, and
+    on the CPU their page faults cost more than the arithmetic.
+    """
+    rows, width = relevance.shape[:-1].numel(), relevance.shape[-1]
+    keys = ("fc2_input", "fc2", "fc1_input", "fc1")
+    flat = {key: record[key].reshape(rows, -1) for key in keys}
+    step = max(1, MLP_CHUNK_ELEMENTS // flat["fc2_input"].shape[-1])
+    relevance, out = relevance.reshape(rows, width), torch.empty_like(flat["fc1_input"])
+    for start in range(0, rows, step):
+        part = {key: value[start : start + step] for key, value in flat.items()}
+        hidden = _linear(mlp.fc2, part, "fc2", relevance[start : start + step], joint)
+        out[start : start + step] = _linear(mlp.fc1, part, "fc1", hidden, joint)
+    return out.reshape(record["fc1_input"].shape)
+
+
 def block_relevance(
     block: Any, recorded: dict[str, Tensor], relevance: Tensor, below: bool, rules: Rules = CHEFER
 ) -> tuple[Tensor, Tensor | None]:
@@ -272,9 +294,7 @@ def block_relevance(
     # each residual add's output is recorded: the block's output, and norm2's input (``mid``)
     output = record["output"].flatten(1, -2)
     residual, branch = add_rule(relevance, record["mid"], record["mlp_branch"], renormalise, total=output)
-    branch = _linear(block.mlp.fc2, record, "fc2", branch, joint)
-    branch = _linear(block.mlp.fc1, record, "fc1", branch, joint)
-    relevance = fork_rule(residual, branch, record["mid"])
+    relevance = fork_rule(residual, _mlp_relevance(block.mlp, record, branch, joint), record["mid"])
 
     inputs, windows = record["input"].flatten(1, -2), windows_of(block, record["input"])
     residual, branch = add_rule(relevance, inputs, record["attn_branch"].flatten(1, -2), renormalise, record["mid"])
@@ -330,7 +350,9 @@ def attention_relevances(
     """From the relevance at the last block's output, down the blocks (and Swin's mergings) to block ``lowest``.
 
     Returns each block's ``R^(A)`` from ``lowest`` up (bottom-up, in the attention's recorded shape), and the
-    relevance ``[B, N, D]`` at block ``lowest``'s input when ``to_input`` (else ``None``).
+    relevance ``[B, N, D]`` at block ``lowest``'s input when ``to_input`` (else ``None``). Consumes the record:
+    each block's entries (but its ``input``) and each merging's are released once their relevance is computed, so
+    the next block's temporaries reuse that memory instead of fresh pages.
     """
     if any("attention" not in block for block in record.blocks):
         raise RuntimeError(
