@@ -59,9 +59,13 @@ BASELINE = Rules(joint_linear=False, renormalised_add=False)
 
 def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     """``numerator / (denominator + 1e-9)``, 0 where ``denominator`` is 0: the stabiliser of the authors' rules."""
-    shifted = denominator + 1e-9
-    shifted.masked_fill_(shifted == 0, 1e-9)
-    return _divide_into(numerator, shifted).masked_fill_(denominator == 0, 0.0)
+    return _divide_into(numerator, _shifted_(denominator.clone())).masked_fill_(denominator == 0, 0.0)
+
+
+def _shifted_(denominator: Tensor) -> Tensor:
+    """``denominator + 1e-9`` in place, 1e-9 where that sum is 0 (the reference's guard against ``b = -1e-9``)."""
+    denominator.add_(1e-9)
+    return denominator.masked_fill_(denominator == 0, 1e-9)
 
 
 def _divide_into(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -117,8 +121,7 @@ def _per_term_linear_rule(relevance: Tensor, x: Tensor, weight: Tensor) -> Tenso
     w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
     x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
     scaled_pos = _divide_into(relevance, F.linear(x_pos, w_pos).add_(1e-9))  # z+ >= 0: never 0 once shifted
-    shifted_neg = F.linear(x_neg, w_neg).add_(1e-9)
-    scaled_neg = _divide_into(relevance, shifted_neg.masked_fill_(shifted_neg == 0, 1e-9))
+    scaled_neg = _divide_into(relevance, _shifted_(F.linear(x_neg, w_neg)))
     return (scaled_pos @ w_pos).mul_(x_pos).addcmul_(scaled_neg @ w_neg, x_neg)
 
 
@@ -153,9 +156,7 @@ def add_rule(
 
 def fork_rule(first: Tensor, second: Tensor, x: Tensor) -> Tensor:
     """Relevance of ``x`` from the two branches it was copied into: ``x s(first + second, x)``."""
-    shifted = x + 1e-9
-    shifted.masked_fill_(shifted == 0, 1e-9)
-    return torch.add(first, second).mul_(x).div_(shifted)  # x = 0 gives 0 / 1e-9: no zero mask needed
+    return torch.add(first, second).mul_(x).div_(_shifted_(x.clone()))  # x = 0 gives 0 / 1e-9: no zero mask needed
 
 
 def mean_rule(relevance: Tensor, tokens: Tensor) -> Tensor:
