@@ -103,7 +103,7 @@ MAX_STEPS = 1500
 
 
 # The two trained models (lightning_vitx.data.trained_on_shapes): the tiny ViT takes ~550 steps (about a minute of
-# one core), the tiny Swin (56 px: shifted windows, padding, two patch mergings) ~1000 (3-4 minutes). Each is
+# one core), the tiny Swin (56 px: shifted windows, padding, two patch mergings) 550-800 (1.5-2 minutes). Each is
 # trained by tests/fixture_training.py in a process of its own, on one thread (the same run every time), from the
 # moment the collected tests include one that requests it; the suite runs on meanwhile.
 class _BackgroundTraining:
