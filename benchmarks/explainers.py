@@ -8,6 +8,8 @@
         --rows layernorm_stats
     python benchmarks/explainers.py --model swin_tiny_patch4_window7_224 --sizes 224 --repeats 2 \
         --rows attnlrp "attnlrp (cp)"                    # issue 9's setting: target <= 2.0x forward+backward
+    python benchmarks/explainers.py --sizes 224 --rows lrp "lrp (pixels)" transformer_attribution \
+        "transformer_attribution (pixels)"               # what the pixel maps cost over the patch maps
 
 Each row runs in a fresh subprocess so its peak memory is its own: peak RSS above the process's RSS after a
 warm-up no-grad forward on CPU, ``torch.cuda.max_memory_allocated`` above the model and batch on CUDA.
@@ -36,6 +38,8 @@ READOUTS = [name for name in X.available() if X.get_info(name).readout]  # what 
 ALL_BUT_TOKENTM = "all but tokentm"
 WITHOUT_LN = "all but layernorm_stats"  # the shared pass before layernorm_stats joined (its own capture needs)
 ATTNLRP_CP = "attnlrp (cp)"  # attnlrp with attention_rule="cp": the probabilities detached, no softmax backward
+PIXELS = " (pixels)"  # a row for an explainer's pixel_relevance (partial_lrp's is lrp's pass, not measured twice)
+PIXEL_MAPS = ["transformer_attribution", "lrp", "attnlrp"]
 
 
 def build(model_name: str, size: int, batch: int, device: str) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -64,6 +68,8 @@ def runner(row: str, model: torch.nn.Module):  # type: ignore[no-untyped-def]
         return X.create_many([name for name in READOUTS if name != "layernorm_stats"], model)
     if row == ATTNLRP_CP:
         return X.create("attnlrp", model, attention_rule="cp")
+    if row.endswith(PIXELS):
+        return X.create(row.removesuffix(PIXELS), model).pixel_relevance
     return X.create(row, model)
 
 
@@ -115,6 +121,7 @@ def main() -> None:
     family = detect(timm.create_model(args.model, pretrained=False)).family
     explainers = [name for name in X.available() if family in X.get_info(name).families]
     variants = [ATTNLRP_CP] if "attnlrp" in explainers else []
+    variants += [name + PIXELS for name in PIXEL_MAPS if name in explainers]
     rows = ["forward", "forward+backward", *explainers, *variants, ALL_BUT_TOKENTM, WITHOUT_LN, ALL]
     if args.rows:
         unknown = sorted(set(args.rows) - set(rows))

@@ -22,17 +22,15 @@ Swin has no public Chefer-style implementation; the rules are local to each oper
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from lightning_vitx.adapters import detect, explaining, resolve_target
-from lightning_vitx.adapters.base import TokenLayout
-from lightning_vitx.adapters.capture import Target, check_inputs
-from lightning_vitx.adapters.geometry import AttentionGeometry, WindowedAttention
+from lightning_vitx.adapters import detect
+from lightning_vitx.adapters.geometry import WindowedAttention
 from lightning_vitx.explainers._lrp_rules import (
     BASELINE,
     CHEFER,
@@ -44,12 +42,10 @@ from lightning_vitx.explainers._lrp_rules import (
     mean_rule,
     safe_divide,
 )
-from lightning_vitx.explainers.base import Explainer
 
 __all__ = [
     "BASELINE",
     "CHEFER",
-    "BaselinePass",
     "Head",
     "Record",
     "Rules",
@@ -81,6 +77,7 @@ class Record:
     tokens: Tensor | None = None  # final norm output, [B, N, D] (Swin: [B, H, W, D])
     embeddings: Tensor | None = None  # patch embedding output, [B, gh * gw, D] (or [B, gh, gw, D])
     pixels: Tensor | None = None  # the patch convolution's input, [B, 3, H, W] (padded when the embedding pads)
+    sequence: Tensor | None = None  # ViT: the position embedding's sum (pos_drop's output), [B, N, D]
 
 
 def _is_swin(model: Any) -> bool:
@@ -223,6 +220,8 @@ def recording(model: Any, heads: list[Head]) -> Iterator[Record]:
         handles.append(model.norm.register_forward_hook(keep_in_record("tokens")))
         handles.append(model.patch_embed.register_forward_hook(keep_in_record("embeddings")))
         handles.append(model.patch_embed.proj.register_forward_hook(keep_in_record("pixels", use_input=True)))
+        if isinstance(getattr(model, "pos_drop", None), nn.Module):  # ViT (runs only when it has a position embedding)
+            handles.append(model.pos_drop.register_forward_hook(keep_in_record("sequence")))
         for (head, _), values in zip(heads, record.heads, strict=True):
             keep_on(head, values, input=True, output=False)
         yield record
@@ -391,39 +390,3 @@ def top_relevance(record: Record, heads: list[Head], target: Tensor, rules: Rule
         else:  # token selection
             relevance[:, row] += tokens[:, row] * safe_divide(at_head, tokens[:, row])
     return relevance
-
-
-Reader = Callable[[Record, Tensor, TokenLayout, list[AttentionGeometry]], Tensor]
-
-
-class BaselinePass(Explainer):
-    """An explainer on one recorded forward (no gradients) and the ``BASELINE`` rules from the target logit down.
-
-    Subclasses implement ``read``: the map ``[B, gh, gw]`` from the record, the relevance at the last block's
-    output, the token layout and the blocks' attention geometries.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        self._heads = check_supported(self.model, self.info.name)
-
-    def __call__(self, images: Tensor, target: Target = None) -> Tensor:
-        return self._run(images, target, self.read)
-
-    def _run(self, images: Tensor, target: Target, read: Reader) -> Tensor:
-        dtype, device = check_inputs(self.adapter, images)
-        layout, geometries = self.adapter.layout(images), self.adapter.attention_geometries(images)
-        model = cast(Any, self.model)
-        with explaining(self.adapter), torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
-            target_ids = resolve_target(target, images.shape[0], self.adapter.num_classes, images.device)
-            with recording(model, self._heads) as record:
-                logits = model(images.to(dtype))
-            if target_ids is None:
-                target_ids = logits.argmax(dim=1)
-            relevance = top_relevance(record, self._heads, target_ids, BASELINE)
-            return read(record, relevance, layout, geometries).float()
-
-    def read(
-        self, record: Record, relevance: Tensor, layout: TokenLayout, geometries: list[AttentionGeometry]
-    ) -> Tensor:
-        raise NotImplementedError

@@ -93,6 +93,12 @@ def linear_rule(
     = (z + u) / 2`` and ``x+ (s W+) + x- (s W-) = (x (s W) + |x| (s |W|)) / 2``: three matmuls (two with ``output``
     given), not four. The two halvings cancel: ``R_x = x (s' W) + |x| (s' |W|)`` with ``s' = R / (z + u + 2e-9)``
     (``z + u >= 0``; it is clamped there, against rounding). Each rule writes over its own temporaries.
+
+    ``z + u`` cancels where ``z+`` is small against ``|z|`` (nearly every product ``x_i W_ji`` negative): rounding
+    of ``u`` then leaves a denominator far from ``2 z+`` (not 0 where ``z+`` is), and the relevance that the
+    shared denominator sends back no longer cancels between the two matmuls. Rows with an output where ``z + u <
+    2^-10 (|z + bias| + |bias|)`` take the reference's four-matmul form instead (``_direct_joint_linear_rule``):
+    rare at a ViT's widths, common at a test's width of 16.
     """
     weight = weight.to(x.dtype)
     if not joint:
@@ -100,16 +106,53 @@ def linear_rule(
     magnitude, x_magnitude = weight.abs(), x.abs()
     flat_magnitude = x_magnitude.reshape(-1, x.shape[-1])
     if output is None:
-        denominator = F.linear(x, weight).reshape(-1, weight.shape[0])
-        denominator.addmm_(flat_magnitude, magnitude.T)
+        output = F.linear(x, weight).reshape(-1, weight.shape[0])
+        denominator = torch.addmm(output, flat_magnitude, magnitude.T)
     else:  # z = output - bias
-        denominator = torch.addmm(output.to(x.dtype).reshape(-1, weight.shape[0]), flat_magnitude, magnitude.T)
+        output = output.to(x.dtype).reshape(-1, weight.shape[0])
+        denominator = torch.addmm(output, flat_magnitude, magnitude.T)
         if bias is not None:
             denominator.sub_(bias.detach().to(x.dtype))
+    cancelled = _cancelled_rows(denominator, output, bias)
     denominator.add_(2e-9).clamp_(min=2e-9)
-    scaled = _divide_into(relevance.reshape(denominator.shape), denominator)
+    flat_relevance = relevance.reshape(denominator.shape)
+    scaled = _divide_into(flat_relevance, denominator)
     at_input = (scaled @ weight).reshape(x.shape).mul_(x)
-    return at_input.addcmul_((scaled @ magnitude).reshape(x.shape), x_magnitude)
+    at_input = at_input.addcmul_((scaled @ magnitude).reshape(x.shape), x_magnitude)
+    if len(cancelled):
+        flat_x, flat_at_input = x.reshape(-1, x.shape[-1]), at_input.view(-1, x.shape[-1])
+        flat_at_input[cancelled] = _direct_joint_linear_rule(flat_relevance[cancelled], flat_x[cancelled], weight)
+    return at_input
+
+
+CANCELLATION = 2.0**-10  # the joint rule's z + u below this fraction of |z + bias| + |bias|: rounding dominates it
+
+
+def _cancelled_rows(denominator: Tensor, output: Tensor, bias: Tensor | None) -> Tensor:
+    """Indices of the rows with an output where ``z + u < CANCELLATION (|output| + |bias|)``; usually none.
+
+    A row-wise bound (its smallest ``z + u`` against its largest ``|output|``) picks the candidates with reductions
+    only; the element-wise test then runs on those rows alone, so no temporary of the output's size is made.
+    """
+    largest = torch.maximum(output.amax(dim=1), output.amin(dim=1).neg_())
+    bias_magnitude = bias.detach().to(output.dtype).abs() if bias is not None else None
+    if bias_magnitude is not None:
+        largest.add_(bias_magnitude.max())
+    candidates = (denominator.amin(dim=1) < largest.mul_(CANCELLATION)).nonzero().squeeze(1)
+    if not len(candidates):
+        return candidates
+    scale = output[candidates].abs()
+    if bias_magnitude is not None:
+        scale.add_(bias_magnitude)
+    return candidates[(denominator[candidates] < scale.mul_(CANCELLATION)).any(dim=1)]
+
+
+def _direct_joint_linear_rule(relevance: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """``R_x = x+ (s W+) + x- (s W-)``, ``s = s(R, x+ W+^T + x- W-^T)``: the ``CHEFER`` rule as the reference has it."""
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    scaled = safe_divide(relevance, F.linear(x_pos, w_pos) + F.linear(x_neg, w_neg))
+    return (scaled @ w_pos).mul_(x_pos).addcmul_(scaled @ w_neg, x_neg)
 
 
 def _per_term_linear_rule(relevance: Tensor, x: Tensor, weight: Tensor) -> Tensor:

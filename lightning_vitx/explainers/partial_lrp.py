@@ -14,7 +14,8 @@ from torch import Tensor
 
 from lightning_vitx.adapters.base import TokenLayout
 from lightning_vitx.adapters.geometry import AttentionGeometry
-from lightning_vitx.explainers._lrp import BASELINE, BaselinePass, Record, attention_relevances
+from lightning_vitx.explainers._lrp import BASELINE, Record, attention_relevances
+from lightning_vitx.explainers._lrp_pass import BaselinePass
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 
 __all__ = ["PartialLRP"]
@@ -41,7 +42,9 @@ class PartialLRP(BaselinePass):
     rows for distilled DeiT, whose logit's relevance is split between its two heads by the residual rule, not in
     the reference; the mean of the patch rows for avg-pool heads, ViT ``global_pool='avg'`` and Swin). Maps are
     non-negative and unnormalised, at the patch grid (Swin: the first stage's grid). No gradients: one forward pass
-    with hooks, then the relevance rules through the head and the last block. The baseline rules are
+    with hooks, then the relevance rules through the head and the last block. ``pixel_relevance`` gives the same
+    rules' relevance carried on to the pixels (``lrp``'s pixel map: the partial method has no pixel map of its
+    own, as its relevance stops at an attention map). The baseline rules are
     ill-conditioned (the residual split divides by ``x + a``, each Linear sign term by its own part): where those
     nearly cancel, rounding moves the map, so bf16 weights can give maps far from float32 ones.
 

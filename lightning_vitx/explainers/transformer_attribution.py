@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from lightning_vitx.adapters import explaining, resolve_target
 from lightning_vitx.adapters.capture import Target, check_inputs
 from lightning_vitx.explainers._lrp import CHEFER, attention_relevances, check_supported, recording, top_relevance
+from lightning_vitx.explainers._lrp_pass import pixel_relevance
 from lightning_vitx.explainers._propagation import propagate_additive
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import Explainer
@@ -49,7 +50,8 @@ class TransformerAttribution(Explainer):
     attention probabilities, propagated from a relevance of 1 at the target logit with the authors' rules (module
     docstring). ``w`` is the readout row: the class token (the mean of class and distillation rows for distilled
     DeiT), or the mean of the patch rows for avg-pool heads (ViT ``global_pool='avg'``, Swin). Maps are non-negative
-    and unnormalised, at the patch grid (Swin: the first stage's grid).
+    and unnormalised, at the patch grid (Swin: the first stage's grid). ``pixel_relevance`` gives the same rules'
+    relevance carried on to the pixels, signed (the reference's ``relprop(method="full")`` on ``ViT_LRP``).
 
     Args:
         model: a timm ViT or DeiT (class token or ``global_pool='avg'``; distilled, register tokens) or a timm Swin,
@@ -67,9 +69,11 @@ class TransformerAttribution(Explainer):
         >>> import timm, torch
         >>> from lightning_vitx.explainers import create
         >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5)
-        >>> maps = create("transformer_attribution", model)(torch.randn(2, 3, 224, 224), target=1)
-        >>> maps.shape, bool((maps >= 0).all())
-        (torch.Size([2, 14, 14]), True)
+        >>> explainer = create("transformer_attribution", model)
+        >>> images = torch.randn(2, 3, 224, 224)
+        >>> maps = explainer(images, target=1)
+        >>> maps.shape, bool((maps >= 0).all()), explainer.pixel_relevance(images, target=1).shape
+        (torch.Size([2, 14, 14]), True, torch.Size([2, 224, 224]))
     """
 
     def __init__(self, model: nn.Module, start_layer: int = 0) -> None:
@@ -106,3 +110,17 @@ class TransformerAttribution(Explainer):
                 weights = layout.readout_weights(batch, device=device)
                 scores = propagate_additive(weights, fused, geometries)
                 return layout.patch_map(scores, geometries[0].grid_size).float()
+
+    def pixel_relevance(self, images: Tensor, target: Target = None) -> Tensor:
+        """Relevance of each input pixel ``[B, H, W]`` (summed over channels), float32, signed; no gradients.
+
+        The authors' rules (``CHEFER``) through every block, whatever ``start_layer``; the position embedding's sum
+        with their renormalised residual rule, per sample; the patch convolution's z^B rule, bounded by each
+        image's minimum and maximum: what the reference's ``generate_LRP(method="full")`` returns on ``ViT_LRP``,
+        batched. On Swin (no position embedding) the relevance at the first block's input goes to the convolution.
+
+        Args:
+            images: ``[B, 3, H, W]`` as the model takes them.
+            target: ``None`` (predicted class), an ``int`` or ``LongTensor[B]``.
+        """
+        return pixel_relevance(self, self._heads, images, target, CHEFER)

@@ -10,6 +10,7 @@ TINY_CASES = {
     "registers": ("vit_tiny_patch16_224", {"reg_tokens": 2}),
     "deit_distilled": ("deit_tiny_distilled_patch16_224", {}),
     "no_embed_class": ("vit_tiny_patch16_224", {"no_embed_class": True}),
+    "pre_norm": ("vit_tiny_patch16_224", {"pre_norm": True}),  # a LayerNorm (norm_pre) before the blocks
 }
 
 

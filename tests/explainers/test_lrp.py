@@ -8,7 +8,7 @@ import torch
 
 import lightning_vitx.explainers as X
 
-CASES = ["vit", "registers", "deit_distilled", "no_embed_class"]  # tests/explainers/conftest.py builds them
+CASES = ["vit", "registers", "deit_distilled", "no_embed_class", "pre_norm"]  # tests/explainers/conftest.py builds them
 
 
 # --- an independent dense oracle: one image at a time, index notation, autograd VJPs ------------------------------
@@ -32,7 +32,8 @@ def oracle_linear(relevance, x, weight):
 def oracle_map(model, image, target):
     """Full LRP for one image, every block written out; the patch embedding's relevance summed over channels."""
     embedded = model.patch_embed(image[None])[0]  # [P, D]
-    x = model._pos_embed(embedded[None])[0]  # [N, D]
+    sequence = model._pos_embed(embedded[None])[0]  # [N, D]
+    x = model.norm_pre(sequence)
     prefix = model.num_prefix_tokens
     kept = []
     for block in model.blocks:
@@ -76,7 +77,7 @@ def oracle_map(model, image, target):
         r_k = s["k"] * torch.einsum("hid,hij->hjd", s["q"], dots) / 2
         r_qkv = torch.stack([r_q, r_k, r_v]).permute(2, 0, 1, 3).reshape(len(s["x"]), -1)
         relevance = s["x"] * split + oracle_linear(r_qkv, s["h1"], block.attn.qkv.weight)
-    tokens = kept[0]["x"][prefix:]  # embedded + position embedding, the plain LRP-0 split
+    tokens = sequence[prefix:]  # embedded + position embedding, the plain LRP-0 split (norm_pre passes relevance)
     patches = (embedded * ratio(relevance[prefix:], tokens)).sum(dim=-1)
     return patches.reshape(model.patch_embed.grid_size)
 
@@ -109,9 +110,6 @@ def test_unsupported_models_raise_a_clear_type_error(tiny_kwargs):
     )
     with pytest.raises(TypeError, match=r"lrp reads an avg-pool head as the mean of the patch tokens"):
         X.create("lrp", prefix_pool)
-    pre_norm = timm.create_model("vit_tiny_patch16_224", pretrained=False, pre_norm=True, **tiny_kwargs)
-    with pytest.raises(TypeError, match=r"lrp has no rule for a norm before the blocks \(norm_pre\), got LayerNorm"):
-        X.create("lrp", pre_norm)
 
 
 def test_registry_entry():

@@ -369,6 +369,33 @@ def test_pixel_relevance_summed_per_patch_is_the_lrp_map(family, tiny_vit):
     per_patch = pixels.reshape(2, maps.shape[1], ph, maps.shape[2], pw).sum(dim=(2, 4))
     torch.testing.assert_close(per_patch, maps, rtol=1e-4, atol=1e-5 * float(maps.abs().max()))
     assert (pixels < 0).any() and (pixels > 0).any()
+    # partial LRP's relevance stops at the last attention map; its pixel map is its rules' full pass, lrp's
+    assert torch.equal(X.create("partial_lrp", model).pixel_relevance(batch, 1), pixels)
+
+
+def test_transformer_attribution_pixel_map_on_swin_against_the_dense_oracle(oracles):
+    """Summed over each patch, the relevance at the first block's input under the authors' rules (Swin has no
+    position embedding; ``patch_embed.norm`` passes relevance); one batch gives each image's own map."""
+    model, batch, target, found, _ = oracles
+    explainer = X.create("transformer_attribution", model)
+    pixels = explainer.pixel_relevance(batch, target)
+    assert pixels.shape == (2, 40, 40) and pixels.dtype == torch.float32
+    per_patch = pixels.reshape(2, 10, 4, 10, 4).sum(dim=(2, 4)).double()
+    for i in range(2):
+        expected = found[LRP.CHEFER][i]["lrp"]
+        in_float32 = dense_oracle(model, batch[i], int(target[i]), LRP.CHEFER)["lrp"].double()
+        assert expected.std() > 0
+        # below the attention maps float32 rounding moves the relevance by ~1% of its largest value, the oracle's too
+        error, oracle_error = (per_patch[i] - expected).abs().max(), (in_float32 - expected).abs().max()
+        assert error <= 2 * oracle_error + 1e-4 * float(expected.abs().max())
+        assert torch.corrcoef(torch.stack([per_patch[i].flatten(), expected.flatten()]))[0, 1] > 0.999
+    assert (pixels < 0).any() and (pixels > 0).any()
+    # on a float64 copy: in float32 the rounding by which a batch's forward differs from one image's moves the map
+    # (as for lrp on Swin, test_maps_at_the_first_grid_and_batch_equals_one_by_one)
+    explainer, batch = X.create("transformer_attribution", copy.deepcopy(model).double()), batch.double()
+    pixels = explainer.pixel_relevance(batch, target)
+    single = torch.cat([explainer.pixel_relevance(batch[i : i + 1], target[i : i + 1]) for i in range(2)])
+    torch.testing.assert_close(pixels, single, rtol=0, atol=1e-5 * float(single.abs().max()))
 
 
 def test_zb_rule_equals_the_reference_written_with_autograd():
@@ -403,6 +430,13 @@ def test_refusals_say_what_to_do(tiny_kwargs):
     )
     with pytest.raises(TypeError, match="pool_include_prefix=False"):
         X.create("transformer_attribution", prefix_pool)
+    padded_embedding = make_avgpool()  # the z^B rule needs non-overlapping patches: the patch map still works
+    padded_embedding.patch_embed.proj = nn.Conv2d(3, 64, kernel_size=10, stride=8, padding=1)
+    for name in NAMES:
+        explainer = X.create(name, padded_embedding)
+        assert explainer(images(32, batch=1), 0).shape == (1, 4, 4)
+        with pytest.raises(TypeError, match=rf"{name}'s pixel map needs .* stride = kernel size and no padding"):
+            explainer.pixel_relevance(images(32, batch=1), 0)
     swin = make_swin()
     swin.absolute_pos_embed = nn.Parameter(torch.zeros(1, 10, 10, 16))
     with pytest.raises(TypeError, match="absolute position embedding"):

@@ -1,5 +1,7 @@
 """Transformer attribution: the rules by hand, the batched pass against a dense per-image oracle, conservation."""
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -8,6 +10,7 @@ from timm.models.vision_transformer import ResPostBlock
 import lightning_vitx.explainers as X
 from lightning_vitx.adapters import detect, explaining
 from lightning_vitx.explainers import _lrp as LRP
+from lightning_vitx.explainers._lrp_rules import zb_conv_rule
 
 CASES = ["vit", "registers", "deit_distilled"]  # tests/explainers/conftest.py builds them
 
@@ -76,6 +79,24 @@ def test_linear_rules_match_their_four_matmul_forms_and_read_the_recorded_output
         assert torch.equal(at_padding, torch.zeros(7, dtype=torch.float64))
 
 
+def test_joint_linear_rule_where_z_plus_u_cancels():
+    """One output's products are ``-1, -1, +1e-6``: ``z+ = 1e-6`` against ``u = 2``, and a bias of 1000 on top.
+
+    By hand (the reference's form): the third input gets ``1e-6 / (1e-6 + 1e-9)`` of the output's relevance, the
+    others none; the second output (``x W = 1 + 2 + 3``) splits its relevance 1 : 2 : 3. In float32, ``z + u`` is
+    ``2e-6`` up to rounding of 2 (``2.4e-7``) without the bias, and lost entirely with it.
+    """
+    x = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    weight = torch.tensor([[-1.0, -1.0, 1e-6], [1.0, 2.0, 3.0]])
+    bias = torch.tensor([1000.0, 0.0])
+    relevance = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    expected = torch.tensor([[0.0, 0.0, 1e-6 / (1e-6 + 1e-9)], [1 / 6, 2 / 6, 3 / 6]])
+    output = torch.nn.functional.linear(x, weight, bias)
+    for recorded in ((), (output, bias)):
+        found = LRP.linear_rule(relevance, x, weight, True, *recorded)
+        torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_add_rule_reads_a_recorded_sum_and_fork_rule_keeps_the_reference_stabiliser():
     torch.manual_seed(0)
     a, b, relevance = torch.randn(3, 4, 6), torch.randn(3, 4, 6), torch.randn(3, 4, 6)
@@ -101,8 +122,9 @@ def oracle_linear(relevance, x, weight):
     return (x_pos * g_pos + x_neg * g_neg).detach()
 
 
-def oracle_add(relevance, a, b):
-    r_a, r_b = a * relevance / (a + b), b * relevance / (a + b)
+def oracle_add(relevance, a, b, total=None):
+    total = a + b if total is None else total  # the recorded sum: a + b recomputed can round far from it near 0
+    r_a, r_b = a * relevance / total, b * relevance / total
     sum_a, sum_b = r_a.sum(), r_b.sum()
     total = relevance.sum()
     return r_a * (sum_a.abs() / (sum_a.abs() + sum_b.abs()) * total / sum_a), r_b * (
@@ -110,8 +132,11 @@ def oracle_add(relevance, a, b):
     )
 
 
-def oracle_map(model, image, target, start_layer=0):
-    """Chefer et al.'s transformer attribution for one image, written out with explicit N x N matrices."""
+def oracle_map(model, image, target, start_layer=0, input_relevance=False):
+    """Chefer et al.'s transformer attribution for one image, written out with explicit N x N matrices.
+
+    ``input_relevance``: return the relevance ``[N, D]`` at the first block's input instead.
+    """
     tokens = []
     handle = model.blocks[0].register_forward_pre_hook(lambda m, i: tokens.append(i[0]))
     with torch.no_grad():
@@ -166,6 +191,8 @@ def oracle_map(model, image, target, start_layer=0):
             r_k = s["k"] * torch.einsum("hid,hij->hjd", s["q"], dots) / 2
             r_qkv = torch.stack([r_q, r_k, r_v]).permute(2, 0, 1, 3).reshape(num_tokens, -1)
             relevance = residual + oracle_linear(r_qkv, s["h1"], block.attn.qkv.weight)
+        if input_relevance:
+            return relevance
         chain = torch.eye(num_tokens)
         for matrix in fused[start_layer:]:
             chain = (torch.eye(num_tokens) + matrix) @ chain  # later blocks on the left
@@ -185,6 +212,71 @@ def test_batched_pass_equals_the_dense_oracle(case, start_layer, tiny_vit, tiny_
         expected = oracle_map(model, images[i], int(target[i]), start_layer)
         assert expected.std() > 0
         torch.testing.assert_close(maps[i], expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+def oracle_pixels(model, image, target):
+    """The reference's ``relprop(method="full")`` on ``ViT_LRP`` for one image, below the blocks written out.
+
+    ``layers_ours.Add`` on the position embedding's sum (over the whole sequence, or the patches alone without an
+    embedding for the class token), the class token dropped, the first convolution's z^B rule, summed over RGB.
+    """
+    relevance = oracle_map(model, image, target, input_relevance=True)  # norm_pre passes relevance
+    with torch.no_grad():
+        embedded = model.patch_embed(image[None])[0]  # [P, D]
+        sequence = model._pos_embed(embedded[None])[0]  # [N, D], before norm_pre
+    if model.no_embed_class:
+        covered, relevance = sequence[-len(embedded) :], relevance[-len(embedded) :]
+    else:
+        covered = sequence
+    position = model.pos_embed[0].detach()
+    at_tokens, at_position = oracle_add(relevance, covered - position, position, total=covered)
+    assert at_tokens.sum().abs() > 0.01 * at_position.sum().abs()  # both sides of the sum take a share
+    grid = model.patch_embed.grid_size
+    at_conv = at_tokens[-len(embedded) :].T.reshape(1, -1, *grid)
+    with torch.no_grad():
+        return zb_conv_rule(at_conv, image[None], model.patch_embed.proj)[0].sum(dim=0)
+
+
+@pytest.mark.parametrize("case", [*CASES, "no_embed_class", "pre_norm"])
+def test_pixel_relevance_equals_the_dense_oracle(case, tiny_vit, tiny_images):
+    """Against a float64 oracle, as close as a float32 run of the same oracle is.
+
+    Below the attention maps the rules divide by ``q k^T`` and ``A v`` entries that can nearly cancel, so float32
+    rounding moves single patches by a few percent of the map's largest value, in the oracle too.
+    """
+    model = tiny_vit(case)
+    images = tiny_images()
+    target = torch.tensor([0, 3, 4])
+    pixels = X.create("transformer_attribution", model, start_layer=1).pixel_relevance(images, target)
+    assert pixels.shape == (3, 32, 32) and pixels.dtype == torch.float32
+    oracle_model = copy.deepcopy(model).double()
+    for i in range(len(images)):
+        exact = oracle_pixels(oracle_model, images[i].double(), int(target[i]))
+        in_float32 = oracle_pixels(model, images[i], int(target[i])).double()
+        scale = float(exact.abs().max())
+        torch.testing.assert_close(pixels[i].double(), exact, rtol=1e-2, atol=1e-2 * scale)
+        assert (pixels[i] - exact).abs().max() <= 2 * (in_float32 - exact).abs().max() + 1e-4 * scale
+    assert (pixels < 0).any() and (pixels > 0).any()  # signed, unlike the attribution map
+
+
+def test_pixel_relevance_keeps_the_share_the_renormalised_sum_promises(tiny_vit, tiny_images):
+    """With no class token in the sum, the patches keep ``|S_x| / (|S_x| + |S_pos|)`` of the relevance reaching it."""
+    model = tiny_vit("no_embed_class")
+    images = tiny_images()
+    heads = LRP.check_supported(model, "transformer_attribution")
+    with explaining(detect(model)), LRP.recording(model, heads) as record, torch.no_grad():
+        target = model(images).argmax(dim=1)
+        relevance = LRP.top_relevance(record, heads, target)
+        _, below = LRP.attention_relevances(record, relevance, LRP.CHEFER, to_input=True)
+        embedded = record.embeddings.flatten(1, -2)
+        patches = record.sequence[:, model.num_prefix_tokens :]
+        reaching = below[:, model.num_prefix_tokens :]
+        share_x = (embedded * reaching / patches).sum(dim=(1, 2))  # the plain LRP-0 split, summed per image
+        share_pos = ((patches - embedded) * reaching / patches).sum(dim=(1, 2))
+    expected = share_x.abs() / (share_x.abs() + share_pos.abs()) * reaching.sum(dim=(1, 2))
+    pixels = X.create("transformer_attribution", model).pixel_relevance(images, target)
+    torch.testing.assert_close(pixels.sum(dim=(1, 2)), expected, rtol=1e-4, atol=1e-6)
+    assert (share_x * share_pos < 0).any() or (expected - reaching.sum(dim=(1, 2))).abs().max() > 1e-3
 
 
 def test_relevance_is_conserved_block_by_block(tiny_images, tiny_kwargs):
@@ -268,6 +360,7 @@ def test_model_left_exactly_as_found_also_when_the_pass_raises(name, family, tin
     before = state(model)
     explainer = X.create(name, model)  # the LRP family: each runs its own hooked pass
     explainer(images, 2)
+    explainer.pixel_relevance(images, 2)
 
     def fail(module, inputs, output):
         raise RuntimeError("user hook fails halfway")
@@ -275,6 +368,8 @@ def test_model_left_exactly_as_found_also_when_the_pass_raises(name, family, tin
     handle = blocks[1].mlp.register_forward_hook(fail)
     with pytest.raises(RuntimeError, match="halfway"):
         explainer(images)
+    with pytest.raises(RuntimeError, match="halfway"):
+        explainer.pixel_relevance(images)
     handle.remove()
     after = state(model)
     for name, param in before["params"].items():

@@ -1,0 +1,165 @@
+"""The LRP explainers' gradient-free pass, and its continuation from the first block down to the pixels.
+
+``relevance_pass`` runs one recorded forward (no gradients, autocast off) and hands the relevance at the last
+block's output to a reader. ``pixel_relevance`` is such a reader for every LRP explainer: the rules of ``_lrp``
+through every block, then the two steps below the blocks that the reference's ``relprop(method="full")`` takes:
+
+- The position embedding's sum ``x + pos`` (ViT, DeiT: ``pos_drop``'s output; over the whole sequence, prefix
+  tokens included, or over the patches alone for ``no_embed_class`` models) splits with the residual rule of the
+  rule set: plain LRP-0 (``BASELINE``, ``layers_lrp``) or renormalised per sample (``CHEFER``, ``layers_ours.Add``).
+  The prefix tokens' share is then dropped. Swin, and a ViT without a position embedding, have no such sum; every
+  norm on the way (``norm_pre``, Swin's ``patch_embed.norm``) passes relevance, as in the rule sets.
+- The patch convolution's z^B rule, bounded by each image's minimum and maximum (``zb_conv_rule``), summed over RGB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from lightning_vitx.adapters import explaining, resolve_target
+from lightning_vitx.adapters.base import TokenLayout
+from lightning_vitx.adapters.capture import Target, check_inputs
+from lightning_vitx.adapters.geometry import AttentionGeometry
+from lightning_vitx.explainers._lrp import (
+    BASELINE,
+    Head,
+    Record,
+    Rules,
+    add_rule,
+    attention_relevances,
+    check_supported,
+    recording,
+    top_relevance,
+)
+from lightning_vitx.explainers._lrp_rules import zb_conv_rule
+from lightning_vitx.explainers.base import Explainer
+
+__all__ = ["BaselinePass", "Reader", "embedding_relevance", "pixel_relevance", "relevance_pass"]
+
+Reader = Callable[[Record, Tensor, TokenLayout, list[AttentionGeometry]], Tensor]
+
+
+def relevance_pass(
+    explainer: Explainer, heads: list[Head], images: Tensor, target: Target, rules: Rules, read: Reader
+) -> Tensor:
+    """One recorded forward without gradients, then ``read(record, relevance at the last block's output, ...)``."""
+    dtype, device = check_inputs(explainer.adapter, images)
+    layout, geometries = explainer.adapter.layout(images), explainer.adapter.attention_geometries(images)
+    model = cast(Any, explainer.model)
+    with explaining(explainer.adapter), torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
+        target_ids = resolve_target(target, images.shape[0], explainer.adapter.num_classes, images.device)
+        with recording(model, heads) as record:
+            logits = model(images.to(dtype))
+        if target_ids is None:
+            target_ids = logits.argmax(dim=1)
+        relevance = top_relevance(record, heads, target_ids, rules)
+        return read(record, relevance, layout, geometries).float()
+
+
+def _prefix_tokens(model: Any, batch: int, expected: int) -> Tensor:
+    """``[B, prefix, D]``: the prefix tokens as timm concatenates them before adding the position embedding."""
+    tokens = [getattr(model, name, None) for name in ("cls_token", "dist_token", "reg_token")]
+    found = [token.detach().float().expand(batch, -1, -1) for token in tokens if token is not None]
+    width = sum(token.shape[1] for token in found)
+    if width != expected:
+        raise RuntimeError(
+            f"found {width} prefix tokens (cls_token, dist_token, reg_token) where the model has {expected}; "
+            "is this a stock timm VisionTransformer?"
+        )
+    return torch.cat(found, dim=1)
+
+
+def embedding_relevance(model: Any, record: Record, below: Tensor, rules: Rules) -> Tensor:
+    """``[B, gh * gw, D]``: each patch embedding's relevance, from ``below`` ``[B, N, D]`` at the first block's input.
+
+    The split of the position embedding's sum (module docstring); without one, the patch rows of ``below``.
+    """
+    if record.embeddings is None:
+        raise RuntimeError("the forward pass did not run through the patch embedding. Is this a stock timm model?")
+    embeddings = record.embeddings.detach().float().flatten(1, -2)  # [B, gh * gw, D]
+    patches = embeddings.shape[1]
+    if record.sequence is None:
+        return below[:, -patches:]
+    sequence = record.sequence.detach().float()
+    if getattr(model, "no_embed_class", False) or record.num_prefix_tokens == 0:  # the sum covers the patches
+        summand, sequence, below = embeddings, sequence[:, -patches:], below[:, -patches:]
+    else:  # timm's default: prefix tokens concatenated, then the position embedding added to all rows
+        prefix = _prefix_tokens(model, embeddings.shape[0], record.num_prefix_tokens)
+        summand = torch.cat([prefix, embeddings], dim=1)
+    at_summand, _ = add_rule(below, summand, sequence - summand, rules.renormalised_add, total=sequence)
+    return at_summand[:, -patches:]
+
+
+def check_pixel_rule(model: Any, name: str) -> nn.Conv2d:
+    """The patch convolution, when the z^B rule covers it (stride = kernel size, no padding); else a ``TypeError``."""
+    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    if not (
+        isinstance(proj, nn.Conv2d)
+        and tuple(proj.kernel_size) == tuple(proj.stride)
+        and tuple(proj.padding) == (0, 0)
+        and tuple(proj.dilation) == (1, 1)
+        and proj.groups == 1
+    ):
+        raise TypeError(
+            f"{name}'s pixel map needs a patch embedding convolution with stride = kernel size and no padding, got "
+            f"{proj!r}; its patch map (calling the explainer) works on this model"
+        )
+    return proj
+
+
+def pixel_relevance(explainer: Explainer, heads: list[Head], images: Tensor, target: Target, rules: Rules) -> Tensor:
+    """``[B, H, W]`` float32, signed: the relevance of each pixel (summed over channels) under ``rules``.
+
+    Summed over a patch's pixels it is the patch embedding's relevance summed over its channels, all of it up to
+    the rules' ``1e-9`` stabiliser.
+    """
+    proj = check_pixel_rule(explainer.model, explainer.info.name)
+    height, width = images.shape[-2:]
+
+    def read(record: Record, relevance: Tensor, layout: TokenLayout, geometries: list[AttentionGeometry]) -> Tensor:
+        if record.pixels is None:
+            raise RuntimeError("the forward pass did not run through the patch embedding's convolution")
+        _, below = attention_relevances(record, relevance, rules, lowest=0, to_input=True)
+        embeddings = embedding_relevance(explainer.model, record, cast(Tensor, below), rules)
+        at_conv = embeddings.transpose(1, 2).reshape(embeddings.shape[0], -1, *layout.grid_size)
+        pixels = zb_conv_rule(at_conv, record.pixels.detach().float(), proj)
+        return pixels.sum(dim=1)[:, :height, :width]  # the padding a dynamic_img_pad embedding adds, dropped
+
+    return relevance_pass(explainer, heads, images, target, rules, read)
+
+
+class BaselinePass(Explainer):
+    """An explainer on one recorded forward (no gradients) and the ``BASELINE`` rules from the target logit down.
+
+    Subclasses implement ``read``: the map ``[B, gh, gw]`` from the record, the relevance at the last block's
+    output, the token layout and the blocks' attention geometries.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self._heads = check_supported(self.model, self.info.name)
+
+    def __call__(self, images: Tensor, target: Target = None) -> Tensor:
+        return relevance_pass(self, self._heads, images, target, BASELINE, self.read)
+
+    def pixel_relevance(self, images: Tensor, target: Target = None) -> Tensor:
+        """Relevance of each input pixel ``[B, H, W]`` (summed over channels), float32, signed.
+
+        The ``BASELINE`` rules through every block, the position embedding's sum (plain LRP-0) and the patch
+        convolution (z^B, bounded by each image's minimum and maximum): the reference's ``generate_LRP(method=
+        "full")`` on ``ViT_orig_LRP``, batched.
+
+        Args:
+            images: ``[B, 3, H, W]`` as the model takes them.
+            target: ``None`` (predicted class), an ``int`` or ``LongTensor[B]``.
+        """
+        return pixel_relevance(self, self._heads, images, target, BASELINE)
+
+    def read(
+        self, record: Record, relevance: Tensor, layout: TokenLayout, geometries: list[AttentionGeometry]
+    ) -> Tensor:
+        raise NotImplementedError
