@@ -110,3 +110,27 @@ def test_bf16_weights_give_float32_maps(name, models, make_images, copy_model):
         rank(maps) - rank(maps).mean(1, keepdim=True), rank(expected) - rank(expected).mean(1, keepdim=True)
     )
     assert correlation.min() > 0.8, correlation
+
+
+PIXEL_NAMES = ["attnlrp", "lrp", "partial_lrp", "transformer_attribution"]  # the LRP family: maps at the pixels
+
+
+def test_the_lrp_family_and_only_it_gives_pixel_maps(models):
+    assert {name for name in NAMES if hasattr(X.create(name, models["vit"]), "pixel_relevance")} == set(PIXEL_NAMES)
+
+
+@pytest.mark.parametrize("name", PIXEL_NAMES)
+def test_pixel_maps_at_the_input_size_also_under_inference_mode_and_autocast(name, model_case, make_images):
+    case, model, size = model_case
+    explainer = X.create(name, model)
+    batch = 2 if size <= 224 else 1  # the 448 px case runs one image: a quarter of the cost
+    images = make_images(size, batch=batch)
+    pixels = explainer.pixel_relevance(images, 1)
+    assert pixels.shape == (batch, size, size) and pixels.dtype == torch.float32 and pixels.device == images.device
+    assert torch.isfinite(pixels).all() and (pixels < 0).any() and (pixels > 0).any()
+    with torch.inference_mode():
+        under_inference = explainer.pixel_relevance(images.clone(), 1)
+    torch.testing.assert_close(under_inference, pixels, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = explainer.pixel_relevance(images, 1)
+    torch.testing.assert_close(under_autocast, pixels, rtol=1e-4, atol=1e-6 * float(pixels.abs().max()))
