@@ -20,7 +20,7 @@ from lightning_vitx.callbacks._settings import model_name
 from lightning_vitx.loggers import PassRecord, SampleImages
 from lightning_vitx.metrics._common import as_masks
 
-__all__ = ["PanelRows", "gather_panel", "pass_record"]
+__all__ = ["PanelRows", "gather_panel", "panel_pixel_maps", "pass_record"]
 
 
 @dataclass
@@ -90,6 +90,34 @@ def gather_panel(
     )
 
 
+def panel_pixel_maps(
+    model: nn.Module,
+    panel: PanelRows,
+    options: Mapping[str, Mapping[str, Any]],
+    labels: Tensor | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Exception]]:
+    """``{name: [P, H, W]}``: the panel's maps at the pixels, for its explainers that have ``pixel_relevance``.
+
+    Each explainer is built with its ``options`` and explains ``labels`` (else the panel's predicted classes) on the
+    model's device; maps come back on the CPU. One that raises is left out, its error returned under its name.
+    """
+    import lightning_vitx.explainers as X
+
+    device = next(model.parameters()).device
+    images = panel.images.to(device)
+    target = (panel.probabilities.argmax(dim=1) if labels is None else labels).to(device)
+    found: dict[str, Tensor] = {}
+    errors: dict[str, Exception] = {}
+    for name in panel.maps:
+        try:
+            explainer = X.create(name, model, **options.get(name, {}))
+            if hasattr(explainer, "pixel_relevance"):
+                found[name] = explainer.pixel_relevance(images, target).cpu()
+        except Exception as error:  # noqa: BLE001 - a picture must not cost the run; the caller decides
+            errors[name] = error
+    return found, errors
+
+
 def class_name(index: int, class_names: Sequence[str] | None) -> str:
     """The name of class ``index`` (its number when there are no names, or too few)."""
     return class_names[index] if class_names is not None and 0 <= index < len(class_names) else str(index)
@@ -106,6 +134,7 @@ def pass_record(
     disabled: Sequence[str] = (),
     per_map_scale: bool = False,
     explained: str = "predicted class",
+    pixel_maps: Mapping[str, Tensor] | None = None,
 ) -> PassRecord:
     """Fill ``record`` (scalars, epoch and step already set) with the pictures of one pass.
 
@@ -113,7 +142,8 @@ def pass_record(
     explainer's maps share one colour scale unless ``per_map_scale``), ``<prefix>/curves``, ``<prefix>/samples``
     (the table), with ``patch_interaction`` among the explainers ``<prefix>/patch_interaction/erf`` (each patch's
     receptive-field tendency and size) and ``.../erf_size`` (per block), and for the PNG fallback
-    ``<prefix>/panel``.
+    ``<prefix>/panel``. ``pixel_maps`` (``{explainer: [P, H, W]}``, signed relevance) are drawn in place of those
+    explainers' patch maps, on a signed scale.
     """
     import lightning_vitx.explainers as X
     from lightning_vitx.rendering import (
@@ -141,9 +171,10 @@ def pass_record(
 
     pictures = to_uint8(denormalize(panel.images.float(), mean, std))
     record.images[f"{prefix}/inputs"] = SampleImages(pictures, captions, masks)
-    signed = {name: X.get_info(name).signed for name in panel.maps}
+    shown = {**panel.maps, **(pixel_maps or {})}  # the panel's order; pixel maps in place of their patch maps
+    signed = {name: X.get_info(name).signed or name in (pixel_maps or {}) for name in shown}
     overlays = {}
-    for name, maps in panel.maps.items():
+    for name, maps in shown.items():
         scale = per_map_scales(maps, signed[name]) if per_map_scale else shared_scale(maps, signed[name])
         drawn = overlay(panel.images, maps, mean, std, scale=scale, signed=signed[name])
         overlays[name] = to_uint8(drawn)
@@ -154,7 +185,7 @@ def pass_record(
     if disabled:
         title += f"; disabled after a failure: {', '.join(disabled)}"
     figure = panel_figure(
-        panel.images, panel.maps, mean, std, short, signed=signed, per_map=per_map_scale, title=title, masks=panel.masks
+        panel.images, shown, mean, std, short, signed=signed, per_map=per_map_scale, title=title, masks=panel.masks
     )
     record.fallback_figures[f"{prefix}/panel"] = figure
     if curves:

@@ -48,6 +48,7 @@ def monitor_settings(monitor: Any, model: nn.Module | None) -> dict[str, Any]:
         "target": monitor.target,
         "held_out": "dataloader" if monitor.dataloader is not None else "validation",
         "per_map_scale": monitor.per_map_scale,
+        "pixel_maps": monitor.pixel_maps,
         "class_names": monitor.class_names,
         "on_error": monitor.on_error,
     }

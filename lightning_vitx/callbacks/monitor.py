@@ -38,7 +38,7 @@ from lightning_vitx.callbacks._held_out import (
     default_batch_to_inputs,
 )
 from lightning_vitx.callbacks._model import find_model
-from lightning_vitx.callbacks._panel import PanelRows, gather_panel, pass_record
+from lightning_vitx.callbacks._panel import PanelRows, gather_panel, panel_pixel_maps, pass_record
 from lightning_vitx.callbacks._resume import restore
 from lightning_vitx.callbacks._scoring import Scoring
 from lightning_vitx.callbacks._settings import (
@@ -100,6 +100,11 @@ class ExplainabilityMonitor(Callback):
             on rank ``g % world_size``; every rank reads the loader itself (no ``DistributedSampler`` is added).
         per_map_scale: scale each drawn map to its own range; by default all maps of one explainer in one pass
             share a colour scale, shown by a colour bar, so rows and epochs compare.
+        pixel_maps: draw the LRP family's maps (``lrp``, ``partial_lrp``, ``transformer_attribution``, ``attnlrp``)
+            at the pixels, from their ``pixel_relevance`` (signed, on a diverging colour scale, sharper than the
+            patch grid), instead of their patch maps upsampled. One more pass per such explainer over the panel's
+            samples, on global rank zero; the scores always use the patch maps. An explainer whose pixel map fails
+            is drawn from its patch map, with one warning.
         name: prefix of every logged key, of the picture tags and of the state key; give each monitor its own
             when a Trainer has several (two models, or two configurations).
         class_names: class index -> name, for captions and tables; by default the datamodule's or the validation
@@ -129,6 +134,7 @@ class ExplainabilityMonitor(Callback):
         name: str = "explain",
         per_map_scale: bool = False,
         class_names: Sequence[str] | None = None,
+        pixel_maps: bool = False,
     ) -> None:
         self.explainer_options = (
             {name: dict(options) for name, options in explainers.items()}
@@ -170,6 +176,7 @@ class ExplainabilityMonitor(Callback):
             raise ValueError(f"model_attribute must be a dotted attribute path or None, got {model_attribute!r}")
         self.name = name
         self.per_map_scale = bool(per_map_scale)
+        self.pixel_maps = bool(pixel_maps)
         self.class_names = None if class_names is None else list(class_names)
         self.num_samples = num_samples
         self.panel_size = panel_size
@@ -404,6 +411,16 @@ class ExplainabilityMonitor(Callback):
             self._log_pass(trainer, PassRecord(epoch, trainer.global_step, self._finite(scores)), picture_dir)
         self.last_maps = {name: m.cpu() for name, m in maps.items()}
 
+    def _pixel_maps(self, panel: PanelRows) -> dict[str, Tensor]:
+        """The panel's pixel maps, for the explainers that have them; one that fails warns once and is left out."""
+        explained = panel.labels if self.target == "label" and panel.labels is not None else None
+        found, errors = panel_pixel_maps(self.model, panel, self.explainer_options, explained)
+        for name, error in errors.items():
+            if self.on_error == "raise":
+                raise error
+            self._warn_once(f"pixel_maps/{name}", f"{name}'s pixel map could not be drawn, its patch map is: {error!r}")
+        return found
+
     def _log_pass(self, trainer: Trainer, record: PassRecord, picture_dir: str) -> None:
         """Scores and pictures of one pass, at one step, to every logger (global rank zero).
 
@@ -413,6 +430,7 @@ class ExplainabilityMonitor(Callback):
             try:
                 self.class_names = self.class_names or find_class_names(trainer)
                 explained = "label" if self.target == "label" else "predicted class"
+                at_pixels = self._pixel_maps(self.last_panel) if self.pixel_maps else {}
                 record = pass_record(
                     record,
                     self.name,
@@ -424,6 +442,7 @@ class ExplainabilityMonitor(Callback):
                     sorted(self._failed),
                     self.per_map_scale,
                     explained,
+                    at_pixels,
                 )
             except Exception as error:  # noqa: BLE001 - a picture must not cost the run
                 if self.on_error == "raise":
