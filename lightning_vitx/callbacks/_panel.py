@@ -171,8 +171,9 @@ def pass_record(
 
     pictures = to_uint8(denormalize(panel.images.float(), mean, std))
     record.images[f"{prefix}/inputs"] = SampleImages(pictures, captions, masks)
-    shown = {**panel.maps, **(pixel_maps or {})}  # the panel's order; pixel maps in place of their patch maps
-    signed = {name: X.get_info(name).signed or name in (pixel_maps or {}) for name in shown}
+    pixel_maps = pixel_maps or {}
+    shown = {**panel.maps, **pixel_maps}  # the panel's order; pixel maps in place of their patch maps
+    signed = {name: X.get_info(name).signed or name in pixel_maps for name in shown}
     overlays = {}
     for name, maps in shown.items():
         scale = per_map_scales(maps, signed[name]) if per_map_scale else shared_scale(maps, signed[name])

@@ -73,13 +73,16 @@ def _prefix_tokens(model: Any, batch: int, expected: int) -> Tensor:
     return torch.cat(found, dim=1)
 
 
-def embedding_relevance(model: Any, record: Record, below: Tensor, rules: Rules) -> Tensor:
-    """``[B, gh * gw, D]``: each patch embedding's relevance, from ``below`` ``[B, N, D]`` at the first block's input.
+def embedding_relevance(model: Any, record: Record, relevance: Tensor, rules: Rules) -> Tensor:
+    """``[B, gh * gw, D]``: each patch embedding's relevance, from ``relevance`` at the last block's output.
 
-    The split of the position embedding's sum (module docstring); without one, the patch rows of ``below``.
+    ``rules`` through every block (and Swin's mergings) to the first block's input, then the split of the position
+    embedding's sum (module docstring); without one, the patch rows of the first block's input.
     """
     if record.embeddings is None:
         raise RuntimeError("the forward pass did not run through the patch embedding. Is this a stock timm model?")
+    _, at_input = attention_relevances(record, relevance, rules, lowest=0, to_input=True)
+    below = cast(Tensor, at_input)
     embeddings = record.embeddings.detach().float().flatten(1, -2)  # [B, gh * gw, D]
     patches = embeddings.shape[1]
     if record.sequence is None:
@@ -123,8 +126,7 @@ def pixel_relevance(explainer: Explainer, heads: list[Head], images: Tensor, tar
     def read(record: Record, relevance: Tensor, layout: TokenLayout, geometries: list[AttentionGeometry]) -> Tensor:
         if record.pixels is None:
             raise RuntimeError("the forward pass did not run through the patch embedding's convolution")
-        _, below = attention_relevances(record, relevance, rules, lowest=0, to_input=True)
-        embeddings = embedding_relevance(explainer.model, record, cast(Tensor, below), rules)
+        embeddings = embedding_relevance(explainer.model, record, relevance, rules)
         at_conv = embeddings.transpose(1, 2).reshape(embeddings.shape[0], -1, *layout.grid_size)
         pixels = zb_conv_rule(at_conv, record.pixels.detach().float(), proj)
         return pixels.sum(dim=1)[:, :height, :width]  # the padding a dynamic_img_pad embedding adds, dropped

@@ -12,13 +12,11 @@ is its score.
 
 from __future__ import annotations
 
-from typing import cast
-
 from torch import Tensor
 
 from lightning_vitx.adapters.base import TokenLayout
 from lightning_vitx.adapters.geometry import AttentionGeometry
-from lightning_vitx.explainers._lrp import BASELINE, Record, attention_relevances
+from lightning_vitx.explainers._lrp import BASELINE, Record
 from lightning_vitx.explainers._lrp_pass import BaselinePass, embedding_relevance
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 
@@ -65,6 +63,5 @@ class LRP(BaselinePass):
     def read(
         self, record: Record, relevance: Tensor, layout: TokenLayout, geometries: list[AttentionGeometry]
     ) -> Tensor:
-        _, below = attention_relevances(record, relevance, BASELINE, lowest=0, to_input=True)
-        embeddings = embedding_relevance(self.model, record, cast(Tensor, below), BASELINE)
+        embeddings = embedding_relevance(self.model, record, relevance, BASELINE)
         return embeddings.sum(dim=-1).reshape(-1, *layout.grid_size)
