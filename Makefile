@@ -12,7 +12,7 @@ MACHINE_CONSTRAINTS := $(wildcard /etc/xdg/pip/constraints.txt)
 LATEST_VENV ?= .venv-latest
 LOCK_PYTHON ?= 3.11
 
-.PHONY: demo test lint bench lock test-latest clean
+.PHONY: demo test lint bench fixtures lock test-latest clean
 
 define check_python
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "lightning-vitx needs Python >= 3.10, got " + sys.version'
@@ -41,6 +41,13 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) benchmarks/explainers.py
+
+# Re-train the tests' two trained models (tests/fixture_training.py), side by side on one thread each, and rewrite
+# their committed weights and manifests under tests/fixtures/. Needed when tests/data/test_fixture_weights.py says
+# the recipe changed.
+fixtures: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) tests/fixture_training.py vit --write-fixture & vit=$$!; \
+	OMP_NUM_THREADS=1 $(PY) tests/fixture_training.py swin --write-fixture && wait $$vit
 
 # Regenerate the lock from pyproject.toml's ranges with the dev and all extras (uv, installed into .venv first).
 lock: $(STAMP)

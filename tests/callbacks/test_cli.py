@@ -58,7 +58,7 @@ def test_cli_fit_with_a_preset_logs_explanations(preset, tmp_path):
         "--trainer.enable_progress_bar",
         "false",
     ]
-    subprocess.run(command, check=True, timeout=300, cwd=tmp_path, capture_output=True)
+    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True)
     (metrics,) = glob.glob(f"{tmp_path}/lightning_logs/version_0/metrics.csv")
     columns = next(csv.reader(open(metrics)))
     assert "explain/rollout/deletion" in columns

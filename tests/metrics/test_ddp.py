@@ -32,7 +32,7 @@ def run(world: int, out: Path) -> None:
         processes.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env))
     try:
         for process in processes:
-            assert process.wait(timeout=180) == 0
+            assert process.wait() == 0  # a hang is stopped by the suite-wide timeout (pyproject.toml)
     finally:
         for process in processes:
             process.kill()
