@@ -4,7 +4,8 @@ No account, no network: the data is generated (coloured shapes on noise, with ma
 are real) and the model starts from random weights. The class is the shape of the coloured object; every image
 also holds grey decoy shapes (`--distractors`), so attending to any salient object is not enough: the
 explanations point at the coloured shape only once the model has learnt what decides the class. The monitor
-explains the untrained model first (row `init`, a validation pass before training), then every epoch.
+explains the untrained model first (row `init`, a validation pass before training), then every epoch, with five
+explainers chosen to show the literature's main lines (`--explainers all` runs every explainer that takes the model).
 
 Logs to TensorBoard by default (`--logger wandb` logs to W&B, offline unless you are logged in; `--logger csv`
 writes PNG panels), and ends with a table of scores per explainer and epoch, and where the pictures are.
@@ -24,12 +25,20 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_vitx.explainers as X
 from lightning_vitx.callbacks import ExplainabilityMonitor
 from lightning_vitx.data import ShapesDataset, tiny_swin_for_shapes, tiny_vit_for_shapes
 from lightning_vitx.rendering import model_mean_std, panel_figure
+
+# What a first run shows: the classic readout (rollout, class-blind), Chefer et al.'s two methods (the LRP-based
+# transformer attribution and its gradient-weighted successor), AttnLRP (the LRP family today), and a token-norm
+# method: TokenTM on a ViT, LayerNorm token statistics on a Swin (TokenTM's Swin maps barely depend on the weights).
+DEMO_EXPLAINERS = {
+    "vit": ["rollout", "generic_attention", "transformer_attribution", "attnlrp", "tokentm"],
+    "swin": ["rollout", "generic_attention", "transformer_attribution", "attnlrp", "layernorm_stats"],
+}
 
 
 class ShapesClassifier(L.LightningModule):
@@ -41,10 +50,21 @@ class ShapesClassifier(L.LightningModule):
         lr: float = 1e-3,
         distractors: int = 2,
         model: str = "vit",
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.vit = tiny_swin_for_shapes(image_size) if model == "swin" else tiny_vit_for_shapes(image_size)
+        build = tiny_swin_for_shapes if model == "swin" else tiny_vit_for_shapes
+        self.vit = build(image_size, seed=seed)
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+
+    def setup(self, stage: str) -> None:
+        # Drawn once and read every epoch: drawing the images each epoch would cost a quarter of the training time.
+        if self.val_set is None:
+            self.val_set = self.dataset(self.hparams.val_size, seed=1).materialize()
+        if stage == "fit" and self.train_set is None:
+            self.train_set = self.dataset(self.hparams.train_size, seed=0).materialize()
 
     def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
         images, labels, _ = batch
@@ -69,10 +89,12 @@ class ShapesClassifier(L.LightningModule):
         return ShapesDataset(size, self.hparams.image_size, seed=seed, distractors=self.hparams.distractors)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset(self.hparams.train_size, seed=0), batch_size=64, shuffle=True)
+        assert self.train_set is not None, "setup('fit') draws the training set"
+        return DataLoader(self.train_set, batch_size=64, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset(self.hparams.val_size, seed=1), batch_size=64)
+        assert self.val_set is not None, "setup draws the validation set"
+        return DataLoader(self.val_set, batch_size=64)
 
 
 def make_logger(kind: str, root: Path, run_name: str | None):  # type: ignore[no-untyped-def]
@@ -86,20 +108,20 @@ def make_logger(kind: str, root: Path, run_name: str | None):  # type: ignore[no
     return L.pytorch.loggers.CSVLogger(root, name="shapes", version=run_name)
 
 
-def print_table(history: list[dict[str, float]], labels: list[str]) -> None:
+def print_table(history: list[dict[str, float]], labels: list[str], explainers: list[str]) -> None:
     keys = sorted({k for row in history for k in row if k.startswith("explain/")})
-    explainers = sorted({k.split("/")[1] for k in keys})
     metrics = [
         m
         for m in ("deletion", "insertion", "pointing_game", "relevance_mass", "stability")
         if any(k.endswith("/" + m) for k in keys)
     ]
-    print(f"\n{'explainer':18s} {'epoch':>5s} " + " ".join(f"{m:>14s}" for m in metrics))
+    width = max(len("explainer"), *(len(name) for name in explainers))
+    print(f"\n{'explainer':{width}s} {'epoch':>5s} " + " ".join(f"{m:>14s}" for m in metrics))
     for explainer in explainers:
         for row, label in zip(history, labels, strict=True):
             cells = [row.get(f"explain/{explainer}/{m}") for m in metrics]
             text = " ".join(f"{c:14.3f}" if c is not None else f"{'-':>14s}" for c in cells)
-            print(f"{explainer:18s} {label:>5s} {text}")
+            print(f"{explainer:{width}s} {label:>5s} {text}")
     print("(deletion: lower is better; insertion, pointing_game, relevance_mass: higher is better)")
 
 
@@ -112,14 +134,17 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=2, help="grey decoy shapes per image (0: the shape alone)")
     parser.add_argument("--train-size", type=int, default=8192, help="training images per epoch")
     parser.add_argument("--seed", type=int, default=0, help="weights and training order (the data stay the same)")
-    parser.add_argument("--explainers", nargs="+", choices=X.available(), metavar="NAME",
-                        help="default: every explainer that takes the model")
+    parser.add_argument("--explainers", nargs="+", choices=[*X.available(), "all"], metavar="NAME",
+                        help=f"default: {', '.join(DEMO_EXPLAINERS['vit'])} (Swin: layernorm_stats for tokentm); "
+                        "'all': every explainer that takes the model")
     parser.add_argument("--run-name", default=None, help="the run's name in W&B / its folder for TensorBoard and CSV")
     parser.add_argument("--model", choices=["vit", "swin"], default="vit", help="tiny ViT (64 px) or Swin (56 px)")
     args = parser.parse_args()
 
     L.seed_everything(args.seed, verbose=False)
-    explainers = args.explainers or [name for name in X.available() if args.model in X.get_info(name).families]
+    explainers = args.explainers or DEMO_EXPLAINERS[args.model]
+    if explainers == ["all"]:
+        explainers = [name for name in X.available() if args.model in X.get_info(name).families]
     monitor = ExplainabilityMonitor(
         explainers=explainers,
         metrics=["deletion", "insertion", "pointing_game", "relevance_mass"],
@@ -127,6 +152,7 @@ def main() -> None:
         panel_size=6,
     )
     logger = make_logger(args.logger, args.out, args.run_name)
+    logger.log_hyperparams({"seed": args.seed, "epochs": args.epochs})
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",
@@ -140,12 +166,14 @@ def main() -> None:
         num_sanity_val_steps=0,  # the validation before training below checks the loop, and is explained
     )
     size = 56 if args.model == "swin" else 64  # tiny_swin_for_shapes: windows of 4 padded, two patch mergings
-    module = ShapesClassifier(size, train_size=args.train_size, distractors=args.distractors, model=args.model)
+    module = ShapesClassifier(
+        size, train_size=args.train_size, distractors=args.distractors, model=args.model, seed=args.seed
+    )
     trainer.validate(module, verbose=False)  # the untrained model: the baseline the epochs are compared with
     trainer.fit(module)
 
     labels = ["init" if row["epoch"] < 0 else str(int(row["epoch"])) for row in monitor.history]
-    print_table(monitor.history, labels)
+    print_table(monitor.history, labels, sorted(explainers))
     untrained, first, last = monitor.history[0], monitor.history[1], monitor.history[-1]
     for metric in ("pointing_game", "relevance_mass"):
         for name in explainers:

@@ -1,12 +1,15 @@
 """examples/shapes.py (`make demo`), shortened: the untrained baseline row, the decoys, the closing summary."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).parents[2] / "examples" / "shapes.py"
+DEMO_VIT = ("rollout", "generic_attention", "transformer_attribution", "attnlrp", "tokentm")
 
 
 @pytest.mark.slow
@@ -16,7 +19,9 @@ def test_shapes_demo_explains_the_untrained_model_then_every_epoch(tmp_path):
     result = subprocess.run(command, check=True, capture_output=True, text=True)
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("rollout ")]
     assert [row[1] for row in rows] == ["init", "0"]
-    for name in ("generic_attention", "gmar", "gradcam", "raw_attention", "rollout"):
+    table = result.stdout.split("\nexplainer ")[1].split("\n(deletion")[0].splitlines()[1:]
+    assert {line.split()[0] for line in table} == set(DEMO_VIT)  # the demo's explainers, no other key as a row
+    for name in DEMO_VIT:
         assert f"pointing game, {name}: untrained " in result.stdout
         assert f"relevance mass, {name}: untrained " in result.stdout
     assert "val_acc, last epoch: " in result.stdout
@@ -30,3 +35,12 @@ def test_shapes_demo_with_a_swin(tmp_path):
     result = subprocess.run(command, check=True, capture_output=True, text=True)
     assert "pointing game, layernorm_stats: untrained " in result.stdout
     assert "SwinTransformer" in result.stdout or (tmp_path / "explanations.png").is_file()
+
+
+def test_the_seed_picks_the_initial_weights():
+    spec = importlib.util.spec_from_file_location("shapes_demo", SCRIPT)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    first, again, other = (demo.ShapesClassifier(seed=seed).vit.state_dict() for seed in (0, 0, 1))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["blocks.0.attn.qkv.weight"], other["blocks.0.attn.qkv.weight"])
