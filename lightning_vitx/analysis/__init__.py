@@ -1,4 +1,4 @@
-"""Per-image analyses beyond one map: patch interactions and effective responsive fields, Swin corner shares.
+"""Analyses beyond one map: patch interactions and receptive fields, Swin corner shares, randomisation tests.
 
 Example::
 
@@ -19,9 +19,11 @@ from lightning_vitx.analysis.patch_interactions import (
     receptive_fields,
     sample_pairs,
 )
+from lightning_vitx.analysis.randomization import RandomizationResult, randomization_check
 
 __all__ = [
     "PatchInteractions",
+    "RandomizationResult",
     "attention_sharpness",
     "corner_region",
     "corner_share",
@@ -29,6 +31,7 @@ __all__ = [
     "interaction_matrices",
     "object_share",
     "patch_interactions",
+    "randomization_check",
     "rank_correlation",
     "receptive_fields",
     "sample_pairs",
