@@ -48,14 +48,15 @@ def main(repeats: int = 3, num_samples: int = 32) -> None:
     data = ShapesDataModule(image_size=64, val_size=256, batch_size=64, distractors=2)  # as the demo
     validate(module, data, [])  # warm-up
     plain = statistics.median(validate(module, data, [])[0] for _ in range(repeats))
-    runs = [
-        validate(
-            module, data, [ExplainabilityMonitor(explainers=X.available(), metrics=METRICS, num_samples=num_samples)]
-        )
-        for _ in range(repeats)
-    ]
+    def monitored(sanity: bool) -> list[tuple[float, float]]:
+        options = dict(explainers=X.available(), metrics=METRICS, num_samples=num_samples, sanity=sanity)
+        return [validate(module, data, [ExplainabilityMonitor(**options)]) for _ in range(repeats)]
+
+    without_sanity = monitored(False)
+    runs = monitored(True)
     with_monitor = statistics.median(total for total, _ in runs)
     per_sample = statistics.median(explain for _, explain in runs) / num_samples
+    sanity_cost = statistics.median(e for _, e in runs) / statistics.median(e for _, e in without_sanity)
     images = torch.randn(64, 3, 64, 64)
     with torch.no_grad():
         module.model(images)
@@ -73,6 +74,7 @@ def main(repeats: int = 3, num_samples: int = 32) -> None:
     print(f"| validation epoch with monitor / without | {with_monitor / plain:.2f} |")
     print(f"| added time / plain validation epoch | {(with_monitor - plain) / plain:.2f} |")
     print(f"| explain + score per sample / one forward of one image | {per_sample / forward_per_image:.0f} |")
+    print(f"| monitor's pass with the sanity scores / without | {sanity_cost:.2f} |")
     print(
         f"| per sample per explainer-metric pair / one forward | "
         f"{per_sample / forward_per_image / (len(X.available()) * len(METRICS)):.1f} |"

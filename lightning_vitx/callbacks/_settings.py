@@ -9,6 +9,7 @@ from typing import Any
 from lightning.pytorch import Trainer
 from torch import nn
 
+import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
 from lightning_vitx.explainers._registry import _EXPLAINERS
 from lightning_vitx.metrics._common import METRICS
@@ -49,18 +50,28 @@ def monitor_settings(monitor: Any, model: nn.Module | None) -> dict[str, Any]:
         "held_out": "dataloader" if monitor.dataloader is not None else "validation",
         "per_map_scale": monitor.per_map_scale,
         "pixel_maps": monitor.pixel_maps,
+        "sanity": monitor.sanity,
+        "class_sensitive": {n: X.get_info(n).class_sensitive for n in monitor.explainer_names},
         "class_names": monitor.class_names,
         "on_error": monitor.on_error,
     }
 
 
-def score_axes(prefix: str, explainers: Sequence[str], metrics: Sequence[str]) -> dict[str, dict[str, bool]]:
-    """``{metric: {"<prefix>/<explainer>/<metric>": higher_is_better}}``, stability included: one chart per metric."""
+def score_axes(
+    prefix: str, explainers: Sequence[str], metrics: Sequence[str], sanity: bool = False
+) -> dict[str, dict[str, bool]]:
+    """``{metric: {"<prefix>/<explainer>/<metric>": higher_is_better}}``: one chart per metric, with stability.
+
+    ``sanity``: the randomization (lower is better) and class-sensitivity charts too.
+    """
     axes = {
         metric: {f"{prefix}/{e}/{metric}": bool(M.get_info(metric).higher_is_better) for e in explainers}
         for metric in metrics
     }
     axes["stability"] = {f"{prefix}/{e}/stability": True for e in explainers}
+    if sanity:
+        axes["randomization"] = {f"{prefix}/{e}/randomization": False for e in explainers}
+        axes["class_sensitivity"] = {f"{prefix}/{e}/class_sensitivity": True for e in explainers}
     return axes
 
 

@@ -40,6 +40,7 @@ from lightning_vitx.callbacks._held_out import (
 from lightning_vitx.callbacks._model import find_model
 from lightning_vitx.callbacks._panel import PanelRows, gather_panel, panel_pixel_maps, pass_record
 from lightning_vitx.callbacks._resume import restore
+from lightning_vitx.callbacks._sanity import SanityScores
 from lightning_vitx.callbacks._scoring import Scoring
 from lightning_vitx.callbacks._settings import (
     explained_epoch,
@@ -105,6 +106,13 @@ class ExplainabilityMonitor(Callback):
             patch grid), instead of their patch maps upsampled. One more pass per such explainer over the panel's
             samples, on global rank zero; the scores always use the patch maps. An explainer whose pixel map fails
             is drawn from its patch map, with one warning.
+        sanity: log ``<name>/<explainer>/randomization`` (from the second explained pass on: per-sample Spearman with
+            the first pass's maps, the untrained model's when the monitor sees ``fit`` from its first step; near 1
+            after training means the maps ignore what was learned; from a pretrained start it measures how far
+            fine-tuning moved them, and the reference survives a resume) and ``<name>/<explainer>/class_sensitivity``
+            (1 - Spearman between the maps of the explained and the runner-up class on the panel's samples; 0: the
+            map is the same for every class; rollout and raw attention are 0 by construction). Costs one more
+            explanation of the ``panel_size`` samples per pass.
         name: prefix of every logged key, of the picture tags and of the state key; give each monitor its own
             when a Trainer has several (two models, or two configurations).
         class_names: class index -> name, for captions and tables; by default the datamodule's or the validation
@@ -135,6 +143,7 @@ class ExplainabilityMonitor(Callback):
         per_map_scale: bool = False,
         class_names: Sequence[str] | None = None,
         pixel_maps: bool = False,
+        sanity: bool = True,
     ) -> None:
         self.explainer_options = (
             {name: dict(options) for name, options in explainers.items()}
@@ -177,6 +186,8 @@ class ExplainabilityMonitor(Callback):
         self.name = name
         self.per_map_scale = bool(per_map_scale)
         self.pixel_maps = bool(pixel_maps)
+        self.sanity = bool(sanity)
+        self._sanity_reference: dict[str, Tensor] = {}  # from a checkpoint, until setup builds the states
         self.class_names = None if class_names is None else list(class_names)
         self.num_samples = num_samples
         self.panel_size = panel_size
@@ -196,6 +207,7 @@ class ExplainabilityMonitor(Callback):
         self._failed: set[str] = set()  # explainers disabled on every rank
         self._warned: set[str] = set()
         self.last_panel: PanelRows | None = None  # what the last panel showed (the same on every rank)
+        self.sanity_scores: SanityScores | None = None
 
     @property
     def explainer_names(self) -> list[str]:
@@ -215,9 +227,11 @@ class ExplainabilityMonitor(Callback):
         """Every key this monitor logs.
 
         ``<name>/<explainer>/<metric>``, ``<name>/<explainer>/stability``, ``<name>/<explainer>/skipped`` (maps
-        with NaN or inf), ``<name>/dropped`` (held-out samples left out) and ``<name>/time_s``.
+        with NaN or inf), with ``sanity`` ``<name>/<explainer>/randomization`` and ``.../class_sensitivity``,
+        ``<name>/dropped`` (held-out samples left out) and ``<name>/time_s``.
         """
         per_explainer = [*self.metric_names, "stability", "skipped"]
+        per_explainer += ["randomization", "class_sensitivity"] if self.sanity else []
         keys = [f"{self.name}/{explainer}/{key}" for explainer in self.explainer_names for key in per_explainer]
         return [*keys, f"{self.name}/dropped", f"{self.name}/time_s"]
 
@@ -229,6 +243,9 @@ class ExplainabilityMonitor(Callback):
         except (TypeError, ValueError) as error:
             raise MonitorConfigError(f"ExplainabilityMonitor(explainers=...): {error}") from None
         self.scoring = Scoring(self.explainer_names, self.metric_options, pl_module.device, self.batch_size)
+        self.sanity_scores = SanityScores(self.explainer_names, pl_module.device) if self.sanity else None
+        if self.sanity_scores is not None:
+            self.sanity_scores.restore(self._sanity_reference)
         self._check_watchers(trainer)
         self.pass_logger = PassLogger(self.name)
         if trainer.is_global_zero:
@@ -287,7 +304,8 @@ class ExplainabilityMonitor(Callback):
     def _record_config(self, trainer: Trainer) -> None:
         """Settings and axes, to every logger (global rank zero)."""
         self.pass_logger.record_settings(trainer, self.settings())
-        self.pass_logger.define_axes(trainer, score_axes(self.name, self.explainer_names, self.metric_names))
+        axes = score_axes(self.name, self.explainer_names, self.metric_names, self.sanity)
+        self.pass_logger.define_axes(trainer, axes)
 
     # -- collecting the held-out set -------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -388,6 +406,8 @@ class ExplainabilityMonitor(Callback):
             )
             failed, counts = self._agree(trainer, pl_module, failed_here, metric_failures)
             scores = {**self.scoring.compute(self.name, self._failed, failed, self._explained_epochs > 0), **counts}
+            if self.sanity_scores is not None:
+                scores.update(self._sanity(pl_module, maps))
         self._explained_epochs += 1
         scores[f"{self.name}/time_s"] = time.perf_counter() - start
         self._log_scores(pl_module, scores)
@@ -410,6 +430,24 @@ class ExplainabilityMonitor(Callback):
         if trainer.is_global_zero:
             self._log_pass(trainer, PassRecord(epoch, trainer.global_step, self._finite(scores)), picture_dir)
         self.last_maps = {name: m.cpu() for name, m in maps.items()}
+
+    def _sanity(self, pl_module: LightningModule, maps: Mapping[str, Tensor]) -> dict[str, float]:
+        """This pass's randomization and class-sensitivity scores, synced (a collective: every rank)."""
+        assert self.sanity_scores is not None
+        usable = {name: m for name, m in maps.items() if name not in self._failed}
+        self.sanity_scores.update(
+            self.model,
+            {name: self.explainer_options[name] for name in usable},
+            self.samples,
+            usable,
+            self.scoring.probabilities,
+            self.target == "label",
+            self.panel_size,
+            self.batch_size,
+            pl_module.device,
+            self._warn_once,
+        )
+        return self.sanity_scores.compute(self.name, self._failed, self._explained_epochs > 0)
 
     def _pixel_maps(self, panel: PanelRows) -> dict[str, Tensor]:
         """The panel's pixel maps, for the explainers that have them; one that fails warns once and is left out."""
@@ -490,8 +528,8 @@ class ExplainabilityMonitor(Callback):
         are already synced (or NaN on every rank alike); ``sync_dist`` averages equal values.
         """
         for key in self.score_keys():
-            if key not in scores and key.endswith(("/stability", "/time_s")):
-                continue  # stability from the second explained epoch on; time only where something was timed
+            if key not in scores and key.endswith(("/stability", "/randomization", "/time_s")):
+                continue  # stability, randomization from the second explained epoch on; time where something was timed
             value = scores.get(key, math.nan)
             reduce = "max" if key.endswith("/time_s") else "mean"
             tensor = torch.tensor(value, dtype=torch.float32)
@@ -515,6 +553,7 @@ class ExplainabilityMonitor(Callback):
             "failed": sorted(self._failed),
             "explained_epochs": self._explained_epochs,
             "history": list(self.history),
+            "sanity_reference": dict(self.sanity_scores.reference_maps) if self.sanity_scores is not None else {},
         }
 
     def _state_settings(self) -> dict[str, Any]:
@@ -533,3 +572,6 @@ class ExplainabilityMonitor(Callback):
         self.history = restored.history
         self._explained_epochs = restored.explained_epochs
         self._failed = set()  # tried again after a resume
+        self._sanity_reference = dict(state_dict.get("sanity_reference", {}))  # the first pass's maps: kept
+        if self.sanity_scores is not None:
+            self.sanity_scores.restore(self._sanity_reference)

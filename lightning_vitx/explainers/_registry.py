@@ -29,6 +29,10 @@ class ExplainerInfo:
         reference: the paper it follows.
         signed: True when maps can be negative (relevance with a sign, drawn with a diverging colormap centred
             at zero); False for maps that are non-negative by construction.
+        class_sensitive: False when the map cannot depend on the explained class by construction (it reads no
+            gradient and no relevance of the target: rollout, raw attention); the monitor then logs a
+            ``class_sensitivity`` of 0 without explaining a second class. True does not promise that the map
+            moves with the class: the monitor measures it.
     """
 
     name: str
@@ -38,6 +42,7 @@ class ExplainerInfo:
     description: str
     reference: str
     signed: bool = False
+    class_sensitive: bool = True
 
 
 _EXPLAINERS: Registry[ExplainerInfo] = Registry("explainer")

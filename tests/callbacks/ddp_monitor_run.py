@@ -56,7 +56,8 @@ def scores(trainer: L.Trainer) -> dict[str, float]:
 
 
 def validate(out: str, strategy: str, **options) -> L.Trainer:
-    defaults = dict(explainers=["rollout", "gradcam"], metrics=["deletion", "pointing_game", "relevance_mass"])
+    explainers = ["rollout", "gradcam", "generic_attention"]
+    defaults = dict(explainers=explainers, metrics=["deletion", "pointing_game", "relevance_mass"])
     monitor = ExplainabilityMonitor(**{**defaults, "num_samples": 7, "panel_size": 4, **options})
     trainer = L.Trainer(
         accelerator="cpu",

@@ -93,6 +93,50 @@ def test_resume_keeps_the_samples_and_the_stability(tmp_path):
     )
     assert torch.equal(second.samples["images"], first.samples["images"])
     assert "explain/rollout/stability" in trainer.callback_metrics
+    # randomization keeps comparing with the first run's first pass, not with the resumed run's first pass
+    reference = first.sanity_scores.reference_maps["rollout"]
+    assert torch.equal(second.sanity_scores.reference_maps["rollout"], reference)
+    assert "explain/rollout/randomization" in second.history[-1]
+
+
+def test_sanity_scores_every_pass_against_the_first_pass_and_the_runner_up_class(tmp_path):
+    watcher = monitor(explainers=["rollout", "generic_attention"])
+    trainer, _ = fit(tmp_path, [watcher], epochs=2)
+    first, last = watcher.history[0], watcher.history[-1]
+    assert "explain/rollout/randomization" not in first  # nothing to compare the first pass with
+    assert first["explain/rollout/class_sensitivity"] == 0.0 == last["explain/rollout/class_sensitivity"]
+    assert 0.0 < last["explain/generic_attention/class_sensitivity"] <= 2.0
+    # randomization: per-sample Spearman (mean ranks for ties) of the last pass's maps with the first pass's
+    reference, maps = watcher.sanity_scores.reference_maps["rollout"], watcher.last_maps["rollout"]
+    expected = torch.tensor(
+        [float(stats_spearman(a.flatten(), b.flatten())) for a, b in zip(maps, reference, strict=True)]
+    ).mean()
+    assert last["explain/rollout/randomization"] == pytest.approx(float(expected), abs=1e-5)
+    assert float(trainer.callback_metrics["explain/rollout/randomization"]) == pytest.approx(float(expected), abs=1e-5)
+    assert watcher.settings()["class_sensitive"] == {"rollout": False, "generic_attention": True}
+
+
+def stats_spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman written out: Pearson of the mean ranks (ties averaged), in float64."""
+
+    def ranks(x):
+        order = x.double().argsort()
+        r = torch.empty_like(order, dtype=torch.float64)
+        r[order] = torch.arange(len(x), dtype=torch.float64)
+        for value in x.unique():
+            tied = x == value
+            r[tied] = r[tied].mean()
+        return r - r.mean()
+
+    ra, rb = ranks(a), ranks(b)
+    return (ra * rb).sum() / (ra.norm() * rb.norm())
+
+
+def test_sanity_off_logs_no_sanity_key(tmp_path):
+    watcher = monitor(sanity=False)
+    trainer, _ = fit(tmp_path, [watcher], epochs=1)
+    assert not any(k.endswith(("/randomization", "/class_sensitivity")) for k in trainer.callback_metrics)
+    assert watcher.settings()["sanity"] is False
 
 
 def test_a_failing_explainer_warns_once_and_training_completes(tmp_path, monkeypatch):
@@ -140,8 +184,11 @@ def test_all_explainers_share_one_capture_pass_per_batch(tmp_path, monkeypatch):
     passes = []
     original = base.capture_pass
     monkeypatch.setattr(base, "capture_pass", lambda *a, **k: passes.append(1) or original(*a, **k))
-    fit(tmp_path, [monitor(batch_size=12)], epochs=1)  # 12 samples, one batch, two explainers
+    fit(tmp_path, [monitor(batch_size=12, sanity=False)], epochs=1)  # 12 samples, one batch, two explainers
     assert len(passes) == 1
+    passes.clear()
+    fit(tmp_path, [monitor(batch_size=12)], epochs=1)  # the runner-up class of the panel: one more shared pass
+    assert len(passes) == 2
 
 
 def validate(tmp_path, watcher, module, limit_val_batches=3):
