@@ -13,6 +13,11 @@ from torchmetrics import MeanMetric, Metric
 
 import lightning_vitx.metrics as M
 from lightning_vitx._state import eval_mode
+from lightning_vitx.metrics._common import DEGENERATE_KINDS, degenerate_maps
+
+# The monitor counts degenerate maps itself (per reason, logged) and warns once per explainer; the metrics' own
+# per-batch warning is kept for NaN or inf only, as before.
+_METRIC_DEGENERATE_WARNING = r"(?!.*NaN or inf).*maps are (all zero|constant)"
 
 __all__ = ["Scoring", "spearman_per_sample"]
 
@@ -73,7 +78,8 @@ class Scoring:
         self.probabilities: Tensor | None = None  # [N, classes] of the last update, this rank's samples
         self.sample_scores: dict[str, Tensor] = {}  # "explainer/metric" -> [N]
         self.curves: dict[str, dict[str, Any]] = {}  # metric -> explainer -> (fractions, mean curve)
-        self.skipped_maps: dict[str, int] = {}  # explainer -> maps of the last update with NaN or inf
+        self.skipped_maps: dict[str, dict[str, int]] = {}  # explainer -> reason -> maps the metrics skipped
+        self.explained_maps: dict[str, int] = {}  # explainer -> maps of the last update
 
     def update(
         self,
@@ -90,7 +96,18 @@ class Scoring:
         images, labels, masks = samples.get("images"), samples.get("labels"), samples.get("masks")
         failed: set[str] = set()
         self.probabilities, self.sample_scores = None, {}
-        self.skipped_maps = {name: int((~torch.isfinite(m).flatten(1).all(dim=1)).sum()) for name, m in maps.items()}
+        self.skipped_maps = {
+            name: {kind: int(flags.sum()) for kind, flags in degenerate_maps(m).items()} for name, m in maps.items()
+        }
+        self.explained_maps = {name: int(m.shape[0]) for name, m in maps.items()}
+        for name, counts in self.skipped_maps.items():
+            found = [f"{count} of {self.explained_maps[name]} maps {kind}" for kind, count in counts.items() if count]
+            if found:
+                warn(
+                    f"degenerate/{name}",
+                    f"{name!r}: {', '.join(found)} on this rank; they rank no patch and are not scored (counted in "
+                    f"<name>/{name}/skipped/<reason>, share in <name>/{name}/degenerate)",
+                )
         if images is None or images.shape[0] == 0:
             return failed
         # One clean forward: the class every metric scores, and the panel's captions.
@@ -107,7 +124,9 @@ class Scoring:
                 try:
                     for image, expl, tgt, mask in _chunks(self.batch_size, images, explanation, target, masks):
                         mask = None if mask is None else mask.to(device)
-                        metric.update(model, image.to(device), expl.to(device), tgt.to(device), mask)
+                        with warnings.catch_warnings():
+                            warnings.filterwarnings("ignore", message=_METRIC_DEGENERATE_WARNING)
+                            metric.update(model, image.to(device), expl.to(device), tgt.to(device), mask)
                         scores = getattr(metric, "last_sample_scores", None)
                         if isinstance(scores, Tensor):
                             per_sample.append(scores.cpu())
@@ -125,6 +144,34 @@ class Scoring:
         if maps and self.reference:
             self._update_reference(model, samples, next(iter(maps.values())).shape[1:], target, device, warn)
         return failed
+
+    def fault_counts(self, explainers: Sequence[str]) -> list[float]:
+        """Per explainer, this rank's ``[nonfinite, zero, flat, maps]`` of the last update, flat: to sum over ranks."""
+        return [
+            float(count)
+            for name in explainers
+            for count in [
+                *(self.skipped_maps.get(name, {}).get(k, 0) for k in DEGENERATE_KINDS),
+                self.explained_maps.get(name, 0),
+            ]
+        ]
+
+    @staticmethod
+    def fault_scores(prefix: str, explainers: Sequence[str], totals: Sequence[float]) -> dict[str, float]:
+        """The logged counts, from summed ``fault_counts``.
+
+        ``<prefix>/<explainer>/skipped`` (every map the metrics skipped), ``.../skipped/<reason>`` and
+        ``.../degenerate`` (skipped / explained; NaN when nothing was explained).
+        """
+        scores: dict[str, float] = {}
+        width = len(DEGENERATE_KINDS) + 1
+        for index, name in enumerate(explainers):
+            *counts, explained = totals[index * width : (index + 1) * width]
+            scores[f"{prefix}/{name}/skipped"] = float(sum(counts))
+            for kind, count in zip(DEGENERATE_KINDS, counts, strict=True):
+                scores[f"{prefix}/{name}/skipped/{kind}"] = float(count)
+            scores[f"{prefix}/{name}/degenerate"] = float(sum(counts)) / explained if explained else math.nan
+        return scores
 
     def _update_reference(
         self,

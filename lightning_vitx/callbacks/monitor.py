@@ -50,6 +50,7 @@ from lightning_vitx.callbacks._settings import (
     score_axes,
 )
 from lightning_vitx.loggers import PassLogger, PassRecord
+from lightning_vitx.metrics._common import DEGENERATE_KINDS
 
 __all__ = ["ExplainabilityMonitor"]
 
@@ -227,10 +228,13 @@ class ExplainabilityMonitor(Callback):
         """Every key this monitor logs.
 
         ``<name>/<explainer>/<metric>``, ``<name>/<explainer>/stability``, ``<name>/<explainer>/skipped`` (maps
-        with NaN or inf), with ``sanity`` ``<name>/<explainer>/randomization`` and ``.../class_sensitivity``,
-        ``<name>/dropped`` (held-out samples left out) and ``<name>/time_s``.
+        the metrics skip: NaN or inf, all zero, constant), ``.../skipped/<reason>`` (``nonfinite``, ``zero``,
+        ``flat``), ``.../degenerate`` (their share of the explained maps), with ``sanity``
+        ``<name>/<explainer>/randomization`` and ``.../class_sensitivity``, ``<name>/dropped`` (held-out samples
+        left out) and ``<name>/time_s``.
         """
-        per_explainer = [*self.metric_names, "stability", "skipped"]
+        per_explainer = [*self.metric_names, "stability", "skipped", "degenerate"]
+        per_explainer += [f"skipped/{kind}" for kind in DEGENERATE_KINDS]
         per_explainer += ["randomization", "class_sensitivity"] if self.sanity else []
         keys = [f"{self.name}/{explainer}/{key}" for explainer in self.explainer_names for key in per_explainer]
         return [*keys, f"{self.name}/dropped", f"{self.name}/time_s"]
@@ -501,14 +505,14 @@ class ExplainabilityMonitor(Callback):
         """Failures and skip counts of every rank, on every rank, from one all-reduce.
 
         Disables an explainer that failed on any rank everywhere; returns the metric keys that failed on any rank,
-        and the counts to log: ``<name>/<explainer>/skipped`` (maps with NaN or inf, which the metrics skip) and
-        ``<name>/dropped`` (held-out samples left out).
+        and the counts to log: ``<name>/<explainer>/skipped`` (maps the metrics skip: NaN or inf, all zero or
+        constant), per reason ``.../skipped/<reason>``, the share ``.../degenerate`` and ``<name>/dropped``
+        (held-out samples left out).
         """
         names = [name for name in self.explainer_names if name not in self._failed]
         keys = [f"{e}/{m}" for e in self.explainer_names for m in self.metric_names]
-        skipped = self.scoring.skipped_maps
         values = [float(n in explainers) for n in names] + [float(k in metrics) for k in keys]
-        values += [skipped.get(n, 0) for n in self.explainer_names] + [sum(self.held_out.dropped.values())]
+        values += self.scoring.fault_counts(self.explainer_names) + [sum(self.held_out.dropped.values())]
         totals = sum_over_ranks(trainer, values, pl_module.device)
         for name, flag in zip(names, totals[: len(names)], strict=True):
             if flag and name not in explainers:
@@ -517,7 +521,8 @@ class ExplainabilityMonitor(Callback):
                 self._failed.add(name)
         failed = {key for key, flag in zip(keys, totals[len(names) : len(names) + len(keys)], strict=True) if flag}
         counts = totals[len(names) + len(keys) :]
-        logged = {f"{self.name}/{n}/skipped": count for n, count in zip(self.explainer_names, counts, strict=False)}
+        logged = self.scoring.fault_scores(self.name, self.explainer_names, counts[:-1])
+        logged.update({f"{self.name}/{name}/degenerate": math.nan for name in self._failed})  # nothing scored
         logged[f"{self.name}/dropped"] = counts[-1]
         return failed, logged
 

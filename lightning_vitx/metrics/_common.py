@@ -21,9 +21,12 @@ __all__ = [
     "as_masks",
     "check_inputs",
     "check_target",
+    "DEGENERATE_KINDS",
+    "FLAT_SPREAD",
+    "degenerate_maps",
     "expand_patches",
-    "finite_samples",
     "num_classes_of",
+    "usable_samples",
     "warn_if_empty",
 ]
 
@@ -120,19 +123,56 @@ def patch_fraction(masks: Tensor, geometry: PatchGeometry) -> Tensor:
     return F.avg_pool2d(padded, kernel_size=(ph, pw))[:, 0]
 
 
-def finite_samples(images: Tensor, maps: Tensor, who: str) -> Tensor:
-    """Boolean ``[B]``: samples whose image and map hold no NaN or inf. Warns when some do (skipped and counted)."""
+# A map whose spread (max - min) is at most this share of its largest magnitude ranks no patch above another: its
+# differences are float32 rounding (eps 1.2e-7) summed over a few dozen terms. Weak but real signals sit far above
+# it (transformer attribution's offset-dominated Swin maps spread 8e-4 of their value).
+FLAT_SPREAD = 1e-5
+DEGENERATE_KINDS = ("nonfinite", "zero", "flat")
+_DESCRIBED = {"nonfinite": "contain NaN or inf", "zero": "are all zero", "flat": "are constant"}
+
+
+def degenerate_maps(maps: Tensor) -> dict[str, Tensor]:
+    """Which maps rank no patch above another: ``{"nonfinite", "zero", "flat"}`` -> bool ``[B]``, disjoint.
+
+    ``nonfinite``: a NaN or inf anywhere; ``zero``: every value 0; ``flat``: ``max - min <= FLAT_SPREAD * max|map|``
+    (a constant, to float32 rounding). Every metric skips such maps and counts them in ``skipped``: ordering
+    patches by a map that has no order would score the raster scan that breaks the ties.
+
+    Example::
+
+        >>> maps = torch.stack([torch.zeros(2, 2), torch.full((2, 2), 3.0), torch.eye(2), torch.eye(2) * torch.nan])
+        >>> for kind, flags in degenerate_maps(maps).items():
+        ...     print(kind, flags.tolist())
+        nonfinite [False, False, False, True]
+        zero [True, False, False, False]
+        flat [False, True, False, False]
+    """
+    values = maps.flatten(1)
+    nonfinite = ~torch.isfinite(values).all(dim=1)
+    values = torch.where(nonfinite[:, None], torch.zeros_like(values), values)
+    peak = values.abs().amax(dim=1) if values.shape[1] else torch.zeros(values.shape[0], device=values.device)
+    zero = ~nonfinite & (peak == 0)
+    spread = values.amax(dim=1) - values.amin(dim=1) if values.shape[1] else peak
+    flat = ~nonfinite & ~zero & (spread <= FLAT_SPREAD * peak)
+    return {"nonfinite": nonfinite, "zero": zero, "flat": flat}
+
+
+def usable_samples(images: Tensor, maps: Tensor, who: str) -> Tensor:
+    """Boolean ``[B]``: the samples a metric scores, with a finite image and a map that ranks patches.
+
+    Maps that do not (:func:`degenerate_maps`) are skipped and counted; a warning says how many and why.
+    """
     finite_images = torch.isfinite(images).flatten(1).all(dim=1).to(maps.device)
-    finite_maps = torch.isfinite(maps).flatten(1).all(dim=1)
-    bad_images, bad_maps = int((~finite_images).sum()), int((~finite_maps).sum())
-    if bad_images or bad_maps:
-        total = maps.shape[0]
-        parts = [f"{bad} of {total} {kind}" for bad, kind in [(bad_images, "images"), (bad_maps, "maps")] if bad]
-        warnings.warn(
-            f"{who}: {' and '.join(parts)} contain NaN or inf; those samples are skipped (counted in `skipped`)",
-            stacklevel=3,
-        )
-    return finite_images & finite_maps
+    faults = degenerate_maps(maps)
+    total, parts = maps.shape[0], []
+    if bad := int((~finite_images).sum()):
+        parts.append(f"{bad} of {total} images contain NaN or inf")
+    for kind in DEGENERATE_KINDS:
+        if bad := int(faults[kind].sum()):
+            parts.append(f"{bad} of {total} maps {_DESCRIBED[kind]}")
+    if parts:
+        warnings.warn(f"{who}: {'; '.join(parts)}; those samples are skipped (counted in `skipped`)", stacklevel=3)
+    return finite_images & ~(faults["nonfinite"] | faults["zero"] | faults["flat"])
 
 
 def warn_if_empty(metric: Any) -> None:

@@ -17,9 +17,9 @@ from lightning_vitx.metrics._common import (
     as_masks,
     check_inputs,
     check_target,
-    finite_samples,
     num_classes_of,
     patch_fraction,
+    usable_samples,
     warn_if_empty,
 )
 
@@ -29,7 +29,8 @@ __all__ = ["PointingGame", "RelevanceMass", "SegmentationScores", "batched_avera
 class _MaskMetric(Metric):
     """Shared plumbing for the mask metrics.
 
-    Validates inputs, drops samples with a non-finite image or map, or an empty mask (counted in ``skipped``,
+    Validates inputs, drops samples with a non-finite image, a degenerate map (NaN/inf, all zero or constant:
+    :func:`~lightning_vitx.metrics._common.degenerate_maps`) or an empty mask (counted in ``skipped``,
     with a warning) and, by default, averages a per-sample score (``sample_scores``) over all samples, which syncs
     as two sums. Which mask pixels are the object: see :func:`lightning_vitx.metrics._common.as_masks`; integer
     masks equal to ``ignore_index`` (255 by default, the "void" label of segmentation datasets) are not object.
@@ -61,7 +62,7 @@ class _MaskMetric(Metric):
         geometry = check_inputs(model, images, maps, masks)
         check_target(target, images.shape[0], num_classes_of(model), who)
         masks = as_masks(masks, self.ignore_index).to(maps.device)
-        finite = finite_samples(images, maps, who)
+        usable = usable_samples(images, maps, who)
         empty = ~masks.flatten(1).any(dim=1)
         if empty.any():
             warnings.warn(
@@ -69,7 +70,7 @@ class _MaskMetric(Metric):
                 "skipped (counted in `skipped`)",
                 stacklevel=3,
             )
-        keep = finite & ~empty
+        keep = usable & ~empty
         self.skipped += (~keep).sum().to(self.skipped)
         return geometry, maps[keep].float(), masks[keep]
 

@@ -22,9 +22,9 @@ from lightning_vitx.metrics._common import (
     check_inputs,
     check_target,
     expand_patches,
-    finite_samples,
     num_classes_of,
     resolve_metric_target,
+    usable_samples,
     warn_if_empty,
 )
 
@@ -177,7 +177,7 @@ class _PerturbationMetric(Metric):
             with eval_mode(model), torch.no_grad():
                 num_classes = int(model(images[:1]).shape[1])
         check_target(target, images.shape[0], num_classes, who)
-        keep = finite_samples(images, maps, who)
+        keep = usable_samples(images, maps, who)
         self.skipped += (~keep).sum().to(self.skipped)
         images, maps = images[keep.to(images.device)], maps[keep]
         if isinstance(target, Tensor):

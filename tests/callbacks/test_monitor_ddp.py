@@ -114,7 +114,7 @@ def test_an_explainer_failing_on_one_rank_is_disabled_on_every_rank_in_the_same_
         assert record["failed"] == ["gmar"]  # rank 0 ran gmar fine, and still disabled it
         assert set(record["panel_maps"]) == {"rollout"}
         scores = record["scores"]
-        gmar = [key for key in scores if key.startswith("explain/gmar/") and not key.endswith("/skipped")]
+        gmar = [key for key in scores if key.startswith("explain/gmar/") and "/skipped" not in key]
         assert gmar and all(math.isnan(scores[key]) for key in gmar), {key: scores[key] for key in gmar}
         for key, value in single.items():  # the explainer that worked everywhere: scores of all samples
             if key.startswith("explain/rollout/"):

@@ -110,7 +110,11 @@ def localise(name, maps, masks=MASK, images=IMAGES):
 def test_pointing_game_exact():
     assert localise("pointing_game", torch.tensor([[[0.0, 5.0], [1.0, 1.0]]]))["score"] == 1.0  # one pixel is enough
     assert localise("pointing_game", torch.tensor([[[0.0, 1.0], [5.0, 1.0]]]))["score"] == 0.0
-    assert localise("pointing_game", torch.zeros(1, 2, 2))["score"] == 1.0  # a tie points at the first patch
+    # a constant map points nowhere: skipped, not scored as the first patch (which touches the mask here)
+    metric = M.create("pointing_game")
+    with pytest.warns(UserWarning, match="1 of 1 maps are constant"):
+        metric.update(nn.Identity(), torch.zeros(1, 3, 4, 4), torch.full((1, 2, 2), 0.3), None, MASK)
+    assert metric.skipped == 1 and metric.count == 0
 
 
 def test_relevance_mass_exact():
