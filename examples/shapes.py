@@ -34,7 +34,7 @@ from lightning_vitx.rendering import model_mean_std, panel_figure
 
 # What a first run shows: the classic readout (rollout, class-blind), Chefer et al.'s two methods (the LRP-based
 # transformer attribution and its gradient-weighted successor), AttnLRP (the LRP family today), and a token-norm
-# method: TokenTM on a ViT, LayerNorm token statistics on a Swin (TokenTM's Swin maps barely depend on the weights).
+# method: TokenTM on a ViT, LayerNorm token statistics (the method made for Swin) on a Swin.
 DEMO_EXPLAINERS = {
     "vit": ["rollout", "generic_attention", "transformer_attribution", "attnlrp", "tokentm"],
     "swin": ["rollout", "generic_attention", "transformer_attribution", "attnlrp", "layernorm_stats"],

@@ -15,12 +15,12 @@ from lightning_vitx.explainers.base import ReadoutExplainer
 __all__ = ["TokenTM", "transformation_weights"]
 
 Score = Literal["logit", "probability"]
-Necc = Literal["softmax", "cosine"]
+Necc = Literal["auto", "softmax", "cosine"]
 GradientReLU = Literal["per_head", "after_mean"]
 EPSILON = 1e-8  # as the third-party implementation guards the length ratio
 
 
-def transformation_weights(before: Tensor, after: Tensor, necc: Necc = "softmax") -> Tensor:
+def transformation_weights(before: Tensor, after: Tensor, necc: Literal["softmax", "cosine"] = "softmax") -> Tensor:
     """``[B, N]`` weights of a transformation ``before -> after`` (``[B, N, D]`` each): length ratio times NECC.
 
     ``W_i = |after_i| / (|before_i| + 1e-8) * NECC_i`` with ``NECC = softmax_i(cos(before_i, after_i))`` over the
@@ -75,7 +75,12 @@ class TokenTM(ReadoutExplainer):
         model: a timm ViT / DeiT / Swin.
         score: what the attention gradients differentiate: the target's ``"logit"`` or its softmax
             ``"probability"`` (then it needs a capture pass of its own in a group of logit-based explainers).
-        necc: ``"softmax"`` of the cosines over the tokens (third-party), or the ``"cosine"`` itself.
+        necc: ``"softmax"`` of the cosines over the tokens (third-party), or the ``"cosine"`` itself; ``"auto"``
+            (default): softmax where the head reads a class token, cosine on avg-pool heads (Swin, ``global_pool=
+            "avg"``). With the softmax there, the update terms are about ``1/N`` of the identity, the map follows
+            the patch embeddings' norms and ignores the learned blocks: on the tests' trained tiny Swin its
+            Spearman with the maps of the same model with head and every block re-drawn is .89 (cosine: .16),
+            its pointing game .07 (cosine: .90), deletion with the mean baseline .76 (cosine: .47).
         gradient_relu: ``"per_head"`` (``mean_h ReLU(dy/dA)``, third-party) or ``"after_mean"``
             (``ReLU(mean_h dy/dA)``).
 
@@ -89,7 +94,7 @@ class TokenTM(ReadoutExplainer):
     """
 
     def __init__(
-        self, model: nn.Module, score: Score = "logit", necc: Necc = "softmax", gradient_relu: GradientReLU = "per_head"
+        self, model: nn.Module, score: Score = "logit", necc: Necc = "auto", gradient_relu: GradientReLU = "per_head"
     ) -> None:
         super().__init__(model)
         for option, value, choices in [
@@ -112,12 +117,15 @@ class TokenTM(ReadoutExplainer):
                 f"tokentm(score={self.score!r}) needs gradients of the {self.score}, the capture differentiated the "
                 f"{record.objective}: capture with CaptureNeeds(objective={self.score!r})"
             )
+        necc = self.necc
+        if necc == "auto":
+            necc = "cosine" if record.layout.readout == "avg" else "softmax"
         fused, attention_scales, mlp_scales = [], [], []
         for attention, grad, state in zip(record.attentions, grads, states, strict=True):
             positive = grad.clamp(min=0).mean(dim=1) if self.gradient_relu == "per_head" else grad.mean(1).clamp(min=0)
             fused.append(attention.mean(dim=1) * positive)
-            attention_scales.append(transformation_weights(state["input"], state["mid"], self.necc))
-            mlp_scales.append(transformation_weights(state["mid"], state["output"], self.necc))
+            attention_scales.append(transformation_weights(state["input"], state["mid"], necc))
+            mlp_scales.append(transformation_weights(state["mid"], state["output"], necc))
         vector = propagate_token_transformation(
             record.readout_weights(), fused, attention_scales, mlp_scales, record.geometries
         )

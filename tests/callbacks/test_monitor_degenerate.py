@@ -4,7 +4,6 @@ import copy
 
 import lightning as L
 import pytest
-import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_vitx.explainers as X
