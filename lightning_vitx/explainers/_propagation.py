@@ -79,6 +79,7 @@ def propagate_additive(
     geometries: Sequence[AttentionGeometry],
     scales: Sequence[Tensor | None] | None = None,
     key_scales: Sequence[Tensor | None] | None = None,
+    drop_identity: bool = False,
 ) -> Tensor:
     """``w (I + A_L) ... (I + A_s)``: Chefer et al.'s unnormalised rule ``R <- R + A R``.
 
@@ -86,8 +87,30 @@ def propagate_additive(
     ``(I + A_l diag(key_scales[l]))``, done on the vector (``v + (v A_l) * s``), so the matrices are left as they
     are. ``scales[l]`` multiplies the vector token-wise right after block ``l``'s product, i.e.
     ``(I + A_l) diag(scales[l])``; before a merged stage's vector is spread to the grid below.
+
+    ``drop_identity=True`` returns ``w R - w (I)...(I)``: the product without its identity-only path (``w``
+    itself, spread to the first block's grid and scaled like the rest). Only that path reaches the patches when
+    ``w`` weighs them (avg-pool heads, Swin): it adds the same ``1/N`` to every patch, a constant that dwarfs the
+    attention terms (0.1 % of the value on a trained tiny Swin, below float32 rounding at random init). The
+    difference is carried down directly (``D <- D + ((u + D) A) * s`` with ``u`` the identity path), so no
+    cancellation eats it. With a class-token readout ``w`` is 0 on the patches and the identity path adds
+    nothing there; callers keep ``drop_identity=False`` for them, so those maps stay bit for bit as they were.
     """
-    return _propagate(weights, fused, geometries, _additive_step, scales, key_scales)
+    if not drop_identity:
+        return _propagate(weights, fused, geometries, _additive_step, scales, key_scales)
+    identity, difference, above = weights, torch.zeros_like(weights), None
+    scales = scales if scales is not None else [None] * len(fused)
+    key_scales = key_scales if key_scales is not None else [None] * len(fused)
+    blocks = zip(reversed(fused), reversed(geometries), reversed(scales), reversed(key_scales), strict=True)
+    for matrix, geometry, scale, key_scale in blocks:
+        if above is not None and above.grid_size != geometry.grid_size:
+            identity = spread(identity, above.grid_size, geometry.grid_size)
+            difference = spread(difference, above.grid_size, geometry.grid_size)
+        product = geometry.times(identity + difference, matrix)
+        difference, above = difference + (product if key_scale is None else product * key_scale), geometry
+        if scale is not None:
+            identity, difference = identity * scale, difference * scale
+    return difference
 
 
 def propagate_token_transformation(

@@ -45,5 +45,7 @@ class GenericAttention(ReadoutExplainer):
 
     def read(self, record: Capture) -> Tensor:
         fused = record.gradient_weighted_attention("generic_attention")[self.start_layer :]
-        relevance = propagate_additive(record.readout_weights(), fused, record.geometries[self.start_layer :])
+        weights, geometries = record.readout_weights(), record.geometries[self.start_layer :]
+        # avg-pool heads: the identity path is a constant on every patch (propagate_additive, drop_identity)
+        relevance = propagate_additive(weights, fused, geometries, drop_identity=record.layout.readout == "avg")
         return record.patch_map(relevance, block=self.start_layer)

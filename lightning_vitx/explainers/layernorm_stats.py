@@ -125,7 +125,8 @@ class LayerNormStats(ReadoutExplainer):
                 if "merge" in block and index > 0:  # the merge under block `index`: weighs its tokens after it
                     scales[index] = token_weights(block["merge"], self.rule, self.outlier_z)
         readout, geometries = record.readout_weights(), record.geometries[start:]
-        relevance = propagate_additive(readout, fused[start:], geometries, scales, key_scales)
+        avg = record.layout.readout == "avg"  # the identity path is a constant there (propagate_additive)
+        relevance = propagate_additive(readout, fused[start:], geometries, scales, key_scales, drop_identity=avg)
         maps = record.patch_map(relevance, block=start)
         if self.rule == "final":
             weights = token_weights(record.norm_stats[-1]["norm2"], "final")

@@ -108,7 +108,7 @@ class TransformerAttribution(Explainer):
                     for grad, attention, geometry in zip(grads, found, geometries, strict=True)
                 ]
                 weights = layout.readout_weights(batch, device=device)
-                scores = propagate_additive(weights, fused, geometries)
+                scores = propagate_additive(weights, fused, geometries, drop_identity=layout.readout == "avg")
                 return layout.patch_map(scores, geometries[0].grid_size).float()
 
     def pixel_relevance(self, images: Tensor, target: Target = None) -> Tensor:

@@ -219,10 +219,13 @@ def dense_oracle(model, image, target, rules):
     grids = [s["grid"] for s in blocks]
     vector = torch.full((1, grids[-1][0] * grids[-1][1]), 1.0 / (grids[-1][0] * grids[-1][1]), dtype=logits.dtype)
     readout = vector @ attention_relevance[-1].clamp(min=0).mean(dim=0)
+    identity = vector  # the identity-only path, a constant on every patch: the map leaves it out
     for index in reversed(range(len(blocks))):
         vector = vector + vector @ fused[index]
         if index and grids[index - 1] != grids[index]:
             vector = vector @ spreading(grids[index], grids[index - 1]).to(vector.dtype)
+            identity = identity @ spreading(grids[index], grids[index - 1]).to(vector.dtype)
+    vector = vector - identity
     for index in reversed(range(1, len(blocks))):
         if grids[index - 1] != grids[index]:
             readout = readout @ spreading(grids[index], grids[index - 1]).to(readout.dtype)
@@ -267,6 +270,11 @@ def test_windowed_pass_equals_the_dense_oracle(name, oracles):
             error, oracle_error = (maps[i].double() - expected).abs(), (in_float32[i].double() - expected).abs()
             assert error.max() <= 2 * oracle_error.max() + 1e-4 * scale
             assert torch.corrcoef(torch.stack([maps[i].double().flatten(), expected.flatten()]))[0, 1] > 0.999
+        elif name == "transformer_attribution":
+            # the map is the attention terms alone (the avg-pool readout's constant identity path left out), so
+            # float32 gradients' rounding shows at its own scale: ~0.15% of its largest value here
+            torch.testing.assert_close(maps[i].double(), expected, rtol=1e-2, atol=3e-3 * scale)
+            assert torch.corrcoef(torch.stack([maps[i].double().flatten(), expected.flatten()]))[0, 1] > 0.9999
         else:
             torch.testing.assert_close(maps[i].double(), expected, rtol=1e-3, atol=1e-4 * scale)
 
