@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
+import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
 from lightning_vitx._state import eval_mode
 from lightning_vitx.metrics._common import DEGENERATE_KINDS, degenerate_maps
@@ -68,6 +69,10 @@ class Scoring:
             for explainer in explainers
         }
         self.stability = {explainer: MeanMetric().to(device) for explainer in explainers}
+        # map sum / seed for the explainers whose maps decompose the target's score (ExplainerInfo.relevance_seed)
+        seeds = {explainer: X.get_info(explainer).relevance_seed for explainer in explainers}
+        self.seeds = {explainer: seed for explainer, seed in seeds.items() if seed is not None}
+        self.conservation = {explainer: MeanMetric(nan_strategy="ignore").to(device) for explainer in self.seeds}
         # The curves of a random patch order (per sample, seeded by its id: the same on every rank and epoch), the
         # reference line of the curve plots.
         probes = {name: _create(name, options, batch_size) for name, options in metric_options.items()}
@@ -112,10 +117,14 @@ class Scoring:
             return failed
         # One clean forward: the class every metric scores, and the panel's captions.
         with torch.no_grad(), eval_mode(model):
-            self.probabilities = torch.cat(
-                [model(chunk.to(device)).float().softmax(dim=1) for (chunk,) in _chunks(self.batch_size, images)]
-            )
+            logits = torch.cat([model(chunk.to(device)).float() for (chunk,) in _chunks(self.batch_size, images)])
+        self.probabilities = logits.softmax(dim=1)
         target = labels if use_labels and labels is not None else self.probabilities.argmax(dim=1).cpu()
+        for explainer, seed in self.seeds.items():
+            if explainer in maps:
+                total = maps[explainer].to(device).flatten(1).double().sum(dim=1)
+                start = logits.gather(1, target.to(device)[:, None])[:, 0].double() if seed == "logit" else 1.0
+                self.conservation[explainer].update((total / start).float())
         for explainer, explanation in maps.items():
             for name, metric in self.metrics[explainer].items():
                 if masks is None and M.get_info(name).needs_masks:
@@ -210,6 +219,8 @@ class Scoring:
                         computed[name] = metric.compute()
                 if with_stability and explainer not in disabled:
                     scores[f"{prefix}/{explainer}/stability"] = float(self.stability[explainer].compute())
+                if explainer in self.conservation and explainer not in disabled:
+                    scores[f"{prefix}/{explainer}/conservation"] = float(self.conservation[explainer].compute())
             for name in metrics:
                 value = float(computed[name]["score"]) if name in computed else math.nan
                 scores[f"{prefix}/{explainer}/{name}"] = value
@@ -219,7 +230,8 @@ class Scoring:
                     self.curves.setdefault(name, {})[explainer] = (x, y)
                 elif name in self.curves:
                     self.curves[name].pop(explainer, None)
-            for metric in [*metrics.values(), self.stability[explainer]]:
+            conservation = [self.conservation[explainer]] if explainer in self.conservation else []
+            for metric in [*metrics.values(), self.stability[explainer], *conservation]:
                 metric.reset()
         self.reference_curves = {}
         with warnings.catch_warnings():

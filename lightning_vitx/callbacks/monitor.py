@@ -229,14 +229,16 @@ class ExplainabilityMonitor(Callback):
 
         ``<name>/<explainer>/<metric>``, ``<name>/<explainer>/stability``, ``<name>/<explainer>/skipped`` (maps
         the metrics skip: NaN or inf, all zero, constant), ``.../skipped/<reason>`` (``nonfinite``, ``zero``,
-        ``flat``), ``.../degenerate`` (their share of the explained maps), with ``sanity``
+        ``flat``), ``.../degenerate`` (their share of the explained maps), ``.../conservation`` (``lrp``,
+        ``attnlrp``: the map's sum over the relevance it starts from, the target logit or 1), with ``sanity``
         ``<name>/<explainer>/randomization`` and ``.../class_sensitivity``, ``<name>/dropped`` (held-out samples
         left out) and ``<name>/time_s``.
         """
         per_explainer = [*self.metric_names, "stability", "skipped", "degenerate"]
         per_explainer += [f"skipped/{kind}" for kind in DEGENERATE_KINDS]
         per_explainer += ["randomization", "class_sensitivity"] if self.sanity else []
-        keys = [f"{self.name}/{explainer}/{key}" for explainer in self.explainer_names for key in per_explainer]
+        keys = [f"{self.name}/{e}/{key}" for e in self.explainer_names for key in per_explainer]
+        keys += [f"{self.name}/{e}/conservation" for e in self.explainer_names if X.get_info(e).relevance_seed]
         return [*keys, f"{self.name}/dropped", f"{self.name}/time_s"]
 
     # -- setup: configuration mistakes fail here, before training -----------------------------------------------

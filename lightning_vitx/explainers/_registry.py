@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from torch import nn
 
@@ -33,6 +33,10 @@ class ExplainerInfo:
             gradient and no relevance of the target: rollout, raw attention); the monitor then logs a
             ``class_sensitivity`` of 0 without explaining a second class. True does not promise that the map
             moves with the class: the monitor measures it.
+        relevance_seed: for maps that decompose the target's score over the patches (each patch's relevance summed
+            down to the input), what they start from: ``"logit"`` (the target logit: AttnLRP's Gradient x Input)
+            or ``"one"`` (a relevance of 1 at the target: the full-LRP baseline); the monitor logs the map's sum
+            over it as ``conservation``. None for every other map (rollout-type maps of attention relevance).
     """
 
     name: str
@@ -43,6 +47,7 @@ class ExplainerInfo:
     reference: str
     signed: bool = False
     class_sensitive: bool = True
+    relevance_seed: Literal["logit", "one"] | None = None
 
 
 _EXPLAINERS: Registry[ExplainerInfo] = Registry("explainer")

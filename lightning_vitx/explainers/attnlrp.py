@@ -39,6 +39,7 @@ ATTENTION_RULES = ("attnlrp", "cp")
         reference="Achtibat et al. 2024, AttnLRP (arXiv 2402.05602); Ali et al. 2022, XAI for Transformers: "
         "Better Explanations through Conservative Propagation (arXiv 2202.07304)",
         signed=True,
+        relevance_seed="logit",
     )
 )
 class AttnLRP(Explainer):

@@ -32,6 +32,7 @@ __all__ = ["LRP"]
         description="LRP relevance of each patch embedding (baseline rules through every block), summed over D",
         reference="Binder et al. 2016 (LRP), as the full-LRP baseline of Chefer, Gur & Wolf 2021 (arXiv 2012.09838)",
         signed=True,
+        relevance_seed="one",
     )
 )
 class LRP(BaselinePass):

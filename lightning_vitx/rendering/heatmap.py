@@ -187,8 +187,14 @@ def _colour_bar(figure: Any, axes: Any, scale: MapScale | list[MapScale]) -> Non
     if high <= low:  # a flat column: a bar of zero width would not draw
         low, high = low - 0.5, high + 0.5
     mappable = ScalarMappable(Normalize(low, high), reference.cmap)
-    bar = figure.colorbar(mappable, ax=axes, orientation="horizontal", fraction=0.04, pad=0.02, aspect=15)
+    clipped = not isinstance(scale, list) and reference.clipped_from is not None
+    extend = "both" if clipped else "neither"
+    bar = figure.colorbar(
+        mappable, ax=axes, orientation="horizontal", fraction=0.04, pad=0.02, aspect=15, extend=extend
+    )
     bar.ax.tick_params(labelsize=6)
+    if clipped:
+        bar.set_label(f"clipped at ±{reference.high:.3g} (largest |R| {reference.clipped_from:.3g})", fontsize=6)
     if isinstance(scale, list):
         bar.set_label("each map's own range", fontsize=6)
     elif reference.flat:

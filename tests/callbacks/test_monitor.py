@@ -263,3 +263,19 @@ def test_monitor_explains_and_scores_a_swin(tmp_path):
     images = torch.stack([torch.as_tensor(ShapesDataset(16, 32, seed=1)[i][0]) for i in range(6)])
     expected = X.create("rollout", module.model)(images)
     torch.testing.assert_close(watcher.last_maps["rollout"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_conservation_of_the_lrp_maps_is_their_sum_over_the_seed(tmp_path):
+    watcher = monitor(explainers={"attnlrp": {"gamma": 0.0, "conv_gamma": 0.0}, "lrp": {}, "rollout": {}})
+    trainer, module = fit(tmp_path, [watcher], epochs=1)
+    model = module.backbone.eval()
+    images = watcher.samples["images"]
+    with torch.no_grad():
+        logits = model(images)
+    target = logits.argmax(1)
+    attnlrp = X.create("attnlrp", model, gamma=0.0, conv_gamma=0.0)(images, target)
+    expected = (attnlrp.flatten(1).double().sum(1) / logits.gather(1, target[:, None])[:, 0].double()).mean()
+    assert float(trainer.callback_metrics["explain/attnlrp/conservation"]) == pytest.approx(float(expected), abs=1e-5)
+    lrp = X.create("lrp", model)(images, target).flatten(1).double().sum(1).mean()  # seeded with 1
+    assert float(trainer.callback_metrics["explain/lrp/conservation"]) == pytest.approx(float(lrp), rel=1e-5)
+    assert "explain/rollout/conservation" not in trainer.callback_metrics

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lightning_vitx.rendering import (
@@ -110,3 +111,18 @@ def test_non_finite_values_do_not_stretch_or_break_the_scale():
     scale = shared_scale(maps)
     assert (scale.low, scale.high) == (1.0, 2.0)
     torch.testing.assert_close(scale.apply(maps), torch.tensor([[[0.0, 0.0], [1.0, 0.0]]]))
+
+
+def test_one_signed_map_far_above_the_rest_does_not_blank_them():
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(8, 14, 14, generator=generator)
+    maps[3] *= 60.0  # lrp's per-image peaks vary 46-60x on the trained ViT
+    scale = shared_scale(maps, signed=True)
+    others = torch.cat([maps[:3], maps[4:]])
+    assert scale.high < 1.5 * float(others.abs().max())  # the bound follows the ordinary maps
+    assert scale.clipped_from == float(maps.abs().max())
+    colours = scale.apply(others)
+    assert float(colours.std()) > 0.1  # they use the colour range (with the 60x map's bound: std ~0.004)
+    figure = panel_figure(torch.zeros(8, 3, 56, 56), {"lrp": maps}, (0.5,) * 3, (0.5,) * 3, signed={"lrp": True})
+    bar = colour_bars(figure)[0]
+    assert "clipped at" in bar.get_xlabel() and bar.get_xlim()[1] == pytest.approx(scale.high)
