@@ -20,6 +20,7 @@ __all__ = [
     "Inputs",
     "MonitorConfigError",
     "check_batch_inputs",
+    "check_setup",
     "collect_from_loader",
     "default_batch_to_inputs",
 ]
@@ -102,8 +103,9 @@ class HeldOut:
     kept, with one warning per kind; ``dropped`` counts them.
     """
 
-    def __init__(self, samples: dict[str, Tensor | None] | None = None) -> None:
+    def __init__(self, samples: dict[str, Tensor | None] | None = None, strict: bool = False) -> None:
         self._samples: dict[str, Tensor | None] = dict(samples or {})
+        self.strict = strict  # a sample that would be left out raises instead (on_error="raise")
         self._parts: list[dict[str, Tensor | None]] = []  # added since, concatenated once when read
         images = self._samples.get("images")
         self._count = 0 if images is None else int(images.shape[0])
@@ -149,6 +151,10 @@ class HeldOut:
     def _drop(self, kind: str, count: int, why: str) -> None:
         if count == 0:
             return
+        if self.strict:
+            raise ValueError(
+                f"ExplainabilityMonitor(on_error='raise'): {count} held-out samples would be left out because {why}"
+            )
         if kind not in self.dropped:
             warnings.warn(
                 f"ExplainabilityMonitor: {count} held-out samples left out because {why}; later ones are left out "
@@ -178,3 +184,23 @@ def collect_from_loader(
         seen += ids.numel()
         if seen >= limit:
             break
+
+
+def check_setup(monitor: Any, trainer: Any) -> None:
+    """Mistakes only ``setup`` can see: another monitor under the same ``name``, an empty ``dataloader=``."""
+    for other in trainer.callbacks:
+        if other is not monitor and type(other) is type(monitor) and other.name == monitor.name:
+            raise MonitorConfigError(
+                f"two ExplainabilityMonitors share name={monitor.name!r}: their keys, pictures and files would "
+                "overwrite each other; give each its own name, e.g. ExplainabilityMonitor(..., name='explain_student')"
+            )
+    loader = monitor.dataloader
+    try:
+        empty = loader is not None and len(loader) == 0
+    except TypeError:  # an iterable dataset without a length: read at the first explained epoch
+        empty = False
+    if empty:
+        raise MonitorConfigError(
+            "ExplainabilityMonitor(dataloader=...) holds no batch: pass a DataLoader over the held-out samples, or "
+            "leave dataloader=None to explain the first validation samples"
+        )

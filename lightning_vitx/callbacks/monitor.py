@@ -34,6 +34,7 @@ from lightning_vitx.callbacks._held_out import (
     Inputs,
     MonitorConfigError,
     check_batch_inputs,
+    check_setup,
     collect_from_loader,
     default_batch_to_inputs,
 )
@@ -199,7 +200,7 @@ class ExplainabilityMonitor(Callback):
         self.on_error = on_error
         self.batch_to_inputs = batch_to_inputs or default_batch_to_inputs
         self.dataloader = dataloader
-        self.held_out = HeldOut()
+        self.held_out = HeldOut(strict=on_error == "raise")
         self.last_maps: dict[str, Tensor] = {}
         self.history: list[dict[str, float]] = []  # per explained epoch: {"epoch": e, "<name>/...": score}
         self._checked = False  # the first batch's inputs were checked
@@ -222,6 +223,8 @@ class ExplainabilityMonitor(Callback):
     @property
     def state_key(self) -> str:
         keys: dict[str, Any] = {"explainers": self.explainer_names, "metrics": self.metric_names}
+        if self.model_attribute is not None:  # two monitors on two models of one module: two states
+            keys["model_attribute"] = self.model_attribute
         return self._generate_state_key(**keys if self.name == "explain" else {"name": self.name, **keys})
 
     def score_keys(self) -> list[str]:
@@ -253,6 +256,7 @@ class ExplainabilityMonitor(Callback):
         if self.sanity_scores is not None:
             self.sanity_scores.restore(self._sanity_reference)
         self._check_watchers(trainer)
+        check_setup(self, trainer)
         self.pass_logger = PassLogger(self.name)
         if trainer.is_global_zero:
             self.class_names = self.class_names or find_class_names(trainer)
@@ -275,9 +279,10 @@ class ExplainabilityMonitor(Callback):
         # The global RNG is restored after, so training draws what it would have drawn without the monitor.
         if not self._checked and len(self.held_out) == 0 and not trainer.num_sanity_val_steps:
             with torch.random.fork_rng(devices=[]):
-                loader = self.dataloader or self._user_val_loader(trainer, pl_module)
-                if loader is not None:
-                    self._inputs(next(iter(loader)))
+                loader = self.dataloader if self.dataloader is not None else self._user_val_loader(trainer, pl_module)
+                first = None if loader is None else next(iter(loader), None)
+                if first is not None:  # an empty validation loader: Lightning warns; nothing to check here
+                    self._inputs(first)
 
     @staticmethod
     def _user_val_loader(trainer: Trainer, pl_module: LightningModule) -> Any:
@@ -574,7 +579,7 @@ class ExplainabilityMonitor(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the held-out set, last maps and history, reconciled with this monitor's settings (``restore``)."""
         restored = restore(state_dict, self._state_settings(), self.name, self._warn_once)
-        self.held_out = HeldOut(restored.samples)
+        self.held_out = HeldOut(restored.samples, strict=self.on_error == "raise")
         self.last_maps = restored.last_maps
         self.history = restored.history
         self._explained_epochs = restored.explained_epochs

@@ -96,7 +96,16 @@ def as_masks(masks: Tensor, ignore_index: int | None = 255) -> Tensor:
     """``[B, H, W]`` or ``[B, 1, H, W]`` -> bool ``[B, H, W]``: which pixels are the object.
 
     Bool masks: True. Integer masks: any value other than 0 and ``ignore_index`` (the "void" label of segmentation
-    datasets, 255 by default; void pixels count as not object). Float masks: values above 0.5.
+    datasets, 255 by default; void pixels count as not object), except a batch whose only values are 0 and
+    ``ignore_index``: that is a binary mask (a 0/255 PNG), and ``ignore_index`` is the object. Float masks: values
+    above 0.5.
+
+    Example::
+
+        >>> as_masks(torch.tensor([[[0, 255], [255, 0]]], dtype=torch.uint8)).tolist()  # a binary PNG mask
+        [[[False, True], [True, False]]]
+        >>> as_masks(torch.tensor([[[0, 255], [3, 0]]], dtype=torch.uint8)).tolist()  # class 3, void 255
+        [[[False, False], [True, False]]]
     """
     if masks.ndim == 4:
         masks = masks[:, 0]
@@ -105,6 +114,8 @@ def as_masks(masks: Tensor, ignore_index: int | None = 255) -> Tensor:
     if masks.dtype.is_floating_point:
         return masks > 0.5
     objects = masks != 0
+    if ignore_index is not None and bool(((masks == 0) | (masks == ignore_index)).all()):
+        return objects  # 0 and ignore_index only: binary
     return objects & (masks != ignore_index) if ignore_index is not None else objects
 
 

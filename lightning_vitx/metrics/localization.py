@@ -67,7 +67,8 @@ class _MaskMetric(Metric):
         if empty.any():
             warnings.warn(
                 f"{who}: {int(empty.sum())} of {masks.shape[0]} masks have no object pixel; those samples are "
-                "skipped (counted in `skipped`)",
+                f"skipped (counted in `skipped`). Integer masks: 0 and ignore_index={self.ignore_index} are not "
+                "object (pass ignore_index=None to count every non-zero value)",
                 stacklevel=3,
             )
         keep = usable & ~empty

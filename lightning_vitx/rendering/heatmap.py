@@ -168,11 +168,13 @@ def panel_figure(
 
 
 def _mark_flat(axes: Any, maps: Tensor) -> None:
-    """Write "all zero" or "flat <value>" in the cells of maps that are constant."""
+    """Write "NaN" (a map with NaN or inf), "all zero" or "flat <value>" in the cells of maps that rank nothing."""
     constant, zero = flat_maps(maps)
-    for axis, single, is_flat, is_zero in zip(axes, maps, constant.tolist(), zero.tolist(), strict=True):
-        if is_flat:
-            mark = "all zero" if is_zero else f"flat {float(single.flatten()[0]):.3g}"
+    nonfinite = ~torch.isfinite(maps.float()).flatten(1).all(dim=1)
+    cells = zip(axes, maps, constant.tolist(), zero.tolist(), nonfinite.tolist(), strict=True)
+    for axis, single, is_flat, is_zero, is_nan in cells:
+        if is_flat or is_nan:
+            mark = "NaN" if is_nan else "all zero" if is_zero else f"flat {float(single.flatten()[0]):.3g}"
             box = {"facecolor": "black", "alpha": 0.6, "pad": 1.5, "linewidth": 0}
             axis.text(0.03, 0.97, mark, transform=axis.transAxes, fontsize=7, va="top", color="white", bbox=box)
 
