@@ -20,6 +20,7 @@ __all__ = [
     "Inputs",
     "MonitorConfigError",
     "check_batch_inputs",
+    "check_ranking_watcher",
     "check_setup",
     "collect_from_loader",
     "default_batch_to_inputs",
@@ -203,4 +204,25 @@ def check_setup(monitor: Any, trainer: Any) -> None:
         raise MonitorConfigError(
             "ExplainabilityMonitor(dataloader=...) holds no batch: pass a DataLoader over the held-out samples, or "
             "leave dataloader=None to explain the first validation samples"
+        )
+
+
+def check_ranking_watcher(callback: Any, key: str, every_n_epochs: int) -> None:
+    """A checkpoint callback that would rank epochs the monitor never explained: a ``MonitorConfigError``.
+
+    Between explained epochs the monitor carries the last explained scores to ``callback_metrics`` (so a watcher
+    finds its key every epoch). A ``ModelCheckpoint`` keeping its ``save_top_k >= 2`` best would rank those
+    carried copies as if the epoch had been explained (``3-0.5393.ckpt`` beside ``2-0.5393.ckpt``); saving only on
+    explained epochs (its ``every_n_epochs`` a multiple of the monitor's) ranks none of them.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    if every_n_epochs == 1 or not isinstance(callback, ModelCheckpoint):
+        return
+    top_k, saves_every = callback.save_top_k, callback._every_n_epochs
+    if top_k >= 2 and (not saves_every or saves_every % every_n_epochs):
+        raise MonitorConfigError(
+            f"ModelCheckpoint(monitor={key!r}, save_top_k={top_k}) would rank epochs the monitor does not explain "
+            f"(every_n_epochs={every_n_epochs}: between them it carries the last explained score); save only on "
+            f"explained epochs: ModelCheckpoint(..., every_n_epochs={every_n_epochs})"
         )

@@ -34,6 +34,7 @@ from lightning_vitx.callbacks._held_out import (
     Inputs,
     MonitorConfigError,
     check_batch_inputs,
+    check_ranking_watcher,
     check_setup,
     collect_from_loader,
     default_batch_to_inputs,
@@ -76,7 +77,11 @@ class ExplainabilityMonitor(Callback):
     and ``EarlyStopping`` find their key at every epoch. A score that cannot be computed (a disabled explainer, a
     mask metric without masks, a metric that failed this epoch) is NaN: ``ModelCheckpoint`` treats it as the worst
     value; use ``EarlyStopping(..., check_finite=False)`` so a NaN does not stop the run. A callback watching a
-    ``<name>/...`` key the monitor never logs is a configuration error at setup.
+    ``<name>/...`` key the monitor never logs is a configuration error at setup. Carried scores are copies, not
+    new measurements: with ``every_n_epochs > 1`` a ``ModelCheckpoint`` that keeps ``save_top_k >= 2`` must save on
+    explained epochs only (``ModelCheckpoint(..., every_n_epochs=every_n_epochs)``, which matches the monitor's
+    epochs after the first), or setup raises; an ``EarlyStopping`` counts its ``patience`` in validation epochs,
+    carried ones included (give it ``every_n_epochs`` times the explained passes you mean).
 
     Memory: every pass over the model (the explainers, the clean forward, each metric's perturbed images unless
     its options set ``max_batch``) takes at most ``batch_size`` images at a time, whatever ``num_samples`` is.
@@ -272,6 +277,8 @@ class ExplainabilityMonitor(Callback):
                     f"{type(callback).__name__}(monitor={watched!r}) watches a key this ExplainabilityMonitor never "
                     f"logs; it logs {sorted(keys)}"
                 )
+            if isinstance(watched, str) and watched.startswith(f"{self.name}/"):
+                check_ranking_watcher(callback, watched, self.every_n_epochs)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Without a sanity check (num_sanity_val_steps=0) the first validation batch comes after an epoch of

@@ -59,7 +59,7 @@ def fit(tmp_path, callbacks, module=None, sanity=0, epochs=1):
         limit_val_batches=1,
         enable_progress_bar=False,
         enable_model_summary=False,
-        enable_checkpointing=False,
+        enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
         num_sanity_val_steps=sanity,
     )
     trainer.fit(module or Classifier())
@@ -127,3 +127,20 @@ def test_a_nan_map_is_marked_nan_not_all_zero():
     figure = panel_figure(torch.zeros(3, 3, 8, 8), {"rollout": maps}, (0.5,) * 3, (0.5,) * 3)
     marks = [text.get_text() for axis in figure.axes for text in axis.texts]
     assert "NaN" in marks and "all zero" in marks and marks.count("all zero") == 1
+
+
+def test_checkpoints_rank_only_explained_epochs(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    key = "explain/rollout/deletion"
+    # before: 2-0.5393.ckpt and 3-0.5393.ckpt kept; epoch 3 was never explained, it carried epoch 2's score
+    ranking = ModelCheckpoint(dirpath=tmp_path / "a", monitor=key, save_top_k=2, filename="{epoch}")
+    with pytest.raises(MonitorConfigError, match="every_n_epochs=3"):
+        fit(tmp_path, [monitor(every_n_epochs=3), ranking])
+    # the documented pattern: save on explained epochs only
+    aligned = ModelCheckpoint(dirpath=tmp_path / "b", monitor=key, save_top_k=2, every_n_epochs=3, filename="{epoch}")
+    watcher = monitor(every_n_epochs=3)
+    fit(tmp_path, [watcher, aligned], epochs=6)
+    explained = {int(row["epoch"]) for row in watcher.history}
+    saved = {int(path.stem.split("=")[1]) for path in (tmp_path / "b").glob("*.ckpt")}
+    assert explained == {0, 2, 5} and saved and saved <= explained
