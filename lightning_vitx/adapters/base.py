@@ -152,6 +152,8 @@ def detect(model: nn.Module) -> Adapter:
     inner = getattr(model, "module", None)  # DistributedDataParallel / DataParallel wrappers
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) and isinstance(inner, nn.Module):
         model = inner
+    while isinstance(getattr(model, "_orig_mod", None), nn.Module):  # a torch.compile wrapper: its original module
+        model = model._orig_mod  # type: ignore[assignment]
     for cls in _ADAPTERS:
         if cls.supports(model):  # type: ignore[attr-defined]
             return cls(model)
