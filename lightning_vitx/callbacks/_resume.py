@@ -56,6 +56,15 @@ def restore(
             {k: v for k, v in row.items() if not (k.startswith(prefixes) or k.endswith(suffixes))} for row in history
         ]
         last_maps = {explainer: m for explainer, m in last_maps.items() if explainer not in changed}
+    added = sorted(set(settings["explainers"]) - set(saved["explainers"]))
+    removed = sorted(set(saved["explainers"]) - set(settings["explainers"]))
+    if added or removed:
+        warn(
+            "resume/explainers",
+            f"explainers changed since the checkpoint: added {added} (no history yet), removed {removed} (their "
+            "history stays in `history`); the others keep theirs",
+        )
+        last_maps = {explainer: m for explainer, m in last_maps.items() if explainer in settings["explainers"]}
     failed = sorted(state.get("failed", []))
     if failed:
         warn("resume/failed", f"explainers {failed} were disabled before the checkpoint; trying them again")

@@ -144,3 +144,41 @@ def test_checkpoints_rank_only_explained_epochs(tmp_path):
     explained = {int(row["epoch"]) for row in watcher.history}
     saved = {int(path.stem.split("=")[1]) for path in (tmp_path / "b").glob("*.ckpt")}
     assert explained == {0, 2, 5} and saved and saved <= explained
+
+
+def test_resume_with_another_explainer_list_or_name_keeps_what_still_matches(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    first = monitor(explainers=["rollout", "gmar"])
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit(tmp_path, [first, saver], epochs=1)
+    checkpoint = str(tmp_path / "ckpt" / "last.ckpt")
+
+    def resume(watcher):
+        trainer = L.Trainer(
+            max_epochs=2,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            callbacks=[watcher],
+            default_root_dir=tmp_path,
+            limit_train_batches=1,
+            limit_val_batches=1,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(Classifier(), ckpt_path=checkpoint)
+        return watcher
+
+    # another explainer list: before, the whole state was dropped with Lightning's generic message
+    with pytest.warns(UserWarning, match=r"explainers changed since the checkpoint: added \['generic_attention'\]"):
+        changed = resume(monitor(explainers=["rollout", "generic_attention"]))
+    assert torch.equal(changed.samples["images"], first.samples["images"])
+    assert [row["epoch"] for row in changed.history] == [0.0, 1.0]  # rollout's history goes on
+    assert "explain/rollout/stability" in changed.history[-1]
+    # a renamed monitor: its state is the only one in the checkpoint, restored with a warning
+    with pytest.warns(UserWarning, match="restoring the monitor state saved as"):
+        renamed = resume(monitor(explainers=["rollout", "gmar"], name="explain_v2"))
+    assert torch.equal(renamed.samples["images"], first.samples["images"])
