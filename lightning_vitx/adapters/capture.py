@@ -236,6 +236,8 @@ def check_inputs(adapter: Adapter, images: Tensor) -> tuple[torch.dtype, torch.d
         raise TypeError(f"expected images as a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
     if not images.is_floating_point():
         raise TypeError(f"expected floating-point images, got dtype {images.dtype}; convert with images.float()")
+    if images.ndim == 4 and images.shape[0] == 0:
+        raise ValueError(f"expected at least one image, got an empty batch {list(images.shape)}")
     adapter.check_images(images)
     param = next(adapter.model.parameters())
     if images.device != param.device:

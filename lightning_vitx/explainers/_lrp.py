@@ -98,8 +98,8 @@ def check_supported(model: Any, name: str) -> list[Head]:
         if type(cast(Any, block).mlp) is not Mlp:
             raise TypeError(
                 f"{name} has rules for timm's Mlp (fc1, GELU, fc2); block {index}'s mlp is a "
-                f"{type(cast(Any, block).mlp).__name__} (a gated MLP has no rule here): use 'attnlrp' or "
-                "'generic_attention' for this model"
+                f"{type(cast(Any, block).mlp).__name__} (a gated MLP has no rule here): use 'generic_attention' "
+                "or 'rollout' for this model (attnlrp has no gated-MLP rule either)"
             )
     for head, _ in heads:
         if not isinstance(head, nn.Linear):

@@ -132,14 +132,17 @@ def _check_supported(model: nn.Module, attention: list[nn.Module], conv_gamma: f
         ):
             raise TypeError(
                 f"attnlrp needs attention with a fused qkv Linear, an attn_drop module and a proj Linear; attention "
-                f"{index} is a {type(module).__name__}"
+                f"{index} is a {type(module).__name__}; use 'generic_attention' or 'rollout' for this model"
             )
         if getattr(module, "gate", None) is not None:
-            raise TypeError(f"attnlrp has no rule for gated attention (attention {index})")
+            raise TypeError(
+                f"attnlrp has no rule for gated attention (attention {index}); use 'generic_attention' or 'rollout'"
+            )
     for name, module in model.named_modules():
         if name.endswith("mlp") and type(module) is not Mlp:
             raise TypeError(
-                f"attnlrp has rules for timm's Mlp (fc1, activation, fc2); {name} is a {type(module).__name__}"
+                f"attnlrp has rules for timm's Mlp (fc1, activation, fc2); {name} is a {type(module).__name__}: "
+                "use 'generic_attention' or 'rollout' for this model"
             )
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and conv_gamma != 0:

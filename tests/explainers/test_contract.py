@@ -134,3 +134,12 @@ def test_pixel_maps_at_the_input_size_also_under_inference_mode_and_autocast(nam
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = explainer.pixel_relevance(images, 1)
     torch.testing.assert_close(under_autocast, pixels, rtol=1e-4, atol=1e-6 * float(pixels.abs().max()))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_empty_batch_is_a_clear_error(name, models):
+    # before: five raised "cannot reshape tensor of 0 elements" (every one on Swin), the rest gave [0, gh, gw]
+    for case in ("vit", "swin"):
+        size = 72 if case == "swin" else 224
+        with pytest.raises(ValueError, match="expected at least one image, got an empty batch"):
+            X.create(name, models[case])(torch.zeros(0, 3, size, size))

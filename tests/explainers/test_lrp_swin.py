@@ -431,7 +431,7 @@ def test_refusals_say_what_to_do(tiny_kwargs):
     kwargs = {**tiny_kwargs}
     gated = timm.create_model("vit_tiny_patch16_224", pretrained=False, mlp_layer=timm.layers.SwiGLU, **kwargs)
     for name in NAMES:
-        with pytest.raises(TypeError, match=r"has rules for timm's Mlp .*SwiGLU.*use 'attnlrp'"):
+        with pytest.raises(TypeError, match=r"has rules for timm's Mlp .*SwiGLU.*use 'generic_attention'"):
             X.create(name, gated)
     prefix_pool = timm.create_model(
         "vit_tiny_patch16_224", pretrained=False, global_pool="avg", pool_include_prefix=True, **kwargs
