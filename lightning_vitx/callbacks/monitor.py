@@ -560,6 +560,8 @@ class ExplainabilityMonitor(Callback):
             if flag:
                 self._failed.add(name)
         failed = {key for key, flag in zip(keys, totals[len(names) : len(names) + len(keys)], strict=True) if flag}
+        for key in sorted(failed - metrics):  # the rank it failed on warned with the error; the others say so too
+            self._warn_once(f"metric/{key}", f"metric {key!r} failed on another rank: NaN this epoch on every rank")
         counts = totals[len(names) + len(keys) :]
         logged = self.scoring.fault_scores(self.name, self.explainer_names, counts[:-1])
         logged.update({f"{self.name}/{name}/degenerate": math.nan for name in self._failed})  # nothing scored

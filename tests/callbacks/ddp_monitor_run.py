@@ -45,6 +45,7 @@ class Record(Callback):
             "panel_ids": panel.ids.tolist(),
             "panel_maps": {name: m.tolist() for name, m in panel.maps.items()},
             "failed": sorted(monitor._failed),
+            "warned": sorted(monitor._warned),
         }
         os.makedirs(self.out, exist_ok=True)
         with open(f"{self.out}/rank{trainer.global_rank}.json", "w") as f:
@@ -82,10 +83,12 @@ def main(out: str, strategy: str) -> None:
     # The user's loader: more samples than num_samples, batches that do not match the shards.
     validate(f"{out}/{strategy}/loader", strategy, dataloader=DataLoader(ShapesDataset(10, 32, seed=1), batch_size=3))
     validate(f"{out}/{strategy}/one", strategy, num_samples=1)  # rank 1 holds no sample, yet enters every collective
-    if strategy == "ddp" and os.environ.get("LOCAL_RANK") == "1":  # gmar fails on rank 1 only
+    if strategy == "ddp" and os.environ.get("LOCAL_RANK") == "1":  # gmar and the pointing game fail on rank 1 only
         from lightning_vitx.explainers.gmar import GMAR
+        from lightning_vitx.metrics.localization import PointingGame
 
         GMAR.read = lambda self, record: 1 / 0
+        PointingGame.sample_scores = lambda self, geometry, maps, masks: 1 / 0
     validate(f"{out}/{strategy}/rank1fails", strategy, explainers=["rollout", "gmar"])
 
 
