@@ -227,32 +227,29 @@ class ExplainabilityMonitor(Callback):
 
     @property
     def state_key(self) -> str:
-        """The monitor's name (and ``model_attribute``): another explainer or metric list finds its state again."""
-        keys: dict[str, Any] = {"name": self.name}
+        """Name, explainers, metrics (and ``model_attribute``): distinct monitors, distinct states.
+
+        A checkpoint made with other settings is matched in ``on_load_checkpoint``.
+        """
+        keys: dict[str, Any] = {"explainers": self.explainer_names, "metrics": self.metric_names}
         if self.model_attribute is not None:  # two monitors on two models of one module: two states
             keys["model_attribute"] = self.model_attribute
-        return self._generate_state_key(**keys)
-
-    @property
-    def _legacy_state_key(self) -> str:  # type: ignore[override]
-        """The key of checkpoints written before the state key was the name alone (Lightning falls back to it)."""
-        keys: dict[str, Any] = {"explainers": self.explainer_names, "metrics": self.metric_names}
         return self._generate_state_key(**keys if self.name == "explain" else {"name": self.name, **keys})
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        """A monitor state saved under another key (a renamed monitor): restore it when it is the only one.
+        """A monitor state saved under another key (other name, explainers or metrics): restore the only one.
 
         Only states no monitor of this Trainer claims count; with none or several, a warning says the monitor
         starts afresh.
         """
         states = checkpoint.get("callbacks", {})
-        if self.state_key in states or self._legacy_state_key in states:
+        if self.state_key in states:
             return  # Lightning restores it
         callbacks: list[Any] = trainer.callbacks  # type: ignore[attr-defined]
-        claimed = {key for cb in callbacks for key in (cb.state_key, getattr(cb, "_legacy_state_key", None))}
+        claimed = {cb.state_key for cb in callbacks}
         orphans = [key for key in states if key.startswith(type(self).__qualname__) and key not in claimed]
         if len(orphans) == 1:
-            self._warn_once("resume/key", f"restoring the monitor state saved as {orphans[0]!r} (renamed since)")
+            self._warn_once("resume/key", f"restoring the monitor state saved as {orphans[0]!r} (other settings)")
             self.load_state_dict(states[orphans[0]])
         else:
             found = f"{len(orphans)} unclaimed monitor states" if orphans else "no monitor state"

@@ -66,4 +66,6 @@ def test_finetune_script_runs_and_logs_explanations(tmp_path, model, model_kwarg
     assert "explain/rollout/deletion" in result.stdout
     (metrics,) = glob.glob(f"{out}/lightning_logs/version_0/metrics.csv")
     columns = next(csv.reader(open(metrics)))
-    assert {"explain/gradcam/positive_perturbation", "explain/generic_attention/insertion"} <= set(columns)
+    # Grad-CAM's maps are often all zero at random init (skipped, so its scores may be NaN and not logged); the
+    # count of skipped maps always is
+    assert {"explain/gradcam/skipped/zero", "explain/generic_attention/insertion"} <= set(columns)
