@@ -172,11 +172,12 @@ def resolve_target(target: Target, batch_size: int, num_classes: int, device: to
         values = target.detach().to(device=device, dtype=torch.long).clone()
     else:
         values = torch.full((batch_size,), target, dtype=torch.long, device=device)
-    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= num_classes):
-        raise ValueError(
-            f"target classes must lie in [0, {num_classes}) for this model, got min {int(values.min())} and "
-            f"max {int(values.max())}"
-        )
+    if values.numel():
+        low, high = torch.stack(torch.aminmax(values)).tolist()  # one host sync for both bounds
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"target classes must lie in [0, {num_classes}) for this model, got min {low} and max {high}"
+            )
     return values
 
 

@@ -98,11 +98,14 @@ def linear_rule(
     of ``u`` then leaves a denominator far from ``2 z+`` (not 0 where ``z+`` is), and the relevance that the
     shared denominator sends back no longer cancels between the two matmuls. Rows with an output where ``z + u <
     2^-10 (|z + bias| + |bias|)`` take the reference's four-matmul form instead (``_direct_joint_linear_rule``):
-    rare at a ViT's widths, common at a test's width of 16.
+    rare at a ViT's widths, common at a test's width of 16. Off the CPU every row takes the four-matmul form:
+    picking rows costs the host a sync per layer, which stalls a GPU more than one matmul does.
     """
     weight = weight.to(x.dtype)
     if not joint:
         return _per_term_linear_rule(relevance, x, weight)
+    if _sync_free(x):
+        return _direct_joint_linear_rule(relevance, x, weight)
     magnitude, x_magnitude = weight.abs(), x.abs()
     flat_magnitude = x_magnitude.reshape(-1, x.shape[-1])
     if output is None:
@@ -123,6 +126,11 @@ def linear_rule(
         flat_x, flat_at_input = x.reshape(-1, x.shape[-1]), at_input.view(-1, x.shape[-1])
         flat_at_input[cancelled] = _direct_joint_linear_rule(flat_relevance[cancelled], flat_x[cancelled], weight)
     return at_input
+
+
+def _sync_free(x: Tensor) -> bool:
+    """Whether the rule must run without a host sync: off the CPU, where ``.nonzero()`` waits for the device."""
+    return x.device.type != "cpu"
 
 
 CANCELLATION = 2.0**-10  # the joint rule's z + u below this fraction of |z + bias| + |bias|: rounding dominates it

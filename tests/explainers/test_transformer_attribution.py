@@ -10,7 +10,7 @@ from timm.models.vision_transformer import ResPostBlock
 import lightning_vitx.explainers as X
 from lightning_vitx.adapters import detect, explaining
 from lightning_vitx.explainers import _lrp as LRP
-from lightning_vitx.explainers._lrp_rules import zb_conv_rule
+from lightning_vitx.explainers._lrp_rules import _direct_joint_linear_rule, zb_conv_rule
 
 CASES = ["vit", "registers", "deit_distilled"]  # tests/explainers/conftest.py builds them
 
@@ -95,6 +95,25 @@ def test_joint_linear_rule_where_z_plus_u_cancels():
     for recorded in ((), (output, bias)):
         found = LRP.linear_rule(relevance, x, weight, True, *recorded)
         torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_joint_linear_rule_off_the_cpu_needs_no_host_sync():
+    """Off the CPU every row takes the four-matmul form: no ``.nonzero()`` (a host sync per layer on a GPU).
+
+    On the meta device a data-dependent op such as ``.nonzero()`` raises, so the CPU path's row search fails there;
+    the device path must run, and on the CPU its form equals the three-matmul rule it replaces.
+    """
+    torch.manual_seed(0)
+    x, weight, relevance = torch.randn(2, 5, 24), torch.randn(16, 24), torch.randn(2, 5, 16)
+    bias = torch.randn(16)
+    output = torch.nn.functional.linear(x, weight, bias)
+    meta = [t.to("meta") for t in (relevance, x, weight, output, bias)]
+    with pytest.raises(NotImplementedError):  # what the CPU path's row search calls cannot run on meta tensors
+        meta[0].nonzero()
+    assert LRP.linear_rule(*meta[:3], True, *meta[3:]).shape == x.shape
+    assert LRP.linear_rule(*meta[:3], True).shape == x.shape
+    direct = _direct_joint_linear_rule(relevance.reshape(-1, 16), x.reshape(-1, 24), weight).reshape(x.shape)
+    torch.testing.assert_close(LRP.linear_rule(relevance, x, weight, True, output, bias), direct)
 
 
 def test_add_rule_reads_a_recorded_sum_and_fork_rule_keeps_the_reference_stabiliser():
