@@ -1,7 +1,16 @@
 """Architecture adapters: token layout, attention modules, and the shared capture pass."""
 
 from lightning_vitx.adapters.base import Adapter, TokenLayout, detect, register_adapter
-from lightning_vitx.adapters.capture import Capture, CaptureNeeds, TokenStats, capture_pass, explaining, resolve_target
+from lightning_vitx.adapters.capture import Capture, CaptureNeeds, TokenStats, capture_pass
+from lightning_vitx.adapters.forward import (
+    ExplainingCall,
+    Target,
+    check_inputs,
+    check_target,
+    explaining,
+    explaining_forward,
+    resolve_target,
+)
 from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention, WindowedAttention
 from lightning_vitx.adapters.swin import SwinTransformerAdapter
 from lightning_vitx.adapters.vit import VisionTransformerAdapter
@@ -12,14 +21,19 @@ __all__ = [
     "Capture",
     "CaptureNeeds",
     "DenseAttention",
+    "ExplainingCall",
     "SwinTransformerAdapter",
+    "Target",
     "TokenLayout",
     "TokenStats",
     "VisionTransformerAdapter",
     "WindowedAttention",
     "capture_pass",
+    "check_inputs",
+    "check_target",
     "detect",
     "explaining",
+    "explaining_forward",
     "register_adapter",
     "resolve_target",
 ]

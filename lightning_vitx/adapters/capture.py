@@ -13,21 +13,17 @@ restored afterwards, also when the pass raises.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
 
-from lightning_vitx._state import eval_mode
 from lightning_vitx.adapters.base import Adapter, TokenLayout
+from lightning_vitx.adapters.forward import Target, explaining_forward
 from lightning_vitx.adapters.geometry import AttentionGeometry
 
-__all__ = ["Capture", "CaptureNeeds", "TokenStats", "capture_pass", "check_inputs", "explaining", "resolve_target"]
-
-Target = int | Tensor | None
+__all__ = ["Capture", "CaptureNeeds", "TokenStats", "capture_pass"]
 Objective = Literal["logit", "probability"]
 OBJECTIVES = ("logit", "probability")
 
@@ -156,98 +152,6 @@ class Capture:
         return self.token_states
 
 
-def resolve_target(target: Target, batch_size: int, num_classes: int, device: torch.device) -> Tensor | None:
-    """Check ``target`` and return it as ``LongTensor[B]`` (``None`` stays ``None``: the predicted class)."""
-    if target is None:
-        return None
-    if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
-        raise TypeError(f"expected target None, an int or a LongTensor[B], got {type(target).__name__}")
-    if isinstance(target, Tensor):
-        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-            raise TypeError(f"expected an integer target tensor, got dtype {target.dtype}; use target.long()")
-        if target.ndim == 0:
-            target = target.expand(batch_size)
-        if target.shape != (batch_size,):
-            raise ValueError(f"expected target of shape [{batch_size}], got {list(target.shape)}")
-        values = target.detach().to(device=device, dtype=torch.long).clone()
-    else:
-        values = torch.full((batch_size,), target, dtype=torch.long, device=device)
-    if values.numel():
-        low, high = torch.stack(torch.aminmax(values)).tolist()  # one host sync for both bounds
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"target classes must lie in [0, {num_classes}) for this model, got min {low} and max {high}"
-            )
-    return values
-
-
-LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-@contextlib.contextmanager
-def explaining(adapter: Adapter) -> Iterator[None]:
-    """Put the model in the state explaining needs; restore every flag on exit.
-
-    Inside: every module in eval mode, timm fused attention off (so the probabilities exist), gradient
-    checkpointing off on the model and its stages (it would re-run the forward hooks during backward), modules
-    compiled in place (``model.compile()``) run eagerly, bf16 / fp16 weights and buffers in float32 (their values
-    exactly; the copy costs their float32 size while explaining). Restored on exit: each module's train/eval
-    flag, each ``fused_attn`` and ``grad_checkpointing`` value, each compiled call, each tensor's dtype.
-    """
-    attention: list[Any] = adapter.attention_modules()
-    fused = [(module, module.fused_attn) for module in attention if hasattr(module, "fused_attn")]
-    modules: list[Any] = list(adapter.model.modules())
-    checkpointing = [(module, module.grad_checkpointing) for module in modules if hasattr(module, "grad_checkpointing")]
-    # model.compile() in place: the compiled graph would skip the hooks the explainers read; run the eager modules
-    compiled = [(module, module._compiled_call_impl) for module in modules if module._compiled_call_impl is not None]
-    # bf16 / fp16 weights (precision="bf16-true"): explained in float32, as under autocast. The LRP rules divide
-    # by sums that nearly cancel; in bf16 lrp's maps fell to a Pearson of -0.12 with float32's on the same weights.
-    tensors = [*adapter.model.parameters(), *adapter.model.buffers()]
-    low = [(tensor, tensor.dtype) for tensor in tensors if tensor.dtype in LOW_PRECISION]
-    with eval_mode(adapter.model):
-        try:
-            with torch.no_grad():
-                for tensor, _ in low:
-                    tensor.data = tensor.data.float()  # exact: every bf16 / fp16 value is a float32 value
-            for module, _ in fused:
-                module.fused_attn = False
-            for module, _ in checkpointing:
-                module.grad_checkpointing = False
-            for module, _ in compiled:
-                module._compiled_call_impl = None
-            yield
-        finally:
-            for module, flag in fused:
-                module.fused_attn = flag
-            for module, flag in checkpointing:
-                module.grad_checkpointing = flag
-            for module, call in compiled:
-                module._compiled_call_impl = call
-            with torch.no_grad():
-                for tensor, dtype in low:
-                    tensor.data = tensor.data.to(dtype)  # back to the very same values
-
-
-def check_inputs(adapter: Adapter, images: Tensor) -> tuple[torch.dtype, torch.device]:
-    """Raise a clear error for ``images`` the model can't take; return the dtype it is explained in and its device.
-
-    bf16 / fp16 models are explained in float32 (:func:`explaining` upcasts them).
-    """
-    if not isinstance(images, Tensor):
-        raise TypeError(f"expected images as a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(f"expected floating-point images, got dtype {images.dtype}; convert with images.float()")
-    if images.ndim == 4 and images.shape[0] == 0:
-        raise ValueError(f"expected at least one image, got an empty batch {list(images.shape)}")
-    adapter.check_images(images)
-    param = next(adapter.model.parameters())
-    if images.device != param.device:
-        raise ValueError(
-            f"images are on {images.device} but the model is on {param.device}; move them with .to({param.device})"
-        )
-    return (torch.float32 if param.dtype in LOW_PRECISION else param.dtype), param.device
-
-
 def _register_hooks(
     adapter: Adapter,
     needs: CaptureNeeds,
@@ -369,24 +273,18 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
         (12, (2, 3, 197, 197))
     """
     needs = needs or CaptureNeeds()
-    dtype, device = check_inputs(adapter, images)
-    layout = adapter.layout(images)
-    geometries = adapter.attention_geometries(images)
-
     attentions: list[Tensor] = []
     head_outputs: list[Tensor] = []
     token_states: list[dict[str, Tensor]] = []
     norm_stats: list[dict[str, TokenStats]] = []
     handles: list[torch.utils.hooks.RemovableHandle] = []
-    autocast_off = torch.autocast(device_type=device.type, enabled=False)
-    with explaining(adapter), torch.inference_mode(False), torch.set_grad_enabled(needs.gradients), autocast_off:
-        target_ids = resolve_target(target, images.shape[0], adapter.num_classes, images.device)
+    # gradients reach the attention through the inputs, also when the parameters are frozen
+    with explaining_forward(adapter, images, target, needs.gradients, input_grad=needs.gradients) as call:
+        layout = adapter.layout(images)
+        geometries = adapter.attention_geometries(images)
         try:
             handles = _register_hooks(adapter, needs, attentions, head_outputs, token_states, norm_stats)
-            inputs = images.detach().clone().to(dtype)
-            if needs.gradients:
-                inputs.requires_grad_(True)  # gradients reach the attention even when the parameters are frozen
-            logits = adapter.model(inputs)
+            logits = call.forward()
         finally:
             for handle in handles:
                 handle.remove()
@@ -395,10 +293,9 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
                 f"recorded {len(attentions)} attention maps for {len(adapter.blocks())} blocks: the model's "
                 "attention did not run through its attn_drop module. Is this a stock timm Attention?"
             )
+        target_ids = call.target_ids
         batch = images.shape[0]
         _check_attention_shapes(attentions, geometries, batch)
-        if target_ids is None:
-            target_ids = logits.detach().argmax(dim=1)
 
         def per_sample(tensors: list[Tensor]) -> list[Tensor]:
             return [g.fold(t.detach().float(), batch) for t, g in zip(tensors, geometries, strict=True)]

@@ -28,8 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_vitx.adapters import Capture, CaptureNeeds, capture_pass, detect
-from lightning_vitx.adapters.capture import Target, check_inputs, explaining, resolve_target
+from lightning_vitx.adapters import Capture, CaptureNeeds, Target, capture_pass, detect, explaining_forward
 from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention
 
 __all__ = [
@@ -292,25 +291,21 @@ def edge_ablation_effects(
         torch.Size([2, 2])
     """
     adapter = detect(model)
-    dtype, device = check_inputs(adapter, images)
-    geometries = adapter.attention_geometries(images)
-    if not all(isinstance(geometry, DenseAttention) for geometry in geometries):
-        raise TypeError(
-            f"edge_ablation_effects needs dense attention (ViT, DeiT), got a {adapter.family} model: window "
-            "attention connects two patches only in the blocks whose window holds both"
-        )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    layout = adapter.layout(images)
-    pairs = _check_pairs(pairs, layout.grid_size, device) + layout.num_prefix_tokens
-    batch = images.shape[0]
-    attention: list[Any] = adapter.attention_modules()
-    autocast_off = torch.autocast(device_type=device.type, enabled=False)
-    with explaining(adapter), torch.inference_mode(False), torch.no_grad(), autocast_off:
-        target_ids = resolve_target(target, batch, adapter.num_classes, images.device)
-        inputs = images.detach().clone().to(dtype)
-        logits = model(inputs).float()
-        target_ids = logits.argmax(dim=1) if target_ids is None else target_ids
+    with explaining_forward(adapter, images, target) as call:
+        geometries = adapter.attention_geometries(images)
+        if not all(isinstance(geometry, DenseAttention) for geometry in geometries):
+            raise TypeError(
+                f"edge_ablation_effects needs dense attention (ViT, DeiT), got a {adapter.family} model: window "
+                "attention connects two patches only in the blocks whose window holds both"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        layout = adapter.layout(images)
+        pairs = _check_pairs(pairs, layout.grid_size, images.device) + layout.num_prefix_tokens
+        batch = images.shape[0]
+        attention: list[Any] = adapter.attention_modules()
+        logits = call.forward().float()
+        inputs, target_ids = call.inputs, call.target_ids
         base = logits.gather(1, target_ids[:, None])[:, 0]
         # rows are (pair, image), pair-major; each forward takes whole pairs
         per_pass = max(1, batch_size // max(batch, 1))

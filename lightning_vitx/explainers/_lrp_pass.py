@@ -20,9 +20,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from lightning_vitx.adapters import explaining, resolve_target
+from lightning_vitx.adapters import Target, explaining_forward
 from lightning_vitx.adapters.base import TokenLayout
-from lightning_vitx.adapters.capture import Target, check_inputs
 from lightning_vitx.adapters.geometry import AttentionGeometry
 from lightning_vitx.explainers._lrp import (
     BASELINE,
@@ -47,16 +46,11 @@ def relevance_pass(
     explainer: Explainer, heads: list[Head], images: Tensor, target: Target, rules: Rules, read: Reader
 ) -> Tensor:
     """One recorded forward without gradients, then ``read(record, relevance at the last block's output, ...)``."""
-    dtype, device = check_inputs(explainer.adapter, images)
-    layout, geometries = explainer.adapter.layout(images), explainer.adapter.attention_geometries(images)
-    model = cast(Any, explainer.model)
-    with explaining(explainer.adapter), torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
-        target_ids = resolve_target(target, images.shape[0], explainer.adapter.num_classes, images.device)
-        with recording(model, heads) as record:
-            logits = model(images.to(dtype))
-        if target_ids is None:
-            target_ids = logits.argmax(dim=1)
-        relevance = top_relevance(record, heads, target_ids, rules)
+    with explaining_forward(explainer.adapter, images, target) as call:
+        layout, geometries = explainer.adapter.layout(images), explainer.adapter.attention_geometries(images)
+        with recording(cast(Any, explainer.model), heads) as record:
+            call.forward()
+        relevance = top_relevance(record, heads, call.target_ids, rules)
         return read(record, relevance, layout, geometries).float()
 
 

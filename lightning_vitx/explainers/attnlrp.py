@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_vitx.adapters import explaining, resolve_target
-from lightning_vitx.adapters.capture import Target, check_inputs
+from lightning_vitx.adapters import Target, explaining_forward
 from lightning_vitx.explainers._attnlrp import AttentionRule, fused_attention, lrp_rules
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import Explainer
@@ -98,23 +97,18 @@ class AttnLRP(Explainer):
             images: ``[B, 3, H, W]`` as the model takes them.
             target: ``None`` (predicted class), an ``int`` or ``LongTensor[B]``.
         """
-        dtype, device = check_inputs(self.adapter, images)
-        autocast_off = torch.autocast(device_type=device.type, enabled=False)
         attention = self.adapter.attention_modules()
         # the uniform rule needs nothing from inside the attention: the fused kernel, where the model used it (the
         # probabilities and the q, k, v copies of the explicit path are then not kept for the backward)
         fused = [module for module in attention if getattr(module, "fused_attn", False)]
         fused = fused if self.attention_rule == "attnlrp" else []
-        with explaining(self.adapter), torch.inference_mode(False), torch.enable_grad(), autocast_off:
-            target_ids = resolve_target(target, images.shape[0], self.adapter.num_classes, images.device)
-            inputs = images.detach().clone().to(dtype).requires_grad_(True)
+        with explaining_forward(self.adapter, images, target, gradients=True, input_grad=True) as call:
             with (
                 fused_attention(fused),
                 lrp_rules(self.model, attention, self.attention_rule, self.gamma, self.conv_gamma),
             ):
-                logits = self.model(inputs)
-            if target_ids is None:
-                target_ids = logits.detach().argmax(dim=1)
+                logits = call.forward()
+            inputs, target_ids = call.inputs, call.target_ids
             (grad,) = torch.autograd.grad(logits.gather(1, target_ids[:, None]).sum(), inputs)
             return (inputs.detach() * grad).float().sum(dim=1)
 

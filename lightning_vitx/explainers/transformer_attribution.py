@@ -20,8 +20,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from lightning_vitx.adapters import explaining, resolve_target
-from lightning_vitx.adapters.capture import Target, check_inputs
+from lightning_vitx.adapters import Target, explaining_forward
 from lightning_vitx.explainers._lrp import CHEFER, attention_relevances, check_supported, recording, top_relevance
 from lightning_vitx.explainers._lrp_pass import pixel_relevance
 from lightning_vitx.explainers._propagation import propagate_additive
@@ -82,17 +81,13 @@ class TransformerAttribution(Explainer):
         self.start_layer = self._block_index(start_layer, "start_layer")
 
     def __call__(self, images: Tensor, target: Target = None) -> Tensor:
-        dtype, device = check_inputs(self.adapter, images)
-        layout = self.adapter.layout(images)
-        geometries = self.adapter.attention_geometries(images)[self.start_layer :]
         model = cast(Any, self.model)
-        autocast_off = torch.autocast(device_type=device.type, enabled=False)
-        with explaining(self.adapter), torch.inference_mode(False), torch.enable_grad(), autocast_off:
-            target_ids = resolve_target(target, images.shape[0], self.adapter.num_classes, images.device)
+        with explaining_forward(self.adapter, images, target, gradients=True, input_grad=True) as call:
+            layout = self.adapter.layout(images)
+            geometries = self.adapter.attention_geometries(images)[self.start_layer :]
             with recording(model, self._heads) as record:
-                logits = model(images.detach().clone().to(dtype).requires_grad_(True))
-            if target_ids is None:
-                target_ids = logits.detach().argmax(dim=1)
+                logits = call.forward()
+            target_ids = call.target_ids
             if any("attention" not in block for block in record.blocks):
                 raise RuntimeError(
                     "a block's attention did not run through its attn_drop module. Is this a stock timm attention?"
@@ -107,7 +102,7 @@ class TransformerAttribution(Explainer):
                     geometry.fold((grad.float() * attention).clamp(min=0), batch).mean(dim=1)
                     for grad, attention, geometry in zip(grads, found, geometries, strict=True)
                 ]
-                weights = layout.readout_weights(batch, device=device)
+                weights = layout.readout_weights(batch, device=logits.device)
                 scores = propagate_additive(weights, fused, geometries, drop_identity=layout.readout == "avg")
                 return layout.patch_map(scores, geometries[0].grid_size).float()
 

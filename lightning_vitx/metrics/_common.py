@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_vitx._registry import Registry
+from lightning_vitx.adapters.forward import check_target
 
 __all__ = [
     "METRICS",
@@ -199,26 +200,6 @@ def num_classes_of(model: nn.Module) -> int | None:
     """The model's class count where it says (timm's ``num_classes``), else None."""
     count = getattr(model, "num_classes", None)
     return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else None
-
-
-def check_target(target: Tensor | int | None, batch: int, num_classes: int | None, who: str) -> None:
-    """Raise ``TypeError``/``ValueError`` for a target that is not None, an int or ``LongTensor[B]`` in range."""
-    expected = f"None (the predicted class), an int or an integer tensor of shape [{batch}]"
-    if target is None:
-        return
-    if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
-        raise TypeError(f"{who}: expected target as {expected}, got {type(target).__name__}")
-    if isinstance(target, Tensor):
-        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-            raise TypeError(f"{who}: expected target as {expected}, got a {target.dtype} tensor")
-        if target.shape != (batch,):
-            raise ValueError(f"{who}: expected target as {expected}, got shape {list(target.shape)}")
-    values = torch.as_tensor(target)
-    if values.numel() and (values.min() < 0 or (num_classes is not None and values.max() >= num_classes)):
-        classes = f"{num_classes} classes (0..{num_classes - 1})" if num_classes is not None else "class indices"
-        raise ValueError(
-            f"{who}: target out of range for {classes}: got values {int(values.min())}..{int(values.max())}"
-        )
 
 
 def resolve_metric_target(

@@ -85,9 +85,9 @@ def test_bad_targets(models, make_images):
         explainer(images, 7)
     with pytest.raises(ValueError, match="min -1"):
         explainer(images, torch.tensor([-1, 0]))
-    with pytest.raises(ValueError, match=r"target of shape \[2\]"):
+    with pytest.raises(ValueError, match=r"an integer tensor of shape \[2\], got shape"):
         explainer(images, torch.tensor([0, 1, 2]))
-    with pytest.raises(TypeError, match="integer target tensor"):
+    with pytest.raises(TypeError, match="got a torch.float32 tensor"):
         explainer(images, torch.tensor([0.0, 1.0]))
     with pytest.raises(TypeError, match="got str"):
         explainer(images, "cat")
