@@ -15,11 +15,11 @@ from lightning_vitx.analysis.patch_interactions import (
     edge_ablation_effects,
     interaction_matrices,
     patch_interactions,
-    rank_correlation,
     receptive_fields,
     sample_pairs,
 )
 from lightning_vitx.analysis.randomization import RandomizationResult, randomization_check
+from lightning_vitx.analysis.ranks import rank_correlation
 
 __all__ = [
     "PatchInteractions",

@@ -36,7 +36,6 @@ __all__ = [
     "edge_ablation_effects",
     "interaction_matrices",
     "patch_interactions",
-    "rank_correlation",
     "receptive_fields",
     "sample_pairs",
 ]
@@ -324,38 +323,6 @@ def edge_ablation_effects(
             drops.append(base.repeat(chosen.shape[0]) - values)
         result = torch.cat(drops).view(-1, batch).T if drops else logits.new_zeros(batch, 0)
     return result.float().contiguous()
-
-
-def _ranks(values: Tensor) -> Tensor:
-    """Ranks along the last dimension, ties given their mean rank."""
-    order = values.argsort(dim=-1, stable=True)
-    ranks = torch.empty_like(values)
-    positions = torch.arange(values.shape[-1], dtype=values.dtype, device=values.device)
-    ranks.scatter_(-1, order, positions.expand_as(values))
-    flat_values, flat_ranks = values.reshape(-1, values.shape[-1]), ranks.reshape(-1, values.shape[-1])
-    for row in range(flat_values.shape[0]):
-        unique, inverse = flat_values[row].unique(return_inverse=True)
-        if unique.numel() < flat_values.shape[1]:
-            mean = torch.zeros_like(unique).scatter_add_(0, inverse, flat_ranks[row])
-            mean /= torch.bincount(inverse, minlength=unique.numel()).to(mean.dtype)
-            flat_ranks[row] = mean[inverse]
-    return flat_ranks.view_as(values)
-
-
-def rank_correlation(x: Tensor, y: Tensor) -> Tensor:
-    """Spearman's rank correlation along the last dimension (ties get their mean rank): ``[..., n]`` -> ``[...]``.
-
-    Example::
-
-        >>> rank_correlation(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, 4.0, 9.0, 16.0]))
-        tensor(1.)
-    """
-    if x.shape != y.shape or x.shape[-1] < 2:
-        raise ValueError(f"expected two tensors of one shape [..., n >= 2], got {list(x.shape)} and {list(y.shape)}")
-    rx, ry = _ranks(x.double()), _ranks(y.double())
-    rx, ry = rx - rx.mean(dim=-1, keepdim=True), ry - ry.mean(dim=-1, keepdim=True)
-    denominator = (rx.square().sum(dim=-1) * ry.square().sum(dim=-1)).sqrt()
-    return ((rx * ry).sum(dim=-1) / denominator).float()
 
 
 def sample_pairs(grid_size: tuple[int, int], count: int, seed: int = 0) -> Tensor:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_vitx.adapters import detect
-from lightning_vitx.analysis.patch_interactions import rank_correlation
+from lightning_vitx.analysis.ranks import rank_correlation
 
 __all__ = ["RandomizationResult", "randomization_check"]
 

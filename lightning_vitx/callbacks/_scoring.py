@@ -14,24 +14,14 @@ from torchmetrics import MeanMetric, Metric
 import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
 from lightning_vitx._state import eval_mode
+from lightning_vitx.analysis import rank_correlation
 from lightning_vitx.metrics._common import DEGENERATE_KINDS, degenerate_maps
 
 # The monitor counts degenerate maps itself (per reason, logged) and warns once per explainer; the metrics' own
 # per-batch warning is kept for NaN or inf only, as before.
 _METRIC_DEGENERATE_WARNING = r"(?!.*NaN or inf).*maps are (all zero|constant)"
 
-__all__ = ["Scoring", "spearman_per_sample"]
-
-
-def spearman_per_sample(a: Tensor, b: Tensor) -> Tensor:
-    """Rank correlation of two ``[B, gh, gw]`` map batches, per sample (ties ranked by position)."""
-
-    def ranks(x: Tensor) -> Tensor:
-        r = x.flatten(1).argsort(dim=1, stable=True).argsort(dim=1).float()
-        return r - r.mean(dim=1, keepdim=True)
-
-    ra, rb = ranks(a), ranks(b)
-    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)
+__all__ = ["Scoring"]
 
 
 def _chunks(size: int, *tensors: Tensor | None) -> Iterator[list[Any]]:
@@ -149,7 +139,9 @@ class Scoring:
                     self.sample_scores[key] = torch.cat(per_sample)  # per-sample only when no sample was skipped
             previous = previous_maps.get(explainer)
             if previous is not None and previous.shape == explanation.shape:
-                self.stability[explainer].update(spearman_per_sample(explanation, previous.to(device)))
+                rho = rank_correlation(explanation.flatten(1), previous.to(device).flatten(1))
+                if rho.isfinite().any():  # a constant map has no ranking to compare
+                    self.stability[explainer].update(rho[rho.isfinite()])
         if maps and self.reference:
             self._update_reference(model, samples, next(iter(maps.values())).shape[1:], target, device, warn)
         return failed
