@@ -7,7 +7,7 @@ squares of ``--fraction`` of each side), against a uniform map's share and the s
 there; the share on the object (relevance mass on the pooled mask), the pointing game and insertion (mean
 baseline). Then the attention rows themselves: per Swin block, the peakedness ``sum_j a_j^2`` of the queries in the
 corners and in the wrapped strips of a shifted block (the last ``shift`` rows/columns, whose windows the shift
-mask splits) against the rest, to test METHODS.md §7's hypothesis.
+mask splits) against the rest, to test docs/methods.md §7's hypothesis.
 """
 
 from __future__ import annotations

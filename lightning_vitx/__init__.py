@@ -10,9 +10,8 @@ Example::
 """
 
 from lightning_vitx import adapters, analysis, explainers
+from lightning_vitx._version import __version__
 from lightning_vitx.adapters import detect
 from lightning_vitx.explainers import available, create, create_many
-
-__version__ = "0.1.0"
 
 __all__ = ["__version__", "adapters", "analysis", "available", "create", "create_many", "detect", "explainers"]

@@ -12,6 +12,7 @@ from lightning_vitx.adapters.forward import (
     resolve_target,
 )
 from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention, WindowedAttention
+from lightning_vitx.adapters.normalization import model_mean_std
 from lightning_vitx.adapters.swin import SwinTransformerAdapter
 from lightning_vitx.adapters.vit import VisionTransformerAdapter
 
@@ -34,6 +35,7 @@ __all__ = [
     "detect",
     "explaining",
     "explaining_forward",
+    "model_mean_std",
     "register_adapter",
     "resolve_target",
 ]

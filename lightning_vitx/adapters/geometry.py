@@ -5,7 +5,7 @@ The rollout-family explainers carry a row vector over a block's tokens through t
 token-by-token matrix: ``O(N^2)`` per block for dense attention, ``O(N w^2)`` for windows of ``w`` tokens.
 
 Between Swin stages, patch merging maps 2x2 tokens to one; ``spread`` moves a vector from the coarse grid to the
-fine one by giving each child a quarter of its parent (mass is kept; METHODS.md §10.3, uniform rule).
+fine one by giving each child a quarter of its parent (mass is kept; docs/methods.md §10.3, uniform rule).
 """
 
 from __future__ import annotations

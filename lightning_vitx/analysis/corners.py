@@ -3,7 +3,7 @@
 Nguyen, Lee & Kim 2023 (arXiv 2311.11378) report that Chefer-style attention aggregation on Swin lights up the image
 corners. :func:`corner_share` measures it on any maps, against what a uniform map (:func:`corner_region`'s area)
 and the object mask (:func:`object_share`) would put there; :func:`attention_sharpness` reads the attention rows
-themselves, to test the shifted-window hypothesis of METHODS.md §7 (the cyclic shift leaves the wrapped corner
+themselves, to test the shifted-window hypothesis of docs/methods.md §7 (the cyclic shift leaves the wrapped corner
 windows' queries few keys, so their rows are peaked). ``benchmarks/corners.py`` runs them on the trained fixtures.
 """
 

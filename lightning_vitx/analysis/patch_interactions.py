@@ -11,7 +11,7 @@ Rows and columns are patch tokens only (prefix tokens dropped). The *effective r
 ``i`` is the smallest set of patches ``j`` whose interactions hold a share ``mass`` of row ``i``'s total; its
 *size* is the number of patches in it and its *tendency* is the mass-weighted mean offset
 ``Σ_j I_ij (pos_j - pos_i) / Σ_j I_ij`` over all patches, a ``(row, column)`` vector in patch units.
-Ma et al. publish no code and the indicator formula could not be checked against their text (METHODS.md §8):
+Ma et al. publish no code and the indicator formula could not be checked against their text (docs/methods.md §8):
 the indicators, the mass rule and its default share are this project's choices, the default indicator the one
 whose scores track the exact edge-removal effects best on the trained shapes model (see ``edge_ablation_effects``).
 
@@ -23,13 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_vitx.adapters import Capture, CaptureNeeds, Target, capture_pass, detect, explaining_forward
 from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention
+from lightning_vitx.explainers.patch_interaction import INDICATORS, Indicator, fused_indicators
 
 __all__ = [
     "PatchInteractions",
@@ -40,8 +41,6 @@ __all__ = [
     "sample_pairs",
 ]
 
-Indicator = Literal["attention", "gradient"]
-INDICATORS = ("attention", "gradient")
 DEFAULT_INDICATOR: Indicator = "gradient"
 DEFAULT_MASS = 0.9
 
@@ -106,16 +105,6 @@ def _check_indicator(indicator: str) -> None:
 def _check_mass(mass: float) -> None:
     if isinstance(mass, bool) or not isinstance(mass, (int, float)) or not 0.0 < mass <= 1.0:
         raise ValueError(f"mass must be a share in (0, 1], got {mass!r}")
-
-
-def fused_indicators(record: Capture, indicator: str) -> list[Tensor]:
-    """Per block, the indicator head-fused: ``[B, ...]`` in the block's own layout.
-
-    ``"gradient"`` is ``mean_h((dy_c/dA ⊙ A)^+)``, shared with the other explainers of a capture.
-    """
-    if indicator == "attention":
-        return [attention.mean(dim=1) for attention in record.attentions]
-    return record.gradient_weighted_attention("the gradient indicator")  # raises without gradients
 
 
 def _dense(fused: Tensor, geometry: AttentionGeometry) -> Tensor:

@@ -15,10 +15,11 @@ import torch
 from lightning.pytorch import Trainer
 from torch import Tensor, nn
 
+from lightning_vitx.adapters import Target, model_mean_std
 from lightning_vitx.callbacks._collectives import gather_rows
 from lightning_vitx.callbacks._settings import model_name
 from lightning_vitx.loggers import PassRecord, SampleImages
-from lightning_vitx.metrics._common import as_masks
+from lightning_vitx.metrics import as_masks
 
 __all__ = ["PanelRows", "gather_panel", "panel_pixel_maps", "pass_record"]
 
@@ -149,7 +150,6 @@ def pass_record(
     from lightning_vitx.rendering import (
         curves_figure,
         denormalize,
-        model_mean_std,
         overlay,
         panel_figure,
         per_map_scales,
@@ -197,8 +197,6 @@ def pass_record(
         }
 
     if "patch_interaction" in panel.maps:  # the receptive fields behind that map: one more pass, rank zero only
-        from lightning_vitx.rendering import interaction_figures
-
         device = next(model.parameters()).device
         explained_class = panel.labels if explained == "label" and panel.labels is not None else predicted
         figures = interaction_figures(model, panel.images.to(device), explained_class.to(device), captions=short)
@@ -218,3 +216,23 @@ def pass_record(
         rows.append(row)
     record.table = (columns, rows)
     return record
+
+
+def interaction_figures(
+    model: nn.Module, images: Tensor, target: Target = None, captions: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The patch-interaction pictures a monitor logs for a batch: ``{"erf": ..., "erf_size": ...}``.
+
+    One capture pass (``patch_interactions``, its default indicator and mass); the images are shown as the model's
+    normalisation undoes them. The arrows are the block before the last: with a class-token head the last block's
+    patch rows do not reach the logits, so their gradient indicator is zero there.
+    """
+    from lightning_vitx.analysis import patch_interactions
+    from lightning_vitx.rendering import erf_figure, erf_size_figure
+
+    mean, std = model_mean_std(model)
+    result = patch_interactions(model, images, target)
+    return {
+        "erf": erf_figure(images, result, mean, std, layer=-2, captions=captions),
+        "erf_size": erf_size_figure(result, captions=captions),
+    }

@@ -15,7 +15,7 @@ import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
 from lightning_vitx._state import eval_mode
 from lightning_vitx.analysis import rank_correlation
-from lightning_vitx.metrics._common import DEGENERATE_KINDS, degenerate_maps
+from lightning_vitx.metrics import DEGENERATE_KINDS, degenerate_maps
 
 # The monitor counts degenerate maps itself (per reason, logged) and warns once per explainer; the metrics' own
 # per-batch warning is kept for NaN or inf only, as before.

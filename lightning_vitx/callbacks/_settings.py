@@ -11,8 +11,6 @@ from torch import nn
 
 import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
-from lightning_vitx.explainers._registry import _EXPLAINERS
-from lightning_vitx.metrics._common import METRICS
 
 __all__ = [
     "explained_epoch",
@@ -30,10 +28,10 @@ def monitor_settings(monitor: Any, model: nn.Module | None) -> dict[str, Any]:
 
     Lists of names where a user filters runs, the package version and the model's timm name (None before setup).
     """
-    from lightning_vitx import __version__
+    from lightning_vitx._version import __version__
 
-    explainers = {n: resolved_options(_EXPLAINERS.get(n)[1], o) for n, o in monitor.explainer_options.items()}
-    metrics = {n: resolved_options(METRICS.get(n)[1], o) for n, o in monitor.metric_options.items()}
+    explainers = {n: resolved_options(X.get_class(n), o) for n, o in monitor.explainer_options.items()}
+    metrics = {n: resolved_options(M.get_class(n), o) for n, o in monitor.metric_options.items()}
     return {
         "version": __version__,
         "name": monitor.name,

@@ -52,7 +52,7 @@ from lightning_vitx.callbacks._settings import (
     score_axes,
 )
 from lightning_vitx.loggers import PassLogger, PassRecord
-from lightning_vitx.metrics._common import DEGENERATE_KINDS
+from lightning_vitx.metrics import DEGENERATE_KINDS
 
 __all__ = ["ExplainabilityMonitor"]
 

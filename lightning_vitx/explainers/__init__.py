@@ -23,7 +23,7 @@ Example::
     torch.Size([2, 14, 14])
 """
 
-from lightning_vitx.explainers._registry import ExplainerInfo, available, create, get_info, register
+from lightning_vitx.explainers._registry import ExplainerInfo, available, create, get_class, get_info, register
 from lightning_vitx.explainers.attnlrp import AttnLRP
 from lightning_vitx.explainers.base import Explainer, ExplainerGroup, ReadoutExplainer, create_many
 from lightning_vitx.explainers.generic_attention import GenericAttention
@@ -58,6 +58,7 @@ __all__ = [
     "available",
     "create",
     "create_many",
+    "get_class",
     "get_info",
     "register",
 ]

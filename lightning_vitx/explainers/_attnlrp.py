@@ -2,7 +2,7 @@
 
 Each rule is a forward hook that returns the module's own output, unchanged, from a small custom autograd function
 whose backward is the rule's: with relevance ``R = x * dy/dx`` at every tensor (Achtibat et al. 2024,
-``lxt.efficient``; METHODS.md §9.1) the rules are:
+``lxt.efficient``; docs/methods.md §9.1) the rules are:
 
 - element-wise activations (GELU): identity rule, ``R_in = R_out``: gradient ``f(x) / x``.
 - LayerNorm: the standard deviation is a constant, ``y = (x - mean(x)) / stopgrad(std) * w + b`` (epsilon rule on

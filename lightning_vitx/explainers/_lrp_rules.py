@@ -1,4 +1,4 @@
-"""The LRP rules of Chefer et al.'s code, one small function per operation (METHODS.md §3.2, §3.4).
+"""The LRP rules of Chefer et al.'s code, one small function per operation (docs/methods.md §3.2, §3.4).
 
 ``s(a, b) = a / (b + 1e-9)``, 0 where ``b = 0``, is the stabiliser of every rule. Two rule sets: ``CHEFER``
 (``modules/layers_ours.py``, for ``transformer_attribution``) and ``BASELINE`` (``modules/layers_lrp.py``, for the

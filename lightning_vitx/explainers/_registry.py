@@ -13,7 +13,7 @@ from lightning_vitx._registry import Registry
 if TYPE_CHECKING:
     from lightning_vitx.explainers.base import Explainer
 
-__all__ = ["ExplainerInfo", "available", "create", "get_info", "register"]
+__all__ = ["ExplainerInfo", "available", "create", "get_class", "get_info", "register"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,14 @@ def available() -> list[str]:
 
 
 def get_info(name: str) -> ExplainerInfo:
+    """What the registry says of ``name``: its families, whether it needs gradients, its reference, ..."""
     return _EXPLAINERS.get(name)[0]
+
+
+def get_class(name: str) -> type:
+    """The class registered as ``name`` (its constructor's defaults are the explainer's options)."""
+    cls: type = _EXPLAINERS.get(name)[1]
+    return cls
 
 
 def create(name: str, model: nn.Module, **options: Any) -> Explainer:

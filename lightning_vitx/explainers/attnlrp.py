@@ -2,7 +2,7 @@
 
 Forward hooks (``_attnlrp``; each passes its module's output through a small autograd function whose backward is
 the rule's) give the user's own model, for one pass, a backward whose gradient times input is the relevance of the
-AttnLRP rules (METHODS.md §9.1): identity rule through the MLP's activation, LayerNorm with its standard deviation
+AttnLRP rules (docs/methods.md §9.1): identity rule through the MLP's activation, LayerNorm with its standard deviation
 held constant, the uniform rule through ``q k^T`` and ``A v`` with AttnLRP's softmax rule (or, with
 ``attention_rule="cp"``, the attention probabilities detached), and the gamma rule on the Linear layers and the
 patch-embedding convolution. The input's relevance ``x * dy_c/dx`` is summed over channels (the pixel map) and over

@@ -31,7 +31,7 @@ class GMAR(ReadoutExplainer):
     ``s_h`` is the L1 (``Σ|G_h|``) or L2 (``sqrt(Σ G_h²)``) norm of head ``h``'s gradient ``G_h`` with respect
     to the target logit. Residual and aggregation as in rollout: ``Â = 0.5 Ā + 0.5 I``, ``w Â^L ... Â^1``.
 
-    No authors' code exists; the choices made here (METHODS.md §5): the gradient is taken with respect to the
+    No authors' code exists; the choices made here (docs/methods.md §5): the gradient is taken with respect to the
     attention probabilities (``gradient_source="attention"``, default) or to each head's attention output
     (``"head_output"``, the literal reading of "split across heads"); weights keep magnitude only (no ReLU);
     the product runs later blocks on the left with the readout row read last (a third-party version reverses it).

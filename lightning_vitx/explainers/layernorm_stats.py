@@ -1,9 +1,9 @@
 """LayerNorm token statistics on gradient-weighted attention: our reconstruction of Nguyen, Lee & Kim 2023.
 
 The paper (arXiv 2311.11378) weighs Chefer et al.'s gradient-weighted attention relevance by the statistics of
-the tokens in the LayerNorm layers; its method section could not be read and no code is public (METHODS.md §7).
+the tokens in the LayerNorm layers; its method section could not be read and no code is public (docs/methods.md §7).
 What is built here: the generic rule ``R <- R + Ā R`` (``Ā = mean_h((dy_c/dA ⊙ A)^+)``, as ``generic_attention``)
-with the tokens' LayerNorm statistics entering as one of the candidate integrations of METHODS.md §7. A
+with the tokens' LayerNorm statistics entering as one of the candidate integrations of docs/methods.md §7. A
 LayerNorm divides each token by its own ``σ_j = sqrt(var_c x_j + eps)``, so everything the attention branch reads
 from token ``j`` scales with ``1 / σ_j``; the residual path bypasses the norm.
 """
@@ -64,11 +64,11 @@ def token_weights(stats: TokenStats, rule: Rule, outlier_z: float = 2.0) -> Tens
         description="generic_attention's map times the last block's LayerNorm 1/std per token (mean 1); "
         "per-layer key weightings as options",
         reference="Nguyen, Lee & Kim 2023, Inspecting Explainability of Transformer Models with Additional "
-        "Statistical Information (arXiv 2311.11378); our reconstruction, see METHODS.md §7",
+        "Statistical Information (arXiv 2311.11378); our reconstruction, see docs/methods.md §7",
     )
 )
 class LayerNormStats(ReadoutExplainer):
-    """Gradient-weighted attention relevance with the tokens' LayerNorm statistics (METHODS.md §7, (i)-(iii)).
+    """Gradient-weighted attention relevance with the tokens' LayerNorm statistics (docs/methods.md §7, (i)-(iii)).
 
     ``Ā^l = mean_h(clamp(dy_c/dA ⊙ A, min=0))`` as in ``generic_attention``. Rules:
 

@@ -1,7 +1,7 @@
 """LRP (the full-LRP baseline of Chefer et al. 2021): relevance of the target logit carried down to the patches.
 
 The pass of ``_lrp`` with the LRP baseline rules of Chefer et al.'s code (``_lrp_rules.BASELINE``:
-``modules/layers_lrp.py``, ``baselines/ViT/ViT_orig_LRP.py``, ``generate_LRP(method="full")``; METHODS.md §3.4)
+``modules/layers_lrp.py``, ``baselines/ViT/ViT_orig_LRP.py``, ``generate_LRP(method="full")``; docs/methods.md §3.4)
 runs through every block (and Swin's patch mergings) to the first block's input; the position embedding's sum
 takes the plain LRP-0 split (``_lrp_pass``), and each patch's score is its embedding's relevance summed over the
 channels. The reference goes on through the patch convolution (a z^B rule bounded by the image's minimum and

@@ -2,7 +2,7 @@
 
 The relevance of the target logit is carried down to the last block's attention probabilities by the pass of
 ``_lrp`` with the LRP baseline rules of Chefer et al.'s code (``_lrp_rules.BASELINE``: ``modules/layers_lrp.py``,
-``baselines/ViT/ViT_orig_LRP.py``, ``generate_LRP(method="last_layer")``; METHODS.md §3.4); the map is that
+``baselines/ViT/ViT_orig_LRP.py``, ``generate_LRP(method="last_layer")``; docs/methods.md §3.4); the map is that
 relevance's positive part, averaged over heads, at the readout row and the patch columns. On Swin the last block's
 relevance is windowed (``[B, windows, w, w]``), read with the readout row as ``raw_attention`` reads its attention,
 and spread from the last stage's grid to the first's; Swin's rules are listed in ``_lrp``.

@@ -9,13 +9,24 @@ from torch import Tensor, nn
 
 from lightning_vitx.adapters import Capture, CaptureNeeds
 from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention, spread
-from lightning_vitx.analysis.patch_interactions import INDICATORS, fused_indicators
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import ReadoutExplainer
 
-__all__ = ["PatchInteraction"]
+__all__ = ["INDICATORS", "Indicator", "PatchInteraction", "fused_indicators"]
 
 Side = Literal["key", "query", "both"]
+Indicator = Literal["attention", "gradient"]
+INDICATORS = ("attention", "gradient")
+
+
+def fused_indicators(record: Capture, indicator: str) -> list[Tensor]:
+    """Per block, the indicator head-fused: ``[B, ...]`` in the block's own layout.
+
+    ``"gradient"`` is ``mean_h((dy_c/dA ⊙ A)^+)``, shared with the other explainers of a capture.
+    """
+    if indicator == "attention":
+        return [attention.mean(dim=1) for attention in record.attentions]
+    return record.gradient_weighted_attention("the gradient indicator")  # raises without gradients
 
 
 @register(

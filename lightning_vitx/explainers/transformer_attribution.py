@@ -3,7 +3,7 @@
 One forward pass records what the relevance rules read (each sublayer's input, ``q``, ``k``, ``v`` and the
 attention probabilities ``A``); one ``torch.autograd.grad`` gives ``dy_c/dA``; then the relevance pass of
 ``_lrp`` with the authors' rules (``_lrp_rules.CHEFER``: ``modules/layers_ours.py``, ``baselines/ViT/ViT_LRP.py``;
-METHODS.md §3.2) carries the relevance from the target logit down to the lowest block explained, keeping
+docs/methods.md §3.2) carries the relevance from the target logit down to the lowest block explained, keeping
 ``R^(A)`` (the relevance of each block's attention probabilities) on the way.
 
 The map is ``w (I + Ā^L) ... (I + Ā^s)`` read at the patch columns, ``Ā = mean_h(clamp(dy_c/dA ⊙ R^(A), min=0))``.

@@ -17,7 +17,7 @@ from typing import Any
 
 from torchmetrics import Metric
 
-from lightning_vitx.metrics._common import METRICS, MetricInfo
+from lightning_vitx.metrics._common import DEGENERATE_KINDS, METRICS, MetricInfo, as_masks, degenerate_maps
 from lightning_vitx.metrics.localization import PointingGame, RelevanceMass, SegmentationScores
 from lightning_vitx.metrics.perturbation import (
     Deletion,
@@ -29,6 +29,7 @@ from lightning_vitx.metrics.perturbation import (
 )
 
 __all__ = [
+    "DEGENERATE_KINDS",
     "Deletion",
     "Insertion",
     "MetricInfo",
@@ -38,8 +39,11 @@ __all__ = [
     "PositivePerturbation",
     "RelevanceMass",
     "SegmentationScores",
+    "as_masks",
     "available",
     "create",
+    "degenerate_maps",
+    "get_class",
     "get_info",
     "relevance_order",
 ]
@@ -51,7 +55,14 @@ def available() -> list[str]:
 
 
 def get_info(name: str) -> MetricInfo:
+    """What the registry says of ``name``: whether it needs masks, whether higher is better, ..."""
     return METRICS.get(name)[0]
+
+
+def get_class(name: str) -> type:
+    """The class registered as ``name`` (its constructor's defaults are the metric's options)."""
+    cls: type = METRICS.get(name)[1]
+    return cls
 
 
 def create(name: str, **options: Any) -> Metric:

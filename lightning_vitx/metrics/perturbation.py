@@ -67,7 +67,7 @@ def make_baseline(images: Tensor, kind: Baseline, model: nn.Module | None = None
     if kind == "zeros":
         return torch.zeros_like(images)
     if kind == "black":
-        from lightning_vitx.rendering import model_mean_std
+        from lightning_vitx.adapters import model_mean_std
 
         if model is None:
             raise ValueError("baseline='black' needs the model for its normalisation")

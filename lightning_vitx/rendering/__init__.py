@@ -10,7 +10,7 @@ from lightning_vitx.rendering.heatmap import (
     overlay,
     panel_figure,
 )
-from lightning_vitx.rendering.interactions import erf_figure, erf_size_figure, interaction_figures
+from lightning_vitx.rendering.interactions import erf_figure, erf_size_figure
 from lightning_vitx.rendering.scale import MapScale, flat_maps, per_map_scales, shared_scale
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "denormalize",
     "erf_figure",
     "erf_size_figure",
-    "interaction_figures",
     "flat_maps",
     "model_mean_std",
     "normalize_maps",

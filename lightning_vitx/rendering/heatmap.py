@@ -7,21 +7,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from lightning_vitx.adapters.normalization import model_mean_std
 from lightning_vitx.rendering.scale import UNSIGNED_CMAP, MapScale, flat_maps, per_map_scales, shared_scale
 
 __all__ = ["colorize", "denormalize", "model_mean_std", "normalize_maps", "outline_masks", "overlay", "panel_figure"]
 
 MASK_COLOUR = (0.2, 1.0, 0.4)  # the ground-truth outline: a green that none of the heat colormaps uses
-
-
-def model_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The normalisation the model was trained with, from timm's ``pretrained_cfg`` (ImageNet stats if absent)."""
-    from timm.data import resolve_model_data_config
-
-    config = resolve_model_data_config(model)
-    return tuple(config["mean"]), tuple(config["std"])
 
 
 def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

@@ -1,19 +1,22 @@
-"""Pictures of patch interactions: receptive-field arrows over the image, and ERF size per block as a curve."""
+"""Pictures of patch interactions: receptive-field arrows over the image, and ERF size per block as a curve.
+
+Both draw a ``lightning_vitx.analysis.patch_interactions`` result; the pass that makes it runs elsewhere.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from lightning_vitx.adapters.capture import Target
-from lightning_vitx.analysis.patch_interactions import DEFAULT_INDICATOR, DEFAULT_MASS, Indicator, patch_interactions
-from lightning_vitx.analysis.patch_interactions import PatchInteractions as Interactions
-from lightning_vitx.rendering.heatmap import denormalize, model_mean_std
+from lightning_vitx.rendering.heatmap import denormalize
 
-__all__ = ["erf_figure", "erf_size_figure", "interaction_figures"]
+if TYPE_CHECKING:  # drawing takes an analysis' result; it runs no pass of its own
+    from lightning_vitx.analysis import PatchInteractions as Interactions
+
+__all__ = ["erf_figure", "erf_size_figure"]
 
 
 def _pyplot() -> Any:
@@ -121,33 +124,3 @@ def erf_size_figure(result: Interactions, captions: Sequence[str] | None = None)
     axis.legend(fontsize=6)
     figure.tight_layout()
     return figure
-
-
-def interaction_figures(
-    model: nn.Module,
-    images: Tensor,
-    target: Target = None,
-    indicator: Indicator = DEFAULT_INDICATOR,
-    mass: float = DEFAULT_MASS,
-    layer: int = -2,
-    captions: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """The pictures a monitor logs for a batch: ``{"erf": erf_figure, "erf_size": erf_size_figure}``.
-
-    One capture pass (``patch_interactions``); the images are shown as the model's normalisation undoes them.
-    ``layer`` defaults to the block before the last: with a class-token head, the last block's patch rows do not
-    reach the logits, so their gradient indicator is zero there.
-
-    Example::
-
-        >>> import timm
-        >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, depth=2, img_size=64)
-        >>> sorted(interaction_figures(model, torch.randn(2, 3, 64, 64)))
-        ['erf', 'erf_size']
-    """
-    mean, std = model_mean_std(model)
-    result = patch_interactions(model, images, target, indicator=indicator, mass=mass)
-    return {
-        "erf": erf_figure(images, result, mean, std, layer=layer, captions=captions),
-        "erf_size": erf_size_figure(result, captions=captions),
-    }

@@ -63,7 +63,7 @@ def test_host_reads_are_the_target_check_alone(rows):
     for model in families():
         for explainer, result in by(rows, "syncs", model).items():
             places = dict(re.findall(r"(\S+:\d+) x(\d+)", result))
-            target_check = [place for place in places if place.startswith("capture.py:")]
+            target_check = [place for place in places if place.startswith("forward.py:")]  # adapters/forward.py
             assert len(target_check) == 1 and places[target_check[0]] == "1", (explainer, result)
             others = set(places) - set(target_check)
             if explainer == "transformer_attribution":

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import lightning_vitx.explainers as X
+import lightning_vitx.metrics as M
 from lightning_vitx.callbacks import ExplainabilityMonitor
 
 PRESETS = sorted(Path(__file__).parents[2].joinpath("callbacks").glob("*.yaml"))
@@ -20,6 +22,13 @@ def test_presets_exist_and_build_the_monitor():
         (callback,) = yaml.safe_load(preset.read_text())["trainer"]["callbacks"]
         assert callback["class_path"] == "lightning_vitx.callbacks.ExplainabilityMonitor"
         ExplainabilityMonitor(**callback["init_args"])  # every option valid
+
+
+def test_the_all_methods_preset_lists_every_registered_explainer_and_metric():
+    preset = PRESETS[0].parent / "monitor_all_methods.yaml"
+    (callback,) = yaml.safe_load(preset.read_text())["trainer"]["callbacks"]
+    assert sorted(callback["init_args"]["explainers"]) == X.available()
+    assert sorted(callback["init_args"]["metrics"]) == M.available()
 
 
 @pytest.mark.parametrize("preset", ["monitor.yaml", "monitor_all_methods.yaml"])

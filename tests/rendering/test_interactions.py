@@ -11,7 +11,8 @@ import torch  # noqa: E402
 from matplotlib.quiver import Quiver  # noqa: E402
 
 from lightning_vitx.analysis import patch_interactions  # noqa: E402
-from lightning_vitx.rendering import erf_figure, erf_size_figure, interaction_figures  # noqa: E402
+from lightning_vitx.callbacks._panel import interaction_figures  # noqa: E402
+from lightning_vitx.rendering import erf_figure, erf_size_figure  # noqa: E402
 
 
 def small_model():
