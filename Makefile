@@ -34,6 +34,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check lightning_vitx tests examples benchmarks
+	$(PY) -m ruff format --check lightning_vitx tests examples benchmarks
 	$(PY) -m mypy lightning_vitx
 
 test: lint

@@ -51,8 +51,10 @@ def main() -> None:
             model(images)
 
     one_forward = timed(forward, args.repeats)
-    print(f"\n{args.model}, batch {args.batch}, {size[0]}px, {args.device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; one forward of the batch = 1.00")
+    print(
+        f"\n{args.model}, batch {args.batch}, {size[0]}px, {args.device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; one forward of the batch = 1.00"
+    )
     print(f"| {'metric':22s} | {'model evals':>11s} | {'x forward':>9s} | {'x floor':>7s} |")
     print(f"|{'-' * 24}|{'-' * 13}|{'-' * 11}|{'-' * 9}|")
     for name in M.available():

@@ -48,6 +48,7 @@ def main(repeats: int = 3, num_samples: int = 32) -> None:
     data = ShapesDataModule(image_size=64, val_size=256, batch_size=64, distractors=2)  # as the demo
     validate(module, data, [])  # warm-up
     plain = statistics.median(validate(module, data, [])[0] for _ in range(repeats))
+
     def monitored(sanity: bool) -> list[tuple[float, float]]:
         options = dict(explainers=X.available(), metrics=METRICS, num_samples=num_samples, sanity=sanity)
         return [validate(module, data, [ExplainabilityMonitor(**options)]) for _ in range(repeats)]

@@ -134,9 +134,14 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=2, help="grey decoy shapes per image (0: the shape alone)")
     parser.add_argument("--train-size", type=int, default=8192, help="training images per epoch")
     parser.add_argument("--seed", type=int, default=0, help="weights and training order (the data stay the same)")
-    parser.add_argument("--explainers", nargs="+", choices=[*X.available(), "all"], metavar="NAME",
-                        help=f"default: {', '.join(DEMO_EXPLAINERS['vit'])} (Swin: layernorm_stats for tokentm); "
-                        "'all': every explainer that takes the model")
+    parser.add_argument(
+        "--explainers",
+        nargs="+",
+        choices=[*X.available(), "all"],
+        metavar="NAME",
+        help=f"default: {', '.join(DEMO_EXPLAINERS['vit'])} (Swin: layernorm_stats for tokentm); "
+        "'all': every explainer that takes the model",
+    )
     parser.add_argument("--run-name", default=None, help="the run's name in W&B / its folder for TensorBoard and CSV")
     parser.add_argument("--model", choices=["vit", "swin"], default="vit", help="tiny ViT (64 px) or Swin (56 px)")
     args = parser.parse_args()

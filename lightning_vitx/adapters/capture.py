@@ -19,6 +19,7 @@ from typing import Any, Literal, NamedTuple, cast
 import torch
 from torch import Tensor, nn
 
+from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters.base import Adapter, TokenLayout
 from lightning_vitx.adapters.forward import Target, explaining_forward
 from lightning_vitx.adapters.geometry import AttentionGeometry
@@ -45,8 +46,7 @@ class CaptureNeeds:
     objective: Objective = "logit"
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+        check_choice("objective", self.objective, OBJECTIVES)
 
     def __or__(self, other: CaptureNeeds) -> CaptureNeeds:
         objective = other.objective if other.gradients and not self.gradients else self.objective

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters import Capture, CaptureNeeds, Target, capture_pass, detect, explaining_forward
 from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention
 from lightning_vitx.explainers.patch_interaction import INDICATORS, Indicator, fused_indicators
@@ -98,8 +99,7 @@ class PatchInteractions:
 
 
 def _check_indicator(indicator: str) -> None:
-    if indicator not in INDICATORS:
-        raise ValueError(f"indicator must be one of {list(INDICATORS)}, got {indicator!r}")
+    check_choice("indicator", indicator, INDICATORS)
 
 
 def _check_mass(mass: float) -> None:

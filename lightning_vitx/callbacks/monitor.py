@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
+from lightning_vitx._checks import check_choice
 from lightning_vitx.callbacks._collectives import sum_over_ranks
 from lightning_vitx.callbacks._explaining import explain_in_batches
 from lightning_vitx.callbacks._held_out import (
@@ -175,10 +176,8 @@ class ExplainabilityMonitor(Callback):
         ]:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{option} must be a positive int, got {value!r}")
-        if target not in ("pred", "label"):
-            raise ValueError(f"target must be 'pred' or 'label', got {target!r}")
-        if on_error not in ("warn", "raise"):
-            raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
+        check_choice("target", target, ("pred", "label"))
+        check_choice("on_error", on_error, ("warn", "raise"))
         if dataloader is not None and not isinstance(dataloader, DataLoader):
             raise TypeError(
                 f"dataloader must be a torch.utils.data.DataLoader or None, got {type(dataloader).__name__}; "

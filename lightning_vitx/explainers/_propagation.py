@@ -10,13 +10,26 @@ from a merged stage's grid to the finer grid below it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
+from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters.geometry import AttentionGeometry, spread
 
-__all__ = ["discard_lowest", "fuse_heads", "propagate_additive", "propagate_rollout", "propagate_token_transformation"]
+__all__ = [
+    "HEAD_FUSIONS",
+    "HeadFusion",
+    "discard_lowest",
+    "fuse_heads",
+    "propagate_additive",
+    "propagate_rollout",
+    "propagate_token_transformation",
+]
+
+HeadFusion = Literal["mean", "max", "min"]
+HEAD_FUSIONS: tuple[str, ...] = get_args(HeadFusion)
 
 Step = Callable[[Tensor, Tensor, AttentionGeometry, Tensor | None], Tensor]
 
@@ -29,7 +42,8 @@ def fuse_heads(attention: Tensor, how: str) -> Tensor:
         return attention.amax(dim=1)
     if how == "min":
         return attention.amin(dim=1)
-    raise ValueError(f"head_fusion must be one of ['mean', 'max', 'min'], got {how!r}")
+    check_choice("head_fusion", how, HEAD_FUSIONS)
+    raise AssertionError("unreachable: every head fusion is handled above")
 
 
 def _propagate(

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters import Target, explaining_forward
 from lightning_vitx.explainers._attnlrp import AttentionRule, fused_attention, lrp_rules
 from lightning_vitx.explainers._registry import ExplainerInfo, register
@@ -73,8 +74,7 @@ class AttnLRP(Explainer):
         self, model: nn.Module, attention_rule: AttentionRule = "attnlrp", gamma: float = 0.25, conv_gamma: float = 0.25
     ) -> None:
         super().__init__(model)
-        if attention_rule not in ATTENTION_RULES:
-            raise ValueError(f"attention_rule must be one of {list(ATTENTION_RULES)}, got {attention_rule!r}")
+        check_choice("attention_rule", attention_rule, ATTENTION_RULES)
         for option, value in (("gamma", gamma), ("conv_gamma", conv_gamma)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{option} must be a number >= 0, got {value!r}")

@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters import Capture, CaptureNeeds
 from lightning_vitx.explainers._propagation import propagate_rollout
 from lightning_vitx.explainers._registry import ExplainerInfo, register
@@ -57,10 +58,8 @@ class GMAR(ReadoutExplainer):
         gradient_source: Literal["attention", "head_output"] = "attention",
     ) -> None:
         super().__init__(model)
-        if norm not in ("l1", "l2"):
-            raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
-        if gradient_source not in ("attention", "head_output"):
-            raise ValueError(f"gradient_source must be 'attention' or 'head_output', got {gradient_source!r}")
+        check_choice("norm", norm, ("l1", "l2"))
+        check_choice("gradient_source", gradient_source, ("attention", "head_output"))
         self.norm = norm
         self.gradient_source = gradient_source
 

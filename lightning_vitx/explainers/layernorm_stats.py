@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters import Capture, CaptureNeeds
 from lightning_vitx.adapters.capture import TokenStats
 from lightning_vitx.adapters.geometry import spread
@@ -51,7 +52,8 @@ def token_weights(stats: TokenStats, rule: Rule, outlier_z: float = 2.0) -> Tens
     elif rule == "none":
         return torch.ones_like(std)
     else:
-        raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
+        check_choice("rule", rule, RULES)
+        raise AssertionError("unreachable: every rule is handled above")
     return weights / weights.mean(dim=-1, keepdim=True)
 
 
@@ -99,8 +101,7 @@ class LayerNormStats(ReadoutExplainer):
 
     def __init__(self, model: nn.Module, rule: Rule = "final", start_layer: int = 0, outlier_z: float = 2.0):
         super().__init__(model)
-        if rule not in RULES:
-            raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
+        check_choice("rule", rule, RULES)
         if not outlier_z > 0:
             raise ValueError(f"outlier_z must be > 0, got {outlier_z}")
         self.rule = rule

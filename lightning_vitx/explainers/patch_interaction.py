@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters import Capture, CaptureNeeds
 from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention, spread
 from lightning_vitx.explainers._registry import ExplainerInfo, register
@@ -72,10 +73,8 @@ class PatchInteraction(ReadoutExplainer):
         self, model: nn.Module, indicator: Literal["gradient", "attention"] = "gradient", side: Side = "query"
     ) -> None:
         super().__init__(model)
-        if indicator not in INDICATORS:
-            raise ValueError(f"indicator must be one of {list(INDICATORS)}, got {indicator!r}")
-        if side not in ("key", "query", "both"):
-            raise ValueError(f"side must be 'key', 'query' or 'both', got {side!r}")
+        check_choice("indicator", indicator, INDICATORS)
+        check_choice("side", side, Side)
         self.indicator = indicator
         self.side = side
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import Tensor, nn
 
+from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters import Capture
-from lightning_vitx.explainers._propagation import discard_lowest, fuse_heads, propagate_rollout
+from lightning_vitx.explainers._propagation import (
+    HEAD_FUSIONS,
+    HeadFusion,
+    discard_lowest,
+    fuse_heads,
+    propagate_rollout,
+)
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import ReadoutExplainer
 
@@ -53,13 +58,12 @@ class AttentionRollout(ReadoutExplainer):
     def __init__(
         self,
         model: nn.Module,
-        head_fusion: Literal["mean", "max", "min"] = "mean",
+        head_fusion: HeadFusion = "mean",
         discard_ratio: float = 0.0,
         start_layer: int = 0,
     ) -> None:
         super().__init__(model)
-        if head_fusion not in ("mean", "max", "min"):
-            raise ValueError(f"head_fusion must be one of ['mean', 'max', 'min'], got {head_fusion!r}")
+        check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
         if not 0.0 <= discard_ratio < 1.0:
             raise ValueError(f"discard_ratio must lie in [0, 1), got {discard_ratio}")
         self.head_fusion = head_fusion

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters import Capture, CaptureNeeds
 from lightning_vitx.explainers._propagation import propagate_token_transformation
 from lightning_vitx.explainers._registry import ExplainerInfo, register
@@ -97,13 +98,9 @@ class TokenTM(ReadoutExplainer):
         self, model: nn.Module, score: Score = "logit", necc: Necc = "auto", gradient_relu: GradientReLU = "per_head"
     ) -> None:
         super().__init__(model)
-        for option, value, choices in [
-            ("score", score, get_args(Score)),
-            ("necc", necc, get_args(Necc)),
-            ("gradient_relu", gradient_relu, get_args(GradientReLU)),
-        ]:
-            if value not in choices:
-                raise ValueError(f"{option} must be one of {list(choices)}, got {value!r}")
+        check_choice("score", score, Score)
+        check_choice("necc", necc, Necc)
+        check_choice("gradient_relu", gradient_relu, GradientReLU)
         self.score, self.necc, self.gradient_relu = score, necc, gradient_relu
 
     def capture_needs(self) -> CaptureNeeds:

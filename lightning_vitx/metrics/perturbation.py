@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lightning_vitx._checks import check_choice
 from lightning_vitx._state import eval_mode
 from lightning_vitx.metrics._common import (
     METRICS,
@@ -76,7 +77,8 @@ def make_baseline(images: Tensor, kind: Baseline, model: nn.Module | None = None
             std, dtype=images.dtype, device=images.device
         )
         return black[:, None, None].expand_as(images)
-    raise ValueError(f"baseline must be one of ['blur', 'mean', 'zeros', 'black'], got {kind!r}")
+    check_choice("baseline", kind, Baseline)
+    raise AssertionError("unreachable: every baseline is handled above")
 
 
 def target_probability(logits: Tensor, target: Tensor) -> Tensor:
@@ -146,8 +148,7 @@ class _PerturbationMetric(Metric):
         values = torch.as_tensor(list(fractions), dtype=torch.float32)
         if values.numel() < 2 or (values < 0).any() or (values > 1).any() or (values.diff() <= 0).any():
             raise ValueError(f"fractions must increase within [0, 1] with at least two steps, got {list(fractions)}")
-        if baseline not in ("blur", "mean", "zeros", "black"):
-            raise ValueError(f"baseline must be one of ['blur', 'mean', 'zeros', 'black'], got {baseline!r}")
+        check_choice("baseline", baseline, Baseline)
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.fractions = values
@@ -306,8 +307,7 @@ class PerturbationAUC(_PerturbationMetric):
         max_batch: int = 64,
         **kwargs: Any,
     ) -> None:
-        if order not in ("positive", "negative"):
-            raise ValueError(f"order must be 'positive' or 'negative', got {order!r}")
+        check_choice("order", order, ("positive", "negative"))
         super().__init__(fractions, baseline, False, order == "positive", top1_agreement, max_batch, **kwargs)
         self.order = order
 

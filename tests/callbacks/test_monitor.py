@@ -1,6 +1,5 @@
 """The monitor in real Trainer runs on a tiny ViT and the synthetic shapes (CPU, a few batches)."""
 
-
 import lightning as L
 import pytest
 import torch
@@ -162,7 +161,7 @@ def test_bad_arguments():
         ExplainabilityMonitor(metrics={"auc": {}})
     with pytest.raises(ValueError, match="num_samples must be a positive int"):
         ExplainabilityMonitor(num_samples=0)
-    with pytest.raises(ValueError, match="target must be 'pred' or 'label'"):
+    with pytest.raises(ValueError, match=r"target must be one of \['pred', 'label'\]"):
         ExplainabilityMonitor(target="gt")
     with pytest.raises(TypeError, match="dataloader must be a torch.utils.data.DataLoader or None, got ShapesDataset"):
         ExplainabilityMonitor(dataloader=ShapesDataset(4, 32))

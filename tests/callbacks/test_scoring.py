@@ -10,8 +10,10 @@ from lightning_vitx.data import ShapesDataset, tiny_vit_for_shapes
 
 def test_the_reference_curve_is_the_metric_of_random_maps_seeded_by_sample_id():
     model = tiny_vit_for_shapes(32, seed=0).eval()
-    images, labels, masks = (torch.stack(parts) if isinstance(parts[0], torch.Tensor) else torch.tensor(parts)
-                             for parts in zip(*[ShapesDataset(6, 32, seed=3)[i] for i in range(6)], strict=True))
+    images, labels, masks = (
+        torch.stack(parts) if isinstance(parts[0], torch.Tensor) else torch.tensor(parts)
+        for parts in zip(*[ShapesDataset(6, 32, seed=3)[i] for i in range(6)], strict=True)
+    )
     ids = torch.tensor([4, 9, 2, 7, 0, 5])
     samples = {"ids": ids, "images": images, "labels": labels, "masks": masks}
     maps = {"rollout": torch.rand(6, 4, 4)}

@@ -69,6 +69,7 @@ def config(run_dir):
 
 def table_rows(run_dir, key):
     """All rows of the table logged under ``key`` (every increment of an incremental table), with its columns."""
+
     def increment(path):  # <key>_<increment>_<hash>.table.json
         return int(path.rsplit("/", 1)[1].split("_")[-2])
 

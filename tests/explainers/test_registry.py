@@ -46,7 +46,7 @@ def test_duplicate_registration_raises():
         ("rollout", {"start_layer": 12}, r"start_layer must be an int in \[-12, 12\)"),
         ("generic_attention", {"start_layer": 1.5}, "start_layer must be an int"),
         ("gradcam", {"layer": -13}, "layer must be an int"),
-        ("gmar", {"norm": "l3"}, "norm must be 'l1' or 'l2'"),
+        ("gmar", {"norm": "l3"}, "norm must be one of"),
         ("gmar", {"gradient_source": "values"}, "gradient_source must be"),
         ("attnlrp", {"attention_rule": "softmax"}, "attention_rule must be one of"),
     ],

@@ -166,7 +166,7 @@ def test_bad_inputs(models):
         M.RelevanceMass().update(vit, images, torch.rand(2, 14, 14), 0)
     with pytest.raises(ValueError, match="baseline must be one of"):
         M.Deletion(baseline="noise")
-    with pytest.raises(ValueError, match="order must be 'positive' or 'negative'"):
+    with pytest.raises(ValueError, match="order must be one of \\['positive', 'negative'\\]"):
         M.PerturbationAUC(order="both")
     with pytest.raises(ValueError, match="steps must be a positive int"):
         M.Insertion(steps=0)
