@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch import Tensor
 
-__all__ = ["gather_rows", "sum_over_ranks"]
+__all__ = ["agree_on_faults", "gather_rows", "sum_over_ranks"]
 
 
 def sum_over_ranks(trainer: Trainer, values: Sequence[float], device: torch.device) -> list[float]:
@@ -20,6 +20,28 @@ def sum_over_ranks(trainer: Trainer, values: Sequence[float], device: torch.devi
     if trainer.world_size > 1 and len(values) > 0:
         local = trainer.strategy.reduce(local, reduce_op="sum")
     return [float(value) for value in local.tolist()]
+
+
+def agree_on_faults(
+    trainer: Trainer,
+    device: torch.device,
+    explainers: Sequence[str],
+    metric_keys: Sequence[str],
+    failed_explainers: set[str],
+    failed_metrics: set[str],
+    counts: Sequence[float],
+) -> tuple[set[str], set[str], list[float]]:
+    """What failed on any rank, and ``counts`` summed over ranks, from one all-reduce.
+
+    Returns the ``explainers`` that failed on some rank, the ``metric_keys`` that failed on some rank, and the
+    summed ``counts`` (the same on every rank).
+    """
+    values = [float(n in failed_explainers) for n in explainers] + [float(k in failed_metrics) for k in metric_keys]
+    totals = sum_over_ranks(trainer, [*values, *counts], device)
+    flags, rest = totals[: len(explainers)], totals[len(explainers) :]
+    disabled = {name for name, flag in zip(explainers, flags, strict=True) if flag}
+    failed = {key for key, flag in zip(metric_keys, rest[: len(metric_keys)], strict=True) if flag}
+    return disabled, failed, rest[len(metric_keys) :]
 
 
 _MAX_ROW_DIMS = 4  # gather_rows: rows are at most [n, C, H, W]

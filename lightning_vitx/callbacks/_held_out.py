@@ -15,22 +15,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_vitx.callbacks.errors import MonitorConfigError
+
 __all__ = [
     "HeldOut",
     "Inputs",
-    "MonitorConfigError",
     "check_batch_inputs",
-    "check_ranking_watcher",
-    "check_setup",
     "collect_from_loader",
+    "dataset_length",
     "default_batch_to_inputs",
 ]
 
 Inputs = tuple[Tensor, Tensor | None, Tensor | None]
-
-
-class MonitorConfigError(ValueError):
-    """A monitor setting that cannot work with this model or data; raised before the first training step."""
 
 
 def default_batch_to_inputs(batch: Any) -> Inputs:
@@ -149,6 +145,22 @@ class HeldOut:
         self._parts.append(part)
         self._count += int(good.sum())
 
+    def add_validation_batch(
+        self, rank: int, world: int, limit: int, images: Tensor, labels: Tensor | None, masks: Tensor | None
+    ) -> bool:
+        """Keep this rank's share of the first ``limit`` validation samples from a batch; False once it has all.
+
+        Lightning shards validation with an unshuffled ``DistributedSampler``: rank r's i-th sample is global id
+        ``r + i * world``. Keeping ids below the limit gives every rank its exact share of the first ``limit``
+        (uneven when they don't divide) and drops the sampler's padding duplicates.
+        """
+        take = min(len(range(rank, limit, world)) - self.seen, images.shape[0])
+        if take <= 0:
+            return False
+        ids = rank + (self.seen + torch.arange(take)) * world
+        self.add(ids, slice(0, take), images, labels, masks)
+        return True
+
     def _drop(self, kind: str, count: int, why: str) -> None:
         if count == 0:
             return
@@ -187,42 +199,11 @@ def collect_from_loader(
             break
 
 
-def check_setup(monitor: Any, trainer: Any) -> None:
-    """Mistakes only ``setup`` can see: another monitor under the same ``name``, an empty ``dataloader=``."""
-    for other in trainer.callbacks:
-        if other is not monitor and type(other) is type(monitor) and other.name == monitor.name:
-            raise MonitorConfigError(
-                f"two ExplainabilityMonitors share name={monitor.name!r}: their keys, pictures and files would "
-                "overwrite each other; give each its own name, e.g. ExplainabilityMonitor(..., name='explain_student')"
-            )
-    loader = monitor.dataloader
+def dataset_length(trainer: Any) -> int | None:
+    """The length of the first validation loader's dataset, if it has one (an iterable dataset may not)."""
+    loaders = trainer.val_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
     try:
-        empty = loader is not None and len(loader) == 0
-    except TypeError:  # an iterable dataset without a length: read at the first explained epoch
-        empty = False
-    if empty:
-        raise MonitorConfigError(
-            "ExplainabilityMonitor(dataloader=...) holds no batch: pass a DataLoader over the held-out samples, or "
-            "leave dataloader=None to explain the first validation samples"
-        )
-
-
-def check_ranking_watcher(callback: Any, key: str, every_n_epochs: int) -> None:
-    """A checkpoint callback that would rank epochs the monitor never explained: a ``MonitorConfigError``.
-
-    Between explained epochs the monitor carries the last explained scores to ``callback_metrics`` (so a watcher
-    finds its key every epoch). A ``ModelCheckpoint`` keeping its ``save_top_k >= 2`` best would rank those
-    carried copies as if the epoch had been explained (``3-0.5393.ckpt`` beside ``2-0.5393.ckpt``); saving only on
-    explained epochs (its ``every_n_epochs`` a multiple of the monitor's) ranks none of them.
-    """
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    if every_n_epochs == 1 or not isinstance(callback, ModelCheckpoint):
-        return
-    top_k, saves_every = callback.save_top_k, callback._every_n_epochs
-    if top_k >= 2 and (not saves_every or saves_every % every_n_epochs):
-        raise MonitorConfigError(
-            f"ModelCheckpoint(monitor={key!r}, save_top_k={top_k}) would rank epochs the monitor does not explain "
-            f"(every_n_epochs={every_n_epochs}: between them it carries the last explained score); save only on "
-            f"explained epochs: ModelCheckpoint(..., every_n_epochs={every_n_epochs})"
-        )
+        return len(getattr(loader, "dataset", None))  # type: ignore[arg-type]
+    except TypeError:
+        return None

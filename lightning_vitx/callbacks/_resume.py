@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["Restored", "restore"]
+__all__ = ["Restored", "restore", "unclaimed_state"]
 
 
 @dataclass
@@ -74,3 +74,21 @@ def restore(
 def _changed(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Names in both whose options differ."""
     return [key for key in current if key in saved and dict(saved[key]) != dict(current[key])]
+
+
+def unclaimed_state(
+    checkpoint: Mapping[str, Any], state_key: str, prefix: str, claimed: set[str]
+) -> tuple[str | None, str | None]:
+    """The checkpoint's monitor state to restore when none is saved under ``state_key``, and what to warn.
+
+    Only states no monitor of the Trainer claims count; the only one is restored (its settings differ), with none
+    or several the monitor starts afresh. ``(None, None)``: the state is under ``state_key`` (Lightning restores it).
+    """
+    states = checkpoint.get("callbacks", {})
+    if state_key in states:
+        return None, None
+    orphans = [key for key in states if key.startswith(prefix) and key not in claimed]
+    if len(orphans) == 1:
+        return orphans[0], f"restoring the monitor state saved as {orphans[0]!r} (other settings)"
+    found = f"{len(orphans)} unclaimed monitor states" if orphans else "no monitor state"
+    return None, f"the checkpoint holds {found} for this monitor: it starts afresh"

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MeanMetric
 
 import lightning_vitx.explainers as X
 from lightning_vitx.analysis import rank_correlation
-from lightning_vitx.callbacks._explaining import explain_in_batches
+from lightning_vitx.callbacks._explaining import ExplainingRun, explain_in_batches
 
 __all__ = ["SanityScores"]
 
@@ -44,18 +44,15 @@ class SanityScores:
 
     def update(
         self,
-        model: nn.Module,
+        run: ExplainingRun,
         options: Mapping[str, Mapping[str, Any]],
         samples: Mapping[str, Tensor | None],
         maps: Mapping[str, Tensor],
         probabilities: Tensor | None,
-        use_labels: bool,
         panel_size: int,
-        batch_size: int,
-        device: torch.device,
-        warn: Callable[[str, str], None],
     ) -> None:
         """Update both scores with this rank's ``maps`` (``probabilities``: the clean forward's, same samples)."""
+        device = run.device
         for name, explanation in maps.items():
             reference = self.reference_maps.get(name)
             if reference is None or reference.shape != explanation.shape:
@@ -68,7 +65,7 @@ class SanityScores:
         shown = ids < panel_size  # the panel's samples: the first panel_size global ids
         if not bool(shown.any()):
             return
-        explained = labels if use_labels and labels is not None else probabilities.argmax(dim=1).cpu()
+        explained = labels if run.by_label and labels is not None else probabilities.argmax(dim=1).cpu()
         others = probabilities[shown].clone()
         others[torch.arange(others.shape[0]), explained[shown]] = -math.inf
         runner_up = others.argmax(dim=1).cpu()
@@ -78,11 +75,9 @@ class SanityScores:
                 self.class_sensitivity[name].update(torch.zeros(int(shown.sum()), device=device))
         if not sensitive:
             return
-        second, failed = explain_in_batches(
-            model, sensitive, images[shown], runner_up, batch_size, device, False, lambda key, message: None
-        )
+        second, failed = explain_in_batches(run.quiet(), sensitive, images[shown], runner_up)
         for name in failed:
-            warn(f"class_sensitivity/{name}", f"{name!r} failed on the runner-up class; no class_sensitivity")
+            run.warn(f"class_sensitivity/{name}", f"{name!r} failed on the runner-up class; no class_sensitivity")
         for name, other in second.items():
             values = 1.0 - _correlations(maps[name][shown].cpu(), other.cpu())
             self.class_sensitivity[name].update(values.float().to(device))

@@ -15,6 +15,7 @@ import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
 from lightning_vitx._state import eval_mode
 from lightning_vitx.analysis import rank_correlation
+from lightning_vitx.callbacks._explaining import ExplainingRun
 from lightning_vitx.metrics import DEGENERATE_KINDS, degenerate_maps
 
 # The monitor counts degenerate maps itself (per reason, logged) and warns once per explainer; the metrics' own
@@ -78,16 +79,13 @@ class Scoring:
 
     def update(
         self,
-        model: nn.Module,
+        run: ExplainingRun,
         samples: Mapping[str, Tensor | None],
         maps: Mapping[str, Tensor],
         previous_maps: Mapping[str, Tensor],
-        use_labels: bool,
-        device: torch.device,
-        raise_errors: bool,
-        warn: Callable[[str, str], None],
     ) -> set[str]:
         """Update every metric with this rank's ``maps``; the ``explainer/metric`` keys that raised."""
+        model, use_labels, device, raise_errors, warn = run.model, run.by_label, run.device, run.raise_errors, run.warn
         images, labels, masks = samples.get("images"), samples.get("labels"), samples.get("masks")
         failed: set[str] = set()
         self.probabilities, self.sample_scores = None, {}

@@ -13,6 +13,8 @@ import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
 
 __all__ = [
+    "score_keys",
+    "named_options",
     "explained_epoch",
     "find_class_names",
     "is_name_list",
@@ -21,6 +23,14 @@ __all__ = [
     "resolved_options",
     "score_axes",
 ]
+
+
+def named_options(spec: Sequence[str] | Mapping[str, Mapping[str, Any]], check: Any) -> dict[str, dict[str, Any]]:
+    """``["a", "b"]`` or ``{"a": {...}}`` -> ``{name: options}``; ``check(name)`` raises for an unknown name."""
+    options = {name: dict(o) for name, o in spec.items()} if isinstance(spec, Mapping) else {n: {} for n in spec}
+    for name in options:
+        check(name)
+    return options
 
 
 def monitor_settings(monitor: Any, model: nn.Module | None) -> dict[str, Any]:
@@ -53,6 +63,23 @@ def monitor_settings(monitor: Any, model: nn.Module | None) -> dict[str, Any]:
         "class_names": monitor.class_names,
         "on_error": monitor.on_error,
     }
+
+
+def score_keys(prefix: str, explainers: Sequence[str], metrics: Sequence[str], sanity: bool) -> list[str]:
+    """Every key a monitor logs.
+
+    ``<prefix>/<explainer>/<metric>``, ``<prefix>/<explainer>/stability``, ``<prefix>/<explainer>/skipped`` (maps
+    the metrics skip: NaN or inf, all zero, constant), ``.../skipped/<reason>`` (``nonfinite``, ``zero``,
+    ``flat``), ``.../degenerate`` (their share of the explained maps), ``.../conservation`` (``lrp``,
+    ``attnlrp``: the map's sum over the relevance it starts from, the target logit or 1), with ``sanity``
+    ``<prefix>/<explainer>/randomization`` and ``.../class_sensitivity``, ``<prefix>/dropped`` (held-out samples
+    left out) and ``<prefix>/time_s``.
+    """
+    per_explainer = [*metrics, "stability", "skipped", "degenerate", *(f"skipped/{k}" for k in M.DEGENERATE_KINDS)]
+    per_explainer += ["randomization", "class_sensitivity"] if sanity else []
+    keys = [f"{prefix}/{e}/{key}" for e in explainers for key in per_explainer]
+    keys += [f"{prefix}/{e}/conservation" for e in explainers if X.get_info(e).relevance_seed]
+    return [*keys, f"{prefix}/dropped", f"{prefix}/time_s"]
 
 
 def score_axes(

@@ -18,42 +18,43 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
 import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
-from lightning_vitx._checks import check_choice
-from lightning_vitx.callbacks._collectives import sum_over_ranks
-from lightning_vitx.callbacks._explaining import explain_in_batches
+from lightning_vitx.callbacks._collectives import agree_on_faults
+from lightning_vitx.callbacks._config import check_monitor_options, check_setup, check_watchers, first_validation_batch
+from lightning_vitx.callbacks._explaining import ExplainingRun, explain_in_batches
 from lightning_vitx.callbacks._held_out import (
     HeldOut,
     Inputs,
-    MonitorConfigError,
     check_batch_inputs,
-    check_ranking_watcher,
-    check_setup,
     collect_from_loader,
+    dataset_length,
     default_batch_to_inputs,
 )
 from lightning_vitx.callbacks._model import find_model
 from lightning_vitx.callbacks._panel import PanelRows, gather_panel, panel_pixel_maps, pass_record
-from lightning_vitx.callbacks._resume import restore
+from lightning_vitx.callbacks._resume import restore, unclaimed_state
 from lightning_vitx.callbacks._sanity import SanityScores
 from lightning_vitx.callbacks._scoring import Scoring
 from lightning_vitx.callbacks._settings import (
     explained_epoch,
     find_class_names,
-    is_name_list,
     monitor_settings,
+    named_options,
     score_axes,
+    score_keys,
 )
+from lightning_vitx.callbacks.errors import MonitorConfigError
 from lightning_vitx.loggers import PassLogger, PassRecord
-from lightning_vitx.metrics import DEGENERATE_KINDS
 
 __all__ = ["ExplainabilityMonitor"]
 
@@ -153,42 +154,21 @@ class ExplainabilityMonitor(Callback):
         pixel_maps: bool = False,
         sanity: bool = True,
     ) -> None:
-        self.explainer_options = (
-            {name: dict(options) for name, options in explainers.items()}
-            if isinstance(explainers, Mapping)
-            else {name: {} for name in explainers}
-        )
-        for explainer in self.explainer_options:
-            X.get_info(explainer)  # unknown names fail here, with the choices
-        self.metric_options = (
-            {name: dict(options) for name, options in metrics.items()}
-            if isinstance(metrics, Mapping)
-            else {name: {} for name in metrics}
-        )
+        self.explainer_options = named_options(explainers, X.get_info)  # unknown names fail here, with the choices
+        self.metric_options = named_options(metrics, M.get_info)
         self.metric_names = list(self.metric_options)
-        for metric in self.metric_names:
-            M.get_info(metric)
-        for option, value in [
-            ("num_samples", num_samples),
-            ("panel_size", panel_size),
-            ("every_n_epochs", every_n_epochs),
-            ("batch_size", batch_size),
-        ]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{option} must be a positive int, got {value!r}")
-        check_choice("target", target, ("pred", "label"))
-        check_choice("on_error", on_error, ("warn", "raise"))
-        if dataloader is not None and not isinstance(dataloader, DataLoader):
-            raise TypeError(
-                f"dataloader must be a torch.utils.data.DataLoader or None, got {type(dataloader).__name__}; "
-                "wrap the held-out dataset: dataloader=DataLoader(dataset, batch_size=...)"
-            )
-        if not isinstance(name, str) or not name or name.startswith("/") or name.endswith("/"):
-            raise ValueError(f"name must be a non-empty string without a leading or trailing '/', got {name!r}")
-        if class_names is not None and not is_name_list(class_names):
-            raise TypeError(f"class_names must be a list of strings (class index -> name) or None, got {class_names!r}")
-        if model_attribute is not None and (not isinstance(model_attribute, str) or not model_attribute):
-            raise ValueError(f"model_attribute must be a dotted attribute path or None, got {model_attribute!r}")
+        check_monitor_options(
+            num_samples=num_samples,
+            panel_size=panel_size,
+            every_n_epochs=every_n_epochs,
+            batch_size=batch_size,
+            target=target,
+            on_error=on_error,
+            dataloader=dataloader,
+            name=name,
+            class_names=class_names,
+            model_attribute=model_attribute,
+        )
         self.name = name
         self.per_map_scale = bool(per_map_scale)
         self.pixel_maps = bool(pixel_maps)
@@ -225,6 +205,7 @@ class ExplainabilityMonitor(Callback):
         return self.held_out.samples
 
     @property
+    @override
     def state_key(self) -> str:
         """Name, explainers, metrics (and ``model_attribute``): distinct monitors, distinct states.
 
@@ -235,43 +216,27 @@ class ExplainabilityMonitor(Callback):
             keys["model_attribute"] = self.model_attribute
         return self._generate_state_key(**keys if self.name == "explain" else {"name": self.name, **keys})
 
+    @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         """A monitor state saved under another key (other name, explainers or metrics): restore the only one.
 
         Only states no monitor of this Trainer claims count; with none or several, a warning says the monitor
         starts afresh.
         """
-        states = checkpoint.get("callbacks", {})
-        if self.state_key in states:
-            return  # Lightning restores it
         callbacks: list[Any] = trainer.callbacks  # type: ignore[attr-defined]
-        claimed = {cb.state_key for cb in callbacks}
-        orphans = [key for key in states if key.startswith(type(self).__qualname__) and key not in claimed]
-        if len(orphans) == 1:
-            self._warn_once("resume/key", f"restoring the monitor state saved as {orphans[0]!r} (other settings)")
-            self.load_state_dict(states[orphans[0]])
-        else:
-            found = f"{len(orphans)} unclaimed monitor states" if orphans else "no monitor state"
-            self._warn_once("resume/key", f"the checkpoint holds {found} for this monitor: it starts afresh")
+        claimed = {callback.state_key for callback in callbacks}
+        key, message = unclaimed_state(checkpoint, self.state_key, type(self).__qualname__, claimed)
+        if message:
+            self._warn_once("resume/key", message)
+        if key is not None:
+            self.load_state_dict(checkpoint["callbacks"][key])
 
     def score_keys(self) -> list[str]:
-        """Every key this monitor logs.
-
-        ``<name>/<explainer>/<metric>``, ``<name>/<explainer>/stability``, ``<name>/<explainer>/skipped`` (maps
-        the metrics skip: NaN or inf, all zero, constant), ``.../skipped/<reason>`` (``nonfinite``, ``zero``,
-        ``flat``), ``.../degenerate`` (their share of the explained maps), ``.../conservation`` (``lrp``,
-        ``attnlrp``: the map's sum over the relevance it starts from, the target logit or 1), with ``sanity``
-        ``<name>/<explainer>/randomization`` and ``.../class_sensitivity``, ``<name>/dropped`` (held-out samples
-        left out) and ``<name>/time_s``.
-        """
-        per_explainer = [*self.metric_names, "stability", "skipped", "degenerate"]
-        per_explainer += [f"skipped/{kind}" for kind in DEGENERATE_KINDS]
-        per_explainer += ["randomization", "class_sensitivity"] if self.sanity else []
-        keys = [f"{self.name}/{e}/{key}" for e in self.explainer_names for key in per_explainer]
-        keys += [f"{self.name}/{e}/conservation" for e in self.explainer_names if X.get_info(e).relevance_seed]
-        return [*keys, f"{self.name}/dropped", f"{self.name}/time_s"]
+        """Every key this monitor logs (``_settings.score_keys`` lists and explains them)."""
+        return score_keys(self.name, self.explainer_names, self.metric_names, self.sanity)
 
     # -- setup: configuration mistakes fail here, before training -----------------------------------------------
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.model = find_model(pl_module, self.model_attribute)
         try:
@@ -282,45 +247,21 @@ class ExplainabilityMonitor(Callback):
         self.sanity_scores = SanityScores(self.explainer_names, pl_module.device) if self.sanity else None
         if self.sanity_scores is not None:
             self.sanity_scores.restore(self._sanity_reference)
-        self._check_watchers(trainer)
+        check_watchers(trainer.callbacks, self.name, set(self.score_keys()), self.every_n_epochs)  # type: ignore[attr-defined]
         check_setup(self, trainer)
         self.pass_logger = PassLogger(self.name)
         if trainer.is_global_zero:
             self.class_names = self.class_names or find_class_names(trainer)
             self._record_config(trainer)
 
-    def _check_watchers(self, trainer: Trainer) -> None:
-        """A ModelCheckpoint / EarlyStopping watching a ``<name>/...`` key this monitor never logs: say so now."""
-        keys = set(self.score_keys())
-        for callback in trainer.callbacks:  # type: ignore[attr-defined]
-            watched = getattr(callback, "monitor", None)
-            if isinstance(watched, str) and watched.startswith(f"{self.name}/") and watched not in keys:
-                raise MonitorConfigError(
-                    f"{type(callback).__name__}(monitor={watched!r}) watches a key this ExplainabilityMonitor never "
-                    f"logs; it logs {sorted(keys)}"
-                )
-            if isinstance(watched, str) and watched.startswith(f"{self.name}/"):
-                check_ranking_watcher(callback, watched, self.every_n_epochs)
-
+    @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Without a sanity check (num_sanity_val_steps=0) the first validation batch comes after an epoch of
         # training: read one batch now, so a configuration mistake fails before the first step.
-        # The global RNG is restored after, so training draws what it would have drawn without the monitor.
         if not self._checked and len(self.held_out) == 0 and not trainer.num_sanity_val_steps:
-            with torch.random.fork_rng(devices=[]):
-                loader = self.dataloader if self.dataloader is not None else self._user_val_loader(trainer, pl_module)
-                first = None if loader is None else next(iter(loader), None)
-                if first is not None:  # an empty validation loader: Lightning warns; nothing to check here
-                    self._inputs(first)
-
-    @staticmethod
-    def _user_val_loader(trainer: Trainer, pl_module: LightningModule) -> Any:
-        source = trainer.datamodule if trainer.datamodule is not None else pl_module  # type: ignore[attr-defined]
-        try:
-            loader = source.val_dataloader()
-        except Exception:  # noqa: BLE001 - no such hook (loaders passed to fit): checked at the first batch instead
-            return None
-        return loader[0] if isinstance(loader, (list, tuple)) and loader else loader
+            first = first_validation_batch(trainer, pl_module, self.dataloader)
+            if first is not None:  # an empty validation loader: Lightning warns; nothing to check here
+                self._inputs(first)
 
     def _inputs(self, batch: Any) -> Inputs:
         """``batch_to_inputs(batch)``, checked; the first batch's mistakes raise MonitorConfigError."""
@@ -348,9 +289,11 @@ class ExplainabilityMonitor(Callback):
         self.pass_logger.define_axes(trainer, axes)
 
     # -- collecting the held-out set -------------------------------------------------------------------------
+    @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._collecting = self.dataloader is None and not trainer.sanity_checking and len(self.held_out) == 0
 
+    @override
     def on_validation_batch_end(
         self,
         trainer: Trainer,
@@ -372,29 +315,10 @@ class ExplainabilityMonitor(Callback):
                     raise
                 self._warn_once("batch", f"a validation batch was skipped: {error}")
                 return
-        if not self._collecting:
-            return
-        # Lightning shards validation with an unshuffled DistributedSampler: rank r's i-th sample is global id
-        # r + i * world_size. Keeping ids below the limit gives every rank its exact share of the first
-        # num_samples (uneven when they don't divide) and drops the sampler's padding duplicates.
-        world, rank = trainer.world_size, trainer.global_rank
-        limit = min(self.num_samples, self._dataset_length(trainer) or self.num_samples)
-        take = min(len(range(rank, limit, world)) - self.held_out.seen, images.shape[0])
-        if take <= 0:
-            self._collecting = False
-            return
-        ids = rank + (self.held_out.seen + torch.arange(take)) * world
-        self.held_out.add(ids, slice(0, take), images, labels, masks)
-
-    @staticmethod
-    def _dataset_length(trainer: Trainer) -> int | None:
-        loaders = trainer.val_dataloaders
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        dataset = getattr(loader, "dataset", None)
-        try:
-            return len(dataset)  # type: ignore[arg-type]
-        except TypeError:
-            return None
+        if self._collecting:
+            limit = min(self.num_samples, dataset_length(trainer) or self.num_samples)
+            rank, world = trainer.global_rank, trainer.world_size
+            self._collecting = self.held_out.add_validation_batch(rank, world, limit, images, labels, masks)
 
     # -- every validation epoch --------------------------------------------------------------------------------
     def _due(self, trainer: Trainer) -> bool:
@@ -403,6 +327,7 @@ class ExplainabilityMonitor(Callback):
             return False
         return self._explained_epochs == 0 or (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
+    @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._collecting = False
         if trainer.sanity_checking:
@@ -414,40 +339,21 @@ class ExplainabilityMonitor(Callback):
             rank, world = trainer.global_rank, trainer.world_size
             collect_from_loader(self.held_out, self.dataloader, self._inputs, self.num_samples, rank, world)
         start = time.perf_counter()
+        run = self._run(pl_module)
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
         maps: dict[str, Tensor] = {}
         failed_here: set[str] = set()
         images, labels = self.samples.get("images"), self.samples.get("labels")
         if images is not None and images.shape[0] > 0:
             options = {name: self.explainer_options[name] for name in self.explainer_names if name not in self._failed}
-            explained = labels if self.target == "label" else None
-            raise_errors = self.on_error == "raise"
-            maps, failed_here = explain_in_batches(
-                self.model,
-                options,
-                images,
-                explained,
-                self.batch_size,
-                pl_module.device,
-                raise_errors,
-                self._warn_once,
-                show,
-            )
+            explained = labels if run.by_label else None
+            maps, failed_here = explain_in_batches(replace(run, progress=show), options, images, explained)
         with torch.inference_mode(False):  # metric states must stay normal tensors across resets and updates
-            metric_failures = self.scoring.update(
-                self.model,
-                self.samples,
-                maps,
-                self.last_maps,
-                self.target == "label",
-                pl_module.device,
-                self.on_error == "raise",
-                self._warn_once,
-            )
+            metric_failures = self.scoring.update(run, self.samples, maps, self.last_maps)
             failed, counts = self._agree(trainer, pl_module, failed_here, metric_failures)
             scores = {**self.scoring.compute(self.name, self._failed, failed, self._explained_epochs > 0), **counts}
             if self.sanity_scores is not None:
-                scores.update(self._sanity(pl_module, maps))
+                scores.update(self._sanity(run, maps))
         self._explained_epochs += 1
         scores[f"{self.name}/time_s"] = time.perf_counter() - start
         self._log_scores(pl_module, scores)
@@ -471,22 +377,17 @@ class ExplainabilityMonitor(Callback):
             self._log_pass(trainer, PassRecord(epoch, trainer.global_step, self._finite(scores)), picture_dir)
         self.last_maps = {name: m.cpu() for name, m in maps.items()}
 
-    def _sanity(self, pl_module: LightningModule, maps: Mapping[str, Tensor]) -> dict[str, float]:
+    def _run(self, pl_module: LightningModule) -> ExplainingRun:
+        """This pass's model, device, batch size, explained class and error policy, as one value."""
+        by_label, raise_errors = self.target == "label", self.on_error == "raise"
+        return ExplainingRun(self.model, pl_module.device, self.batch_size, by_label, raise_errors, self._warn_once)
+
+    def _sanity(self, run: ExplainingRun, maps: Mapping[str, Tensor]) -> dict[str, float]:
         """This pass's randomization and class-sensitivity scores, synced (a collective: every rank)."""
         assert self.sanity_scores is not None
         usable = {name: m for name, m in maps.items() if name not in self._failed}
-        self.sanity_scores.update(
-            self.model,
-            {name: self.explainer_options[name] for name in usable},
-            self.samples,
-            usable,
-            self.scoring.probabilities,
-            self.target == "label",
-            self.panel_size,
-            self.batch_size,
-            pl_module.device,
-            self._warn_once,
-        )
+        options = {name: self.explainer_options[name] for name in usable}
+        self.sanity_scores.update(run, options, self.samples, usable, self.scoring.probabilities, self.panel_size)
         return self.sanity_scores.compute(self.name, self._failed, self._explained_epochs > 0)
 
     def _pixel_maps(self, panel: PanelRows) -> dict[str, Tensor]:
@@ -538,30 +439,24 @@ class ExplainabilityMonitor(Callback):
     def _agree(
         self, trainer: Trainer, pl_module: LightningModule, explainers: set[str], metrics: set[str]
     ) -> tuple[set[str], dict[str, float]]:
-        """Failures and skip counts of every rank, on every rank, from one all-reduce.
+        """Failures and skip counts of every rank, on every rank, from one all-reduce (``agree_on_faults``).
 
         Disables an explainer that failed on any rank everywhere; returns the metric keys that failed on any rank,
-        and the counts to log: ``<name>/<explainer>/skipped`` (maps the metrics skip: NaN or inf, all zero or
-        constant), per reason ``.../skipped/<reason>``, the share ``.../degenerate`` and ``<name>/dropped``
-        (held-out samples left out).
+        and the counts to log (``<name>/<explainer>/skipped``, ``.../skipped/<reason>``, ``.../degenerate``,
+        ``<name>/dropped``).
         """
         names = [name for name in self.explainer_names if name not in self._failed]
         keys = [f"{e}/{m}" for e in self.explainer_names for m in self.metric_names]
-        values = [float(n in explainers) for n in names] + [float(k in metrics) for k in keys]
-        values += self.scoring.fault_counts(self.explainer_names) + [sum(self.held_out.dropped.values())]
-        totals = sum_over_ranks(trainer, values, pl_module.device)
-        for name, flag in zip(names, totals[: len(names)], strict=True):
-            if flag and name not in explainers:
-                self._warn_once(f"explainer/{name}", f"explainer {name!r} failed on another rank and is disabled")
-            if flag:
-                self._failed.add(name)
-        failed = {key for key, flag in zip(keys, totals[len(names) : len(names) + len(keys)], strict=True) if flag}
+        counts = self.scoring.fault_counts(self.explainer_names) + [sum(self.held_out.dropped.values())]
+        disabled, failed, totals = agree_on_faults(trainer, pl_module.device, names, keys, explainers, metrics, counts)
+        for name in sorted(disabled - explainers):
+            self._warn_once(f"explainer/{name}", f"explainer {name!r} failed on another rank and is disabled")
         for key in sorted(failed - metrics):  # the rank it failed on warned with the error; the others say so too
             self._warn_once(f"metric/{key}", f"metric {key!r} failed on another rank: NaN this epoch on every rank")
-        counts = totals[len(names) + len(keys) :]
-        logged = self.scoring.fault_scores(self.name, self.explainer_names, counts[:-1])
+        self._failed |= disabled
+        logged = self.scoring.fault_scores(self.name, self.explainer_names, totals[:-1])
         logged.update({f"{self.name}/{name}/degenerate": math.nan for name in self._failed})  # nothing scored
-        logged[f"{self.name}/dropped"] = counts[-1]
+        logged[f"{self.name}/dropped"] = totals[-1]
         return failed, logged
 
     def _log_scores(self, pl_module: LightningModule, scores: Mapping[str, float]) -> None:
@@ -588,6 +483,7 @@ class ExplainabilityMonitor(Callback):
             warnings.warn(f"ExplainabilityMonitor({self.name!r}): {message}", stacklevel=3)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "settings": self._state_settings(),
@@ -607,6 +503,7 @@ class ExplainabilityMonitor(Callback):
             "metrics": self.metric_options,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the held-out set, last maps and history, reconciled with this monitor's settings (``restore``)."""
         restored = restore(state_dict, self._state_settings(), self.name, self._warn_once)

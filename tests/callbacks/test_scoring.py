@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 import lightning_vitx.metrics as M
+from lightning_vitx.callbacks._explaining import ExplainingRun
 from lightning_vitx.callbacks._scoring import Scoring
 from lightning_vitx.data import ShapesDataset, tiny_vit_for_shapes
 
@@ -19,7 +20,7 @@ def test_the_reference_curve_is_the_metric_of_random_maps_seeded_by_sample_id():
     maps = {"rollout": torch.rand(6, 4, 4)}
     scoring = Scoring(["rollout"], {"deletion": {"steps": 4}, "pointing_game": {}}, torch.device("cpu"), 4)
     assert list(scoring.reference) == ["deletion"]  # only metrics with curves have a reference line
-    scoring.update(model, samples, maps, {}, False, torch.device("cpu"), True, lambda *a: None)
+    scoring.update(ExplainingRun(model, torch.device("cpu"), 4, raise_errors=True), samples, maps, {})
     scoring.compute("explain", set(), set(), False)
     x, y = scoring.reference_curves["deletion"]
 

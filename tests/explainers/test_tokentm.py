@@ -247,12 +247,12 @@ def test_leaves_the_model_as_found(fresh_vit, make_images):
 
 def test_the_monitor_explains_with_tokentm(models, make_images):
     from lightning_vitx.callbacks import ExplainabilityMonitor
-    from lightning_vitx.callbacks._explaining import explain_in_batches
+    from lightning_vitx.callbacks._explaining import ExplainingRun, explain_in_batches
 
     ExplainabilityMonitor(explainers=["tokentm", "rollout"])  # a known name for the monitor
     model, images = models["vit"], make_images(224, batch=3)
     options = {"tokentm": {"score": "probability"}, "generic_attention": {}}
-    maps, failed = explain_in_batches(model, options, images, None, 2, images.device, True, lambda key, text: None)
+    maps, failed = explain_in_batches(ExplainingRun(model, images.device, 2, raise_errors=True), options, images, None)
     assert not failed
     torch.testing.assert_close(maps["tokentm"], X.create("tokentm", model, score="probability")(images))
 
