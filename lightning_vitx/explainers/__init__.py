@@ -24,19 +24,19 @@ Example::
 """
 
 from lightning_vitx.explainers._registry import ExplainerInfo, available, create, get_class, get_info, register
-from lightning_vitx.explainers.attnlrp import AttnLRP
 from lightning_vitx.explainers.base import Explainer, ExplainerGroup, ReadoutExplainer, create_many
 from lightning_vitx.explainers.generic_attention import GenericAttention
 from lightning_vitx.explainers.gmar import GMAR
 from lightning_vitx.explainers.gradcam import AttentionGradCAM
 from lightning_vitx.explainers.layernorm_stats import LayerNormStats
 from lightning_vitx.explainers.lrp import LRP
-from lightning_vitx.explainers.partial_lrp import PartialLRP
+from lightning_vitx.explainers.lrp.attnlrp import AttnLRP
+from lightning_vitx.explainers.lrp.partial import PartialLRP
+from lightning_vitx.explainers.lrp.transformer_attribution import TransformerAttribution
 from lightning_vitx.explainers.patch_interaction import PatchInteraction
 from lightning_vitx.explainers.raw_attention import RawAttention
 from lightning_vitx.explainers.rollout import AttentionRollout
 from lightning_vitx.explainers.tokentm import TokenTM
-from lightning_vitx.explainers.transformer_attribution import TransformerAttribution
 
 __all__ = [
     "GMAR",

@@ -15,7 +15,7 @@ NAMES = X.available()
 BF16_ILL_CONDITIONED = {"lrp", "partial_lrp"}
 # The same rules amplify the float32 rounding by which a batch's forward differs from one image's: lrp on conftest's
 # swin (eight blocks, three mergings) moves by up to 6e-5 of its map's scale (5.7e-5 with the rules in float64, so
-# the forward's rounding, not the batching). tests/explainers/test_lrp_swin.py checks it at 1e-5 on a float64 model.
+# the forward's rounding, not the batching). tests/explainers/lrp/test_lrp_swin.py checks it at 1e-5 on a float64 model.
 BATCH_TOLERANCE = {("lrp", "swin"): 2e-4}
 
 

@@ -1,7 +1,7 @@
 """The LRP explainers' gradient-free pass, and its continuation from the first block down to the pixels.
 
 ``relevance_pass`` runs one recorded forward (no gradients, autocast off) and hands the relevance at the last
-block's output to a reader. ``pixel_relevance`` is such a reader for every LRP explainer: the rules of ``_lrp``
+block's output to a reader. ``pixel_relevance`` is such a reader for every LRP explainer: the rules of ``relevance``
 through every block, then the two steps below the blocks that the reference's ``relprop(method="full")`` takes:
 
 - The position embedding's sum ``x + pos`` (ViT, DeiT: ``pos_drop``'s output; over the whole sequence, prefix
@@ -23,19 +23,19 @@ from torch import Tensor, nn
 from lightning_vitx.adapters import Target, explaining_forward
 from lightning_vitx.adapters.base import TokenLayout
 from lightning_vitx.adapters.geometry import AttentionGeometry
-from lightning_vitx.explainers._lrp import (
+from lightning_vitx.explainers.base import Explainer
+from lightning_vitx.explainers.lrp.relevance import (
     BASELINE,
     Head,
     Record,
     Rules,
     add_rule,
     attention_relevances,
-    check_supported,
     recording,
     top_relevance,
 )
-from lightning_vitx.explainers._lrp_rules import zb_conv_rule
-from lightning_vitx.explainers.base import Explainer
+from lightning_vitx.explainers.lrp.rules import zb_conv_rule
+from lightning_vitx.explainers.lrp.support import check_pixel_rule, check_supported
 
 __all__ = ["BaselinePass", "Reader", "embedding_relevance", "pixel_relevance", "relevance_pass"]
 
@@ -89,23 +89,6 @@ def embedding_relevance(model: Any, record: Record, relevance: Tensor, rules: Ru
         summand = torch.cat([prefix, embeddings], dim=1)
     at_summand, _ = add_rule(below, summand, sequence - summand, rules.renormalised_add, total=sequence)
     return at_summand[:, -patches:]
-
-
-def check_pixel_rule(model: Any, name: str) -> nn.Conv2d:
-    """The patch convolution, when the z^B rule covers it (stride = kernel size, no padding); else a ``TypeError``."""
-    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
-    if not (
-        isinstance(proj, nn.Conv2d)
-        and tuple(proj.kernel_size) == tuple(proj.stride)
-        and tuple(proj.padding) == (0, 0)
-        and tuple(proj.dilation) == (1, 1)
-        and proj.groups == 1
-    ):
-        raise TypeError(
-            f"{name}'s pixel map needs a patch embedding convolution with stride = kernel size and no padding, got "
-            f"{proj!r}; its patch map (calling the explainer) works on this model"
-        )
-    return proj
 
 
 def pixel_relevance(explainer: Explainer, heads: list[Head], images: Tensor, target: Target, rules: Rules) -> Tensor:

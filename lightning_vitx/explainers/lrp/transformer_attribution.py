@@ -2,7 +2,7 @@
 
 One forward pass records what the relevance rules read (each sublayer's input, ``q``, ``k``, ``v`` and the
 attention probabilities ``A``); one ``torch.autograd.grad`` gives ``dy_c/dA``; then the relevance pass of
-``_lrp`` with the authors' rules (``_lrp_rules.CHEFER``: ``modules/layers_ours.py``, ``baselines/ViT/ViT_LRP.py``;
+``relevance`` with the authors' rules (``rules.CHEFER``: ``modules/layers_ours.py``, ``baselines/ViT/ViT_LRP.py``;
 docs/methods.md §3.2) carries the relevance from the target logit down to the lowest block explained, keeping
 ``R^(A)`` (the relevance of each block's attention probabilities) on the way.
 
@@ -10,7 +10,7 @@ The map is ``w (I + Ā^L) ... (I + Ā^s)`` read at the patch columns, ``Ā = mea
 On Swin each ``Ā`` is the block's windowed ``[B, windows, w, w]`` matrix, carried as ``generic_attention`` carries
 its own (``_propagation.propagate_additive``, spread at each patch merging), and the map lies on the first stage's
 grid; the rules Swin takes beyond the authors' (shift, padding, windows, merging, the position bias) are listed in
-``_lrp``.
+``relevance``.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from lightning_vitx.adapters import Target, explaining_forward
-from lightning_vitx.explainers._lrp import CHEFER, attention_relevances, check_supported, recording, top_relevance
-from lightning_vitx.explainers._lrp_pass import pixel_relevance
 from lightning_vitx.explainers._propagation import propagate_additive
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import Explainer
+from lightning_vitx.explainers.lrp.passes import pixel_relevance
+from lightning_vitx.explainers.lrp.relevance import CHEFER, attention_relevances, recording, top_relevance
+from lightning_vitx.explainers.lrp.support import check_supported
 
 __all__ = ["TransformerAttribution"]
 
@@ -61,7 +62,8 @@ class TransformerAttribution(Explainer):
     Differences from the reference code, which runs one image at a time: the residual rule's sums run over each
     sample, so a batch gives each image's single-image result. Distilled DeiT (not in the reference) splits the
     logit's relevance between its two heads with the residual rule and reads the mean of their two rows. Avg-pool
-    heads (not in the reference) take LRP-0 through the mean; Swin (no reference exists) takes the rules in ``_lrp``.
+    heads (not in the reference) take LRP-0 through the mean; Swin (no reference exists) takes the rules in
+    ``relevance``.
 
     Example::
 

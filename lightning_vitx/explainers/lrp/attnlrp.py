@@ -1,13 +1,13 @@
 """AttnLRP (Achtibat et al. 2024) and CP-LRP (Ali et al. 2022): LRP of the target logit in one modified backward.
 
-Forward hooks (``_attnlrp``; each passes its module's output through a small autograd function whose backward is
-the rule's) give the user's own model, for one pass, a backward whose gradient times input is the relevance of the
-AttnLRP rules (docs/methods.md §9.1): identity rule through the MLP's activation, LayerNorm with its standard deviation
-held constant, the uniform rule through ``q k^T`` and ``A v`` with AttnLRP's softmax rule (or, with
-``attention_rule="cp"``, the attention probabilities detached), and the gamma rule on the Linear layers and the
-patch-embedding convolution. The input's relevance ``x * dy_c/dx`` is summed over channels (the pixel map) and over
-each patch's pixels (the patch map). Swin needs nothing more: its windows, shifts, padding and patch merging are
-permutations and sums, which the plain gradient carries.
+Forward hooks (``modified_backward``; each passes its module's output through a small autograd function whose
+backward is the rule's) give the user's own model, for one pass, a backward whose gradient times input is the
+relevance of the AttnLRP rules (docs/methods.md §9.1): identity rule through the MLP's activation, LayerNorm with
+its standard deviation held constant, the uniform rule through ``q k^T`` and ``A v`` with AttnLRP's softmax rule
+(or, with ``attention_rule="cp"``, the attention probabilities detached), and the gamma rule on the Linear layers
+and the patch-embedding convolution. The input's relevance ``x * dy_c/dx`` is summed over channels (the pixel map)
+and over each patch's pixels (the patch map). Swin needs nothing more: its windows, shifts, padding and patch
+merging are permutations and sums, which the plain gradient carries.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from torch import Tensor, nn
 
 from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters import Target, explaining_forward
-from lightning_vitx.explainers._attnlrp import AttentionRule, fused_attention, lrp_rules
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import Explainer
+from lightning_vitx.explainers.lrp.modified_backward import AttentionRule, fused_attention, lrp_rules
+from lightning_vitx.explainers.lrp.support import check_backward_supported
 
 __all__ = ["AttnLRP"]
 
@@ -80,7 +81,7 @@ class AttnLRP(Explainer):
                 raise ValueError(f"{option} must be a number >= 0, got {value!r}")
         self.attention_rule: AttentionRule = attention_rule
         self.gamma, self.conv_gamma = float(gamma), float(conv_gamma)
-        _check_supported(self.model, self.adapter.attention_modules(), self.conv_gamma)
+        check_backward_supported(self.model, self.adapter.attention_modules(), self.conv_gamma)
 
     def __call__(self, images: Tensor, target: Target = None) -> Tensor:
         """Maps ``[B, gh, gw]``: the input relevance summed over channels and over each patch's pixels."""
@@ -111,44 +112,3 @@ class AttnLRP(Explainer):
             inputs, target_ids = call.inputs, call.target_ids
             (grad,) = torch.autograd.grad(logits.gather(1, target_ids[:, None]).sum(), inputs)
             return (inputs.detach() * grad).float().sum(dim=1)
-
-
-def _check_supported(model: nn.Module, attention: list[nn.Module], conv_gamma: float) -> None:
-    """Raise a ``TypeError`` for what the rules don't cover (gated MLPs, attention without ``qkv``, no head)."""
-    from timm.layers import Mlp
-
-    for index, module in enumerate(attention):
-        qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
-        if not (
-            isinstance(qkv, nn.Linear)
-            and isinstance(proj, nn.Linear)
-            and isinstance(getattr(module, "attn_drop", None), nn.Module)
-        ):
-            raise TypeError(
-                f"attnlrp needs attention with a fused qkv Linear, an attn_drop module and a proj Linear; attention "
-                f"{index} is a {type(module).__name__}; use 'generic_attention' or 'rollout' for this model"
-            )
-        if getattr(module, "gate", None) is not None:
-            raise TypeError(
-                f"attnlrp has no rule for gated attention (attention {index}); use 'generic_attention' or 'rollout'"
-            )
-    for name, module in model.named_modules():
-        if name.endswith("mlp") and type(module) is not Mlp:
-            raise TypeError(
-                f"attnlrp has rules for timm's Mlp (fc1, activation, fc2); {name} is a {type(module).__name__}: "
-                "use 'generic_attention' or 'rollout' for this model"
-            )
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and conv_gamma != 0:
-            if module.padding_mode != "zeros" or isinstance(module.padding, str):
-                raise TypeError(
-                    f"attnlrp's gamma rule needs convolutions with numeric zero padding; {name} has padding "
-                    f"{module.padding!r}, padding_mode {module.padding_mode!r} (use conv_gamma=0)"
-                )
-    classifier = cast(Any, model).get_classifier()
-    for head in classifier if isinstance(classifier, tuple) else (classifier,):
-        if not isinstance(head, nn.Linear):
-            raise TypeError(
-                f"attnlrp needs a Linear classifier head, got {type(head).__name__}; "
-                "create the model with num_classes > 0"
-            )

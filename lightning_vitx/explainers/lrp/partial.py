@@ -1,11 +1,11 @@
 """Partial LRP (Voita et al. 2019), the baseline of Chefer et al. 2021: LRP relevance of the last attention map.
 
 The relevance of the target logit is carried down to the last block's attention probabilities by the pass of
-``_lrp`` with the LRP baseline rules of Chefer et al.'s code (``_lrp_rules.BASELINE``: ``modules/layers_lrp.py``,
+``relevance`` with the LRP baseline rules of Chefer et al.'s code (``rules.BASELINE``: ``modules/layers_lrp.py``,
 ``baselines/ViT/ViT_orig_LRP.py``, ``generate_LRP(method="last_layer")``; docs/methods.md §3.4); the map is that
 relevance's positive part, averaged over heads, at the readout row and the patch columns. On Swin the last block's
 relevance is windowed (``[B, windows, w, w]``), read with the readout row as ``raw_attention`` reads its attention,
-and spread from the last stage's grid to the first's; Swin's rules are listed in ``_lrp``.
+and spread from the last stage's grid to the first's; Swin's rules are listed in ``relevance``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from torch import Tensor
 
 from lightning_vitx.adapters.base import TokenLayout
 from lightning_vitx.adapters.geometry import AttentionGeometry
-from lightning_vitx.explainers._lrp import BASELINE, Record, attention_relevances
-from lightning_vitx.explainers._lrp_pass import BaselinePass
 from lightning_vitx.explainers._registry import ExplainerInfo, register
+from lightning_vitx.explainers.lrp.passes import BaselinePass
+from lightning_vitx.explainers.lrp.relevance import BASELINE, Record, attention_relevances
 
 __all__ = ["PartialLRP"]
 
@@ -37,7 +37,7 @@ class PartialLRP(BaselinePass):
     """Partial LRP: ``w mean_h(clamp(R^(A,L), min=0))`` at the patch columns.
 
     ``R^(A,L)`` is the LRP relevance of the last block's attention probabilities, from a relevance of 1 at the
-    target logit, with the baseline rules (``_lrp_rules`` module docstring: Linear with one denominator per sign term,
+    target logit, with the baseline rules (``rules`` module docstring: Linear with one denominator per sign term,
     plain LRP-0 residual split). ``w`` is the readout row (the class token; the mean of class and distillation
     rows for distilled DeiT, whose logit's relevance is split between its two heads by the residual rule, not in
     the reference; the mean of the patch rows for avg-pool heads, ViT ``global_pool='avg'`` and Swin). Maps are

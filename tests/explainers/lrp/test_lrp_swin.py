@@ -10,8 +10,9 @@ from torch import nn
 import lightning_vitx.explainers as X
 from lightning_vitx.adapters import detect, explaining
 from lightning_vitx.adapters.geometry import WindowedAttention
-from lightning_vitx.explainers import _lrp as LRP
-from lightning_vitx.explainers._lrp_rules import zb_conv_rule
+from lightning_vitx.explainers.lrp import relevance as LRP
+from lightning_vitx.explainers.lrp.rules import zb_conv_rule
+from lightning_vitx.explainers.lrp.support import check_supported
 
 NAMES = ["transformer_attribution", "lrp", "partial_lrp"]
 # 40 px in 4 px patches: a 10x10 grid in windows of 4 (padded to 12, shifted by 2), merged to 5x5 (padded to 8,
@@ -257,7 +258,7 @@ def test_windowed_pass_equals_the_dense_oracle(name, oracles):
 
     The baseline rules divide by sums that can nearly cancel (a residual ``x + a``, each Linear sign term's own
     part): through six blocks and two mergings float32 rounding moves ``lrp``'s map by up to ~3% of its largest
-    value, in the oracle too (tests/explainers/test_lrp.py sees the same on ViT).
+    value, in the oracle too (tests/explainers/lrp/test_full.py sees the same on ViT).
     """
     model, batch, target, found, in_float32 = oracles
     maps = X.create(name, model)(batch, target)
@@ -295,7 +296,7 @@ def test_chefer_rules_conserve_relevance_block_by_block(family):
         model, size = make_swin(**UNPADDED_SWIN), 32
     else:
         model, size = make_avgpool(class_token=family == "avgpool_class_token"), 32
-    heads = LRP.check_supported(model, "transformer_attribution")
+    heads = check_supported(model, "transformer_attribution")
     with explaining(detect(model)), LRP.recording(model, heads) as record, torch.no_grad():
         logits = model(images(size, batch=4))
     with torch.no_grad():

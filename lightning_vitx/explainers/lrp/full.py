@@ -1,9 +1,9 @@
 """LRP (the full-LRP baseline of Chefer et al. 2021): relevance of the target logit carried down to the patches.
 
-The pass of ``_lrp`` with the LRP baseline rules of Chefer et al.'s code (``_lrp_rules.BASELINE``:
+The pass of ``relevance`` with the LRP baseline rules of Chefer et al.'s code (``rules.BASELINE``:
 ``modules/layers_lrp.py``, ``baselines/ViT/ViT_orig_LRP.py``, ``generate_LRP(method="full")``; docs/methods.md §3.4)
 runs through every block (and Swin's patch mergings) to the first block's input; the position embedding's sum
-takes the plain LRP-0 split (``_lrp_pass``), and each patch's score is its embedding's relevance summed over the
+takes the plain LRP-0 split (``passes``), and each patch's score is its embedding's relevance summed over the
 channels. The reference goes on through the patch convolution (a z^B rule bounded by the image's minimum and
 maximum) to the pixels and sums over RGB: ``LRP.pixel_relevance`` does that. The rule hands each embedding's
 relevance to its own patch's pixels, all of it up to the ``1e-9`` stabiliser, so the pixel map summed over a patch
@@ -16,9 +16,9 @@ from torch import Tensor
 
 from lightning_vitx.adapters.base import TokenLayout
 from lightning_vitx.adapters.geometry import AttentionGeometry
-from lightning_vitx.explainers._lrp import BASELINE, Record
-from lightning_vitx.explainers._lrp_pass import BaselinePass, embedding_relevance
 from lightning_vitx.explainers._registry import ExplainerInfo, register
+from lightning_vitx.explainers.lrp.passes import BaselinePass, embedding_relevance
+from lightning_vitx.explainers.lrp.relevance import BASELINE, Record
 
 __all__ = ["LRP"]
 
@@ -38,8 +38,8 @@ __all__ = ["LRP"]
 class LRP(BaselinePass):
     """Full LRP: the relevance of each patch's embedding, from a relevance of 1 at the target logit.
 
-    The baseline rules (``_lrp_rules`` module docstring: Linear with one denominator per sign term, plain LRP-0
-    residual split) run through the head and every block (Swin: and its patch mergings, ``_lrp`` module docstring);
+    The baseline rules (``rules`` module docstring: Linear with one denominator per sign term, plain LRP-0
+    residual split) run through the head and every block (Swin: and its patch mergings, ``relevance`` module docstring);
     the sum of the position embedding and the patch embeddings takes the plain LRP-0 split; the map is each patch
     embedding's relevance summed over its channels (Swin: at the first stage's grid; the embedding's LayerNorm, and
     a ViT's ``norm_pre``, pass relevance). ``pixel_relevance`` goes on to the pixels. Maps are signed and

@@ -9,8 +9,9 @@ from timm.models.vision_transformer import ResPostBlock
 
 import lightning_vitx.explainers as X
 from lightning_vitx.adapters import detect, explaining
-from lightning_vitx.explainers import _lrp as LRP
-from lightning_vitx.explainers._lrp_rules import _direct_joint_linear_rule, zb_conv_rule
+from lightning_vitx.explainers.lrp import relevance as LRP
+from lightning_vitx.explainers.lrp.rules import _direct_joint_linear_rule, zb_conv_rule
+from lightning_vitx.explainers.lrp.support import check_supported
 
 CASES = ["vit", "registers", "deit_distilled"]  # tests/explainers/conftest.py builds them
 
@@ -282,7 +283,7 @@ def test_pixel_relevance_keeps_the_share_the_renormalised_sum_promises(tiny_vit,
     """With no class token in the sum, the patches keep ``|S_x| / (|S_x| + |S_pos|)`` of the relevance reaching it."""
     model = tiny_vit("no_embed_class")
     images = tiny_images()
-    heads = LRP.check_supported(model, "transformer_attribution")
+    heads = check_supported(model, "transformer_attribution")
     with explaining(detect(model)), LRP.recording(model, heads) as record, torch.no_grad():
         target = model(images).argmax(dim=1)
         relevance = LRP.top_relevance(record, heads, target)
@@ -309,7 +310,7 @@ def test_relevance_is_conserved_block_by_block(tiny_images, tiny_kwargs):
     model = timm.create_model(
         "vit_tiny_patch16_224", pretrained=False, depth=3, **{**tiny_kwargs, "embed_dim": 64}
     ).eval()
-    heads = LRP.check_supported(model, "transformer_attribution")
+    heads = check_supported(model, "transformer_attribution")
     with explaining(detect(model)), LRP.recording(model, heads) as record, torch.no_grad():
         logits = model(tiny_images(batch=4))
     with torch.no_grad():

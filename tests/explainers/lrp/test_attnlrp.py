@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import lightning_vitx.explainers as X
 from lightning_vitx.adapters import detect, explaining
-from lightning_vitx.explainers._attnlrp import _Identity, _LayerNorm, gamma_conv, gamma_linear, lrp_rules
+from lightning_vitx.explainers.lrp.modified_backward import _Identity, _LayerNorm, gamma_conv, gamma_linear, lrp_rules
 
 TINY_SWIN = {"embed_dim": 16, "depths": (2, 2), "num_heads": (2, 2), "window_size": 4, "num_classes": 5}
 

@@ -8,7 +8,8 @@ import torch
 
 import lightning_vitx.explainers as X
 from lightning_vitx.adapters import detect, explaining
-from lightning_vitx.explainers import _lrp as LRP
+from lightning_vitx.explainers.lrp import relevance as LRP
+from lightning_vitx.explainers.lrp.support import check_supported
 
 CASES = ["vit", "registers", "deit_distilled"]  # tests/explainers/conftest.py builds them
 
@@ -121,7 +122,7 @@ def test_differs_from_the_chefer_rules(tiny_vit, tiny_images):
     model = tiny_vit(depth=1)
     images, target = tiny_images(batch=2), torch.tensor([1, 2])
     maps = X.create("partial_lrp", model)(images, target)
-    heads = LRP.check_supported(model, "partial_lrp")
+    heads = check_supported(model, "partial_lrp")
     with explaining(detect(model)), LRP.recording(model, heads) as record, torch.no_grad():
         model(images)
     with torch.no_grad():

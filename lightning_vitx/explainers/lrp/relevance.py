@@ -1,6 +1,6 @@
 """One LRP relevance pass over timm's ViT ``Block`` and Swin's ``SwinTransformerBlock``, for the LRP explainers.
 
-A forward pass with hooks records what the rules (``_lrp_rules``, re-exported here) read: each sublayer's input, the
+A forward pass with hooks records what the rules (``rules``, re-exported here) read: each sublayer's input, the
 ``qkv`` output (and ViT's ``q``, ``k``), the attention probabilities ``A``, the two residual branches, Swin's patch
 merging; then the relevance of a target logit is carried down the blocks. The head: a Linear rule, then LRP-0
 through the class-token selection (ViT, DeiT) or through the mean over the patch tokens (``global_pool='avg'``,
@@ -24,14 +24,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_vitx.adapters import detect
 from lightning_vitx.adapters.geometry import WindowedAttention
-from lightning_vitx.explainers._lrp_rules import (
+from lightning_vitx.explainers.lrp.rules import (
     BASELINE,
     CHEFER,
     Rules,
@@ -52,7 +52,6 @@ __all__ = [
     "add_rule",
     "attention_relevances",
     "block_relevance",
-    "check_supported",
     "fork_rule",
     "linear_rule",
     "matmul_rule",
@@ -78,91 +77,6 @@ class Record:
     embeddings: Tensor | None = None  # patch embedding output, [B, gh * gw, D] (or [B, gh, gw, D])
     pixels: Tensor | None = None  # the patch convolution's input, [B, 3, H, W] (padded when the embedding pads)
     sequence: Tensor | None = None  # ViT: the position embedding's sum (pos_drop's output), [B, N, D]
-
-
-def _is_swin(model: Any) -> bool:
-    from timm.models.swin_transformer import SwinTransformer
-
-    return isinstance(model, SwinTransformer)
-
-
-def check_supported(model: Any, name: str) -> list[Head]:
-    """Raise a ``TypeError`` for what the rules don't cover; return the classifier heads and the rows they read."""
-    from timm.layers import Mlp
-
-    if _is_swin(model):
-        heads = _check_swin(model, name)
-    else:
-        heads = _check_vit(model, name)
-    for index, block in enumerate(detect(model).blocks()):
-        if type(cast(Any, block).mlp) is not Mlp:
-            raise TypeError(
-                f"{name} has rules for timm's Mlp (fc1, GELU, fc2); block {index}'s mlp is a "
-                f"{type(cast(Any, block).mlp).__name__} (a gated MLP has no rule here): use 'generic_attention' "
-                "or 'rollout' for this model (attnlrp has no gated-MLP rule either)"
-            )
-    for head, _ in heads:
-        if not isinstance(head, nn.Linear):
-            raise TypeError(
-                f"{name} needs a Linear classifier head, got {type(head).__name__}; "
-                "create the model with num_classes > 0"
-            )
-    return heads
-
-
-def _check_vit(model: Any, name: str) -> list[Head]:
-    from timm.models.vision_transformer import Attention, Block
-
-    if getattr(model, "attn_pool", None) is not None or model.global_pool not in ("token", "avg"):
-        raise TypeError(
-            f"{name} supports ViTs with global_pool='token' or 'avg', got global_pool={model.global_pool!r}: an "
-            "attention-pool or max head has no rule here. Use 'generic_attention' or 'attnlrp' for this model."
-        )
-    if model.global_pool == "avg" and (
-        getattr(model, "pool_include_prefix", False) or getattr(model, "head_dist", None) is not None
-    ):
-        raise TypeError(
-            f"{name} reads an avg-pool head as the mean of the patch tokens; this model's head also averages "
-            "prefix tokens or has a distillation head. Create it with pool_include_prefix=False and one head."
-        )
-    for index, block in enumerate(model.blocks):
-        attn = getattr(block, "attn", None)
-        if type(block) is not Block or type(attn) is not Attention or cast(Any, attn).gate is not None:
-            raise TypeError(
-                f"{name} has rules for timm's pre-norm Block with Attention and Mlp; block {index} "
-                f"is a {type(block).__name__} with {type(attn).__name__} and {type(block.mlp).__name__}"
-            )
-    if model.global_pool == "avg":
-        return [(model.head, None)]
-    heads: list[Head] = [(model.head, 0)]
-    if getattr(model, "head_dist", None) is not None:
-        heads.append((model.head_dist, 1))  # distilled DeiT: logits = (head(x[:, 0]) + head_dist(x[:, 1])) / 2
-    return heads
-
-
-def _check_swin(model: Any, name: str) -> list[Head]:
-    from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, WindowAttention
-
-    if getattr(model, "absolute_pos_embed", None) is not None:
-        raise TypeError(
-            f"{name} has no rule for Swin's absolute position embedding; create the model without it, or use "
-            "'attnlrp' or 'generic_attention'"
-        )
-    for index, stage in enumerate(model.layers):
-        if not isinstance(stage.downsample, (nn.Identity, PatchMerging)) or (
-            index == 0 and not isinstance(stage.downsample, nn.Identity)
-        ):
-            raise TypeError(
-                f"{name} has rules for timm's PatchMerging between stages, got a "
-                f"{type(stage.downsample).__name__} in stage {index}"
-            )
-    for index, block in enumerate(detect(model).blocks()):
-        if type(block) is not SwinTransformerBlock or type(cast(Any, block).attn) is not WindowAttention:
-            raise TypeError(
-                f"{name} has rules for timm's SwinTransformerBlock with WindowAttention; block {index} is a "
-                f"{type(block).__name__}"
-            )
-    return [(model.head.fc, None)]
 
 
 @contextlib.contextmanager
