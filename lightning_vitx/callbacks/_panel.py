@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Trainer
 from torch import Tensor, nn
@@ -150,10 +151,13 @@ def pass_record(
     from lightning_vitx.rendering import (
         curves_figure,
         denormalize,
+        describe,
+        map_states,
         overlay,
         panel_figure,
         per_map_scales,
         shared_scale,
+        with_colour_bar,
     )
 
     predicted = panel.probabilities.argmax(1)
@@ -174,12 +178,25 @@ def pass_record(
     pixel_maps = pixel_maps or {}
     shown = {**panel.maps, **pixel_maps}  # the panel's order; pixel maps in place of their patch maps
     signed = {name: X.get_info(name).signed or name in pixel_maps for name in shown}
-    overlays = {}
+
+    def barred_masks(barred: Tensor) -> list[Any] | None:  # the masks, padded below to the colour bar's rows
+        extra = barred.shape[-2] - panel.images.shape[-2]
+        return None if masks is None else [np.pad(m, ((0, extra), (0, 0))) for m in masks]
+
+    overlays, map_masks = {}, None
     for name, maps in shown.items():
-        scale = per_map_scales(maps, signed[name]) if per_map_scale else shared_scale(maps, signed[name])
-        drawn = overlay(panel.images, maps, mean, std, scale=scale, signed=signed[name])
-        overlays[name] = to_uint8(drawn)
-        record.images[f"{prefix}/{name}/maps"] = SampleImages(overlays[name], captions, masks)
+        scales = per_map_scales(maps, signed[name]) if per_map_scale else [shared_scale(maps, signed[name])] * len(maps)
+        drawn = overlay(panel.images, maps, mean, std, scale=scales, signed=signed[name])
+        # each picture carries its colour scale: a strip below it, the range and the map's state in its caption
+        barred = torch.cat([with_colour_bar(d[None], s) for d, s in zip(drawn, scales, strict=True)])
+        overlays[name] = to_uint8(barred)
+        states = map_states(maps)
+        map_captions = [
+            f"{caption}; {name}: {describe(scale)}" + (f", {state}" if state else "")
+            for caption, scale, state in zip(captions, scales, states, strict=True)
+        ]
+        map_masks = barred_masks(barred)
+        record.images[f"{prefix}/{name}/maps"] = SampleImages(overlays[name], map_captions, map_masks)
 
     title = f"epoch {record.epoch}" if record.epoch >= 0 else "before training"
     title += f", {model_name(model)}, {explained} explained"
@@ -211,7 +228,7 @@ def pass_record(
         cell = SampleImages([pictures[i]], [captions[i]], None if masks is None else [masks[i]])
         row = [sample_id, record.epoch, cell, None if label is None else class_name(label, class_names)]
         row += [class_name(p, class_names), float(panel.probabilities[i, p]), None if label is None else p == label]
-        row += [SampleImages([overlays[name][i]], [captions[i]], cell.masks) for name in panel.maps]
+        row += [SampleImages([overlays[name][i]], [captions[i]], map_masks and [map_masks[i]]) for name in panel.maps]
         row += [float(panel.scores[key][i]) for key in score_keys]
         rows.append(row)
     record.table = (columns, rows)

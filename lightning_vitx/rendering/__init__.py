@@ -9,19 +9,22 @@ from lightning_vitx.rendering.heatmap import (
     outline_masks,
     overlay,
     panel_figure,
+    with_colour_bar,
 )
 from lightning_vitx.rendering.interactions import erf_figure, erf_size_figure
-from lightning_vitx.rendering.scale import MapScale, flat_maps, per_map_scales, shared_scale
+from lightning_vitx.rendering.scale import MapScale, describe, flat_maps, map_states, per_map_scales, shared_scale
 
 __all__ = [
     "MapScale",
     "colorize",
     "curve_auc",
     "curves_figure",
+    "describe",
     "denormalize",
     "erf_figure",
     "erf_size_figure",
     "flat_maps",
+    "map_states",
     "model_mean_std",
     "normalize_maps",
     "outline_masks",
@@ -29,4 +32,5 @@ __all__ = [
     "panel_figure",
     "per_map_scales",
     "shared_scale",
+    "with_colour_bar",
 ]

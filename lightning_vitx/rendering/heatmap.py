@@ -12,7 +12,16 @@ from torch import Tensor
 from lightning_vitx.adapters.normalization import model_mean_std
 from lightning_vitx.rendering.scale import UNSIGNED_CMAP, MapScale, flat_maps, per_map_scales, shared_scale
 
-__all__ = ["colorize", "denormalize", "model_mean_std", "normalize_maps", "outline_masks", "overlay", "panel_figure"]
+__all__ = [
+    "colorize",
+    "denormalize",
+    "model_mean_std",
+    "normalize_maps",
+    "outline_masks",
+    "overlay",
+    "panel_figure",
+    "with_colour_bar",
+]
 
 MASK_COLOUR = (0.2, 1.0, 0.4)  # the ground-truth outline: a green that none of the heat colormaps uses
 
@@ -29,7 +38,7 @@ def normalize_maps(maps: Tensor) -> Tensor:
 
     ``[B, h, w]`` -> ``[B, h, w]``.
     """
-    return torch.stack([scale.apply(single) for scale, single in zip(per_map_scales(maps), maps, strict=True)])
+    return torch.stack([scale.apply(single) for scale, single in zip(per_map_scales(maps, from_zero=False), maps, strict=True)])
 
 
 def colorize(maps01: Tensor, cmap: str = UNSIGNED_CMAP) -> Tensor:
@@ -84,6 +93,32 @@ def overlay(
     strength = (2 * positions - 1).abs() if scales[0].signed else positions
     weight = alpha * strength.sqrt()[:, None]  # opacity only: the colour still encodes the value linearly
     return (1 - weight) * denormalize(images.float(), mean, std) + weight * heat
+
+
+BAR_SHARE = 0.08  # the colour-bar strip's height, as a share of the picture's (at least 3 rows)
+
+
+def with_colour_bar(rgb: Tensor, scale: MapScale) -> Tensor:
+    """Each picture with its colour scale as a strip below it, so an image logged on its own says its colours.
+
+    The strip runs through the colormap from the scale's low end (left) to its high end (right). ``[B, 3, H, W]`` ->
+    ``[B, 3, H + strip, W]`` (a one-row white gap, then the strip); the range is the caption's to state
+    (``describe(scale)``). A flat scale's strip is one colour: its zero's.
+
+    Example::
+
+        >>> with_colour_bar(torch.zeros(2, 3, 32, 32), MapScale(0.0, 1.0)).shape
+        torch.Size([2, 3, 35, 32])
+    """
+    batch, _, height, width = rgb.shape
+    rows = max(3, round(height * BAR_SHARE))
+    positions = torch.linspace(0.0, 1.0, width, device=rgb.device)
+    if scale.flat:
+        positions = torch.full_like(positions, 0.5 if scale.signed else 0.0)
+    strip = colorize(positions.expand(rows - 1, width)[None], scale.cmap)[0].to(rgb)  # [3, rows - 1, W]
+    gap = torch.ones(3, 1, width, dtype=rgb.dtype, device=rgb.device)
+    bar = torch.cat([gap, strip], dim=1).expand(batch, -1, -1, -1)
+    return torch.cat([rgb, bar], dim=2)
 
 
 def outline_masks(rgb: Tensor, masks: Tensor, colour: Sequence[float] = MASK_COLOUR) -> Tensor:

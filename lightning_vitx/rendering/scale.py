@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["MapScale", "flat_maps", "per_map_scales", "shared_scale", "signed_bound"]
+__all__ = ["MapScale", "describe", "flat_maps", "map_states", "per_map_scales", "shared_scale", "signed_bound"]
 
 UNSIGNED_CMAP = "inferno"  # perceptually ordered, dark where there is no relevance
 SIGNED_CMAP = "RdBu_r"  # diverging: blue negative, white zero, red positive
@@ -89,11 +89,14 @@ def signed_bound(maps: Tensor) -> float:
     return bound if bound > 0 else max(abs(v) for v in _finite_range(maps))
 
 
-def shared_scale(maps: Tensor, signed: bool = False) -> MapScale:
-    """One scale for all of ``maps [B, h, w]``: their finite min..max, or, signed, ``-b..b``.
+def shared_scale(maps: Tensor, signed: bool = False, from_zero: bool = True) -> MapScale:
+    """One scale for all of ``maps [B, h, w]``: ``0..max``, or, signed, ``-b..b``.
 
-    ``b`` is the robust bound of :func:`signed_bound`; values beyond are clipped, ``clipped_from`` keeps the
-    largest ``|value|``.
+    Unsigned, the range starts at 0 (at the finite min if that is below 0; ``from_zero=False``: always at the min).
+    Starting at 0, a map's colour says how much relevance it holds, not how it compares with the least relevant
+    patch: a rollout spanning .0143-.0146 is drawn nearly flat, not stretched over the whole colormap. Maps that
+    are all one value keep a flat scale (drawn at its zero colour). ``b`` is the robust bound of
+    :func:`signed_bound`; values beyond are clipped, ``clipped_from`` keeps the largest ``|value|``.
 
     Example::
 
@@ -107,12 +110,46 @@ def shared_scale(maps: Tensor, signed: bool = False) -> MapScale:
         largest = max(abs(low), abs(high))
         bound = signed_bound(maps)
         return MapScale(-bound, bound, signed=True, clipped_from=largest if largest > bound else None)
+    if from_zero and high > low:
+        low = min(low, 0.0)
     return MapScale(low, high)
 
 
-def per_map_scales(maps: Tensor, signed: bool = False) -> list[MapScale]:
-    """One scale per map: each stretched to its own range (maps then no longer compare)."""
-    return [shared_scale(single[None], signed) for single in maps]
+def per_map_scales(maps: Tensor, signed: bool = False, from_zero: bool = True) -> list[MapScale]:
+    """One scale per map: each to its own range (maps then no longer compare)."""
+    return [shared_scale(single[None], signed, from_zero) for single in maps]
+
+
+def describe(scale: MapScale) -> str:
+    """The scale in words, for a caption: ``"scale 0..0.0146"``, ``"scale ±3.2 (clipped at ±3.2, max 40)"``.
+
+    Example::
+
+        >>> describe(MapScale(0.0, 0.0146))
+        'scale 0..0.0146'
+    """
+    if scale.signed:
+        text = f"scale ±{scale.high:.3g}"
+        return text + (f" (clipped, max |R| {scale.clipped_from:.3g})" if scale.clipped_from is not None else "")
+    if scale.flat:
+        return f"flat scale at {scale.low:.3g}"
+    return f"scale {scale.low:.3g}..{scale.high:.3g}"
+
+
+def map_states(maps: Tensor) -> list[str]:
+    """Per map of ``[B, h, w]``: ``"NaN"`` (any non-finite value), ``"all zero"``, ``"flat"`` or ``""``.
+
+    Example::
+
+        >>> map_states(torch.stack([torch.zeros(2, 2), torch.ones(2, 2), torch.eye(2)]))
+        ['all zero', 'flat', '']
+    """
+    constant, zero = flat_maps(maps)
+    nonfinite = ~torch.isfinite(maps.float()).flatten(1).all(dim=1)
+    states = []
+    for bad, is_zero, is_flat in zip(nonfinite.tolist(), zero.tolist(), constant.tolist(), strict=True):
+        states.append("NaN" if bad else "all zero" if is_zero else "flat" if is_flat else "")
+    return states
 
 
 def flat_maps(maps: Tensor) -> tuple[Tensor, Tensor]:

@@ -63,7 +63,7 @@ def test_pixel_maps_draw_the_lrp_family_at_the_pixels_and_leave_the_rest(tmp_pat
     for name, maps in drawn.items():
         expected = pictures(overlay(panel.images, maps, mean, std, scale=shared_scale(maps, True), signed=True))
         found = with_pixels.images[f"explain/{name}/maps"].pictures
-        assert all(np.array_equal(a, b) for a, b in zip(found, expected, strict=True))
+        assert all(np.array_equal(a[: b.shape[0]], b) for a, b in zip(found, expected, strict=True))  # above its bar
         patch_drawn = without.images[f"explain/{name}/maps"].pictures
         assert not all(np.array_equal(a, b) for a, b in zip(found, patch_drawn, strict=True))
     rollout_with, rollout_without = (r.images["explain/rollout/maps"].pictures for r in (with_pixels, without))

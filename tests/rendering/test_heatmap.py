@@ -108,9 +108,12 @@ def test_a_signed_map_is_centred_at_zero_on_a_diverging_colormap():
 
 def test_non_finite_values_do_not_stretch_or_break_the_scale():
     maps = torch.tensor([[[float("nan"), 1.0], [2.0, float("inf")]]])
-    scale = shared_scale(maps)
+    scale = shared_scale(maps, from_zero=False)
     assert (scale.low, scale.high) == (1.0, 2.0)
     torch.testing.assert_close(scale.apply(maps), torch.tensor([[[0.0, 0.0], [1.0, 0.0]]]))
+    from_zero = shared_scale(maps)  # the default: unsigned scales start at 0
+    assert (from_zero.low, from_zero.high) == (0.0, 2.0)
+    torch.testing.assert_close(from_zero.apply(maps), torch.tensor([[[0.0, 0.5], [1.0, 0.0]]]))
 
 
 def test_one_signed_map_far_above_the_rest_does_not_blank_them():
