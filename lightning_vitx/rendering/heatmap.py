@@ -38,7 +38,8 @@ def normalize_maps(maps: Tensor) -> Tensor:
 
     ``[B, h, w]`` -> ``[B, h, w]``.
     """
-    return torch.stack([scale.apply(single) for scale, single in zip(per_map_scales(maps, from_zero=False), maps, strict=True)])
+    scales = per_map_scales(maps, from_zero=False)
+    return torch.stack([scale.apply(single) for scale, single in zip(scales, maps, strict=True)])
 
 
 def colorize(maps01: Tensor, cmap: str = UNSIGNED_CMAP) -> Tensor:
