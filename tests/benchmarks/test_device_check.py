@@ -67,7 +67,7 @@ def test_host_reads_are_the_target_check_alone(rows):
             assert len(target_check) == 1 and places[target_check[0]] == "1", (explainer, result)
             others = set(places) - set(target_check)
             if explainer == "transformer_attribution":
-                assert {place.split(":")[0] for place in others} == {"_lrp_rules.py"}, result
+                assert {place.split(":")[0] for place in others} == {"rules.py"}, result  # explainers/lrp/rules.py
             else:
                 assert not others, (explainer, result)
 
