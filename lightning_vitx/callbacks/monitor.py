@@ -249,7 +249,9 @@ class ExplainabilityMonitor(Callback):
             self.sanity_scores.restore(self._sanity_reference)
         check_watchers(trainer.callbacks, self.name, set(self.score_keys()), self.every_n_epochs)  # type: ignore[attr-defined]
         check_setup(self, trainer)
-        self.pass_logger = PassLogger(self.name)
+        # one PassLogger for the monitor's life: validate() then fit() extend one W&B sample table, not two
+        if getattr(self, "pass_logger", None) is None:
+            self.pass_logger = PassLogger(self.name)
         if trainer.is_global_zero:
             self.class_names = self.class_names or find_class_names(trainer)
             self._record_config(trainer)

@@ -156,7 +156,8 @@ class PassLogger:
             row[key] = wandb.Image(figure_to_array(figure))
         for metric, lines in record.curves.items():
             names = list(lines)
-            row[f"{self.prefix}/curves/{metric}"] = wandb.plot.line_series(
+            # one chart per pass: W&B keeps one custom chart per key, so a shared key would keep the last pass only
+            row[f"{self.prefix}/curves/{metric}/{_pass_name(record.epoch)}"] = wandb.plot.line_series(
                 xs=[lines[name][0].tolist() for name in names],
                 ys=[lines[name][1].tolist() for name in names],
                 keys=names,
@@ -222,6 +223,11 @@ def _wandb_image(picture: np.ndarray, caption: str, mask: np.ndarray | None) -> 
         classes = {0: "background", 1: "object (ground truth)"}
         masks = {"ground_truth": {"mask_data": mask.astype(np.uint8), "class_labels": classes}}
     return wandb.Image(picture, caption=caption, masks=masks)
+
+
+def _pass_name(epoch: int) -> str:
+    """``"init"`` for the pass before training (epoch -1), else ``"epoch_007"``: chart keys that sort by epoch."""
+    return "init" if epoch < 0 else f"epoch_{epoch:03d}"
 
 
 def _plain(value: Any) -> Any:

@@ -29,6 +29,7 @@ def _sibling(name):
 _runs, _records = _sibling("test_monitor"), _sibling("wandb_records")
 ShapesClassifier, fit, monitor = _runs.ShapesClassifier, _runs.fit, _runs.monitor
 config, history, table_rows = _records.config, _records.history, _records.table_rows
+table_chain = _records.table_chain
 defined_metrics = _records.defined_metrics
 
 
@@ -104,6 +105,11 @@ def test_two_wandb_runs_differing_in_one_setting_can_be_told_apart_and_joined(tm
         assert columns[:7] == ["sample", "epoch", "image", "label", "prediction", "probability", "correct"]
         epochs = [row[columns.index("epoch")] for row in table]
         assert sorted(set(epochs)) == [-1, 0, 1] and len(table) == 9  # one table across the three passes
+        # one incremental chain from the validation before training on: W&B's merged table keeps epoch -1
+        assert table_chain(run, "explain/samples") == [(0, 0), (1, 1), (2, 2)]
+        curves = [key.split("/")[3] for row in rows for key in row if key.startswith("explain/curves/deletion/")]
+        curve_keys = {key.removesuffix("_table") for key in curves}
+        assert curve_keys == {"init", "epoch_000", "epoch_001"}  # one chart per pass, none overwritten
         assert all(row[columns.index("label")] in SHAPE_CLASSES for row in table)
         samples[name] = sorted({row[0] for row in table})
     assert samples["five"] == samples["four"] == [0, 1, 2]  # runs join on the sample id

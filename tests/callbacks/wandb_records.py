@@ -67,6 +67,19 @@ def config(run_dir):
     return values
 
 
+def table_chain(run_dir, key):
+    """Per logged increment of the incremental table ``key``, in order: ``(increment_num, previous increments)``.
+
+    One chain of three increments is ``[(0, 0), (1, 1), (2, 2)]``: W&B's merged table holds every row; a chain that
+    restarted (a new incremental table) reads ``[(0, 0), (0, 0), (1, 1)]`` and the merged table loses the first.
+    """
+    found = []
+    for row in history(run_dir):
+        if f"{key}/increment_num" in row:
+            found.append((row[f"{key}/increment_num"], len(row[f"{key}/previous_increments_paths"])))
+    return found
+
+
 def table_rows(run_dir, key):
     """All rows of the table logged under ``key`` (every increment of an incremental table), with its columns."""
 
