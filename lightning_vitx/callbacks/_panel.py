@@ -98,7 +98,7 @@ def panel_pixel_maps(
     options: Mapping[str, Mapping[str, Any]],
     labels: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Exception]]:
-    """``{name: [P, H, W]}``: the panel's maps at the pixels, for its explainers that have ``pixel_relevance``.
+    """``{name: [P, H, W]}``: the panel's maps at the pixels, for its explainers with a pixel map of their own.
 
     Each explainer is built with its ``options`` and explains ``labels`` (else the panel's predicted classes) on the
     model's device; maps come back on the CPU. One that raises is left out, its error returned under its name.
@@ -110,11 +110,10 @@ def panel_pixel_maps(
     target = (panel.probabilities.argmax(dim=1) if labels is None else labels).to(device)
     found: dict[str, Tensor] = {}
     errors: dict[str, Exception] = {}
-    for name in panel.maps:
+    for name in [name for name in panel.maps if X.get_info(name).pixel_map]:
         try:
-            explainer = X.create(name, model, **options.get(name, {}))
-            if hasattr(explainer, "pixel_relevance"):
-                found[name] = explainer.pixel_relevance(images, target).cpu()
+            explainer: Any = X.create(name, model, **options.get(name, {}))
+            found[name] = explainer.pixel_relevance(images, target).cpu()
         except Exception as error:  # noqa: BLE001 - a picture must not cost the run; the caller decides
             errors[name] = error
     return found, errors
@@ -213,11 +212,12 @@ def pass_record(
             m: {**lines[m], **({"random order": reference_curves[m]} if m in reference_curves else {})} for m in lines
         }
 
-    if "patch_interaction" in panel.maps:  # the receptive fields behind that map: one more pass, rank zero only
+    if any(X.get_info(name).receptive_field_figures for name in panel.maps):  # one more pass, rank zero only
         device = next(model.parameters()).device
         explained_class = panel.labels if explained == "label" and panel.labels is not None else predicted
         figures = interaction_figures(model, panel.images.to(device), explained_class.to(device), captions=short)
-        record.figures.update({f"{prefix}/patch_interaction/{key}": figure for key, figure in figures.items()})
+        name = next(name for name in panel.maps if X.get_info(name).receptive_field_figures)
+        record.figures.update({f"{prefix}/{name}/{key}": figure for key, figure in figures.items()})
 
     score_keys = sorted(panel.scores)
     columns = ["sample", "epoch", "image", "label", "prediction", "probability", "correct", *panel.maps, *score_keys]

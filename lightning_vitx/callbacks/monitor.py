@@ -110,11 +110,12 @@ class ExplainabilityMonitor(Callback):
             on rank ``g % world_size``; every rank reads the loader itself (no ``DistributedSampler`` is added).
         per_map_scale: scale each drawn map to its own range; by default all maps of one explainer in one pass
             share a colour scale, shown by a colour bar, so rows and epochs compare.
-        pixel_maps: draw the LRP family's maps (``lrp``, ``partial_lrp``, ``transformer_attribution``, ``attnlrp``)
-            at the pixels, from their ``pixel_relevance`` (signed, on a diverging colour scale, sharper than the
-            patch grid), instead of their patch maps upsampled. One more pass per such explainer over the panel's
-            samples, on global rank zero; the scores always use the patch maps. An explainer whose pixel map fails
-            is drawn from its patch map, with one warning.
+        pixel_maps: draw the maps of the explainers with a pixel map of their own (``lrp``,
+            ``transformer_attribution``, ``attnlrp``: ``X.get_info(name).pixel_map``) at the pixels, from their
+            ``pixel_relevance`` (signed, on a diverging colour scale, sharper than the patch grid), instead of their
+            patch maps upsampled (``partial_lrp``'s pixel map would be ``lrp``'s: it keeps its patch map). One more
+            pass per such explainer over the panel's samples, on global rank zero; the scores always use the patch
+            maps. An explainer whose pixel map fails is drawn from its patch map, with one warning.
         sanity: log ``<name>/<explainer>/randomization`` (from the second explained pass on: per-sample Spearman with
             the first pass's maps, the untrained model's when the monitor sees ``fit`` from its first step; near 1
             after training means the maps ignore what was learned; from a pretrained start it measures how far

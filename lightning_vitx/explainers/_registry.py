@@ -37,6 +37,10 @@ class ExplainerInfo:
             down to the input), what they start from: ``"logit"`` (the target logit: AttnLRP's Gradient x Input)
             or ``"one"`` (a relevance of 1 at the target: the full-LRP baseline); the monitor logs the map's sum
             over it as ``conservation``. None for every other map (rollout-type maps of attention relevance).
+        pixel_map: True when ``pixel_relevance(images, target)`` gives a map at the pixels of its own, which the
+            monitor draws with ``pixel_maps=True`` (``partial_lrp``'s would be ``lrp``'s map: False).
+        receptive_field_figures: True when the monitor also draws the patch interactions behind the map (each
+            patch's receptive field and its size per block).
     """
 
     name: str
@@ -48,6 +52,8 @@ class ExplainerInfo:
     signed: bool = False
     class_sensitive: bool = True
     relevance_seed: Literal["logit", "one"] | None = None
+    pixel_map: bool = False
+    receptive_field_figures: bool = False
 
 
 _EXPLAINERS: Registry[ExplainerInfo] = Registry("explainer")

@@ -38,6 +38,7 @@ def fused_indicators(record: Capture, indicator: str) -> list[Tensor]:
         families=("vit", "swin"),
         description="the patch-to-patch interaction mass (grad A * A)^+ each patch takes in, summed over blocks",
         reference="after Ma et al. 2022, Visualizing and Understanding Patch Interactions in ViT (arXiv 2203.05922)",
+        receptive_field_figures=True,
     )
 )
 class PatchInteraction(ReadoutExplainer):

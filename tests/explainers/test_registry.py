@@ -93,3 +93,16 @@ def test_create_many_errors(models):
         X.create_many([], models["vit"])
     with pytest.raises(ValueError, match="the same model"):
         X.ExplainerGroup({"a": X.create("rollout", models["vit"]), "b": X.create("rollout", models["avgpool"])})
+
+
+def test_declared_pixel_maps_exist_and_partial_lrp_would_repeat_lrps(models, make_images):
+    """``pixel_map`` explainers have ``pixel_relevance``; ``partial_lrp``'s is ``lrp``'s map, so it declares none
+    (the monitor drew the same map twice under two names)."""
+    declared = {name for name in X.available() if X.get_info(name).pixel_map}
+    assert declared == {"lrp", "transformer_attribution", "attnlrp"}
+    model, images = models["vit"], make_images(224, batch=2)
+    for name in declared:
+        assert callable(getattr(X.create(name, model), "pixel_relevance", None)), name
+    partial = X.create("partial_lrp", model).pixel_relevance(images, 1)
+    torch.testing.assert_close(partial, X.create("lrp", model).pixel_relevance(images, 1), rtol=0, atol=0)
+    assert [name for name in X.available() if X.get_info(name).receptive_field_figures] == ["patch_interaction"]

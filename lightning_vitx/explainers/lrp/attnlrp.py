@@ -41,6 +41,7 @@ ATTENTION_RULES = ("attnlrp", "cp")
         "Better Explanations through Conservative Propagation (arXiv 2202.07304)",
         signed=True,
         relevance_seed="logit",
+        pixel_map=True,
     )
 )
 class AttnLRP(Explainer):

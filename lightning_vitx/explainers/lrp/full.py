@@ -33,6 +33,7 @@ __all__ = ["LRP"]
         reference="Binder et al. 2016 (LRP), as the full-LRP baseline of Chefer, Gur & Wolf 2021 (arXiv 2012.09838)",
         signed=True,
         relevance_seed="one",
+        pixel_map=True,
     )
 )
 class LRP(BaselinePass):

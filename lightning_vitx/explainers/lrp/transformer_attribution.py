@@ -41,6 +41,7 @@ __all__ = ["TransformerAttribution"]
         reference="Chefer, Gur & Wolf 2021, Transformer Interpretability Beyond Attention Visualization "
         "(arXiv 2012.09838)",
         signed=False,
+        pixel_map=True,
     )
 )
 class TransformerAttribution(Explainer):
