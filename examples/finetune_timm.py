@@ -55,7 +55,7 @@ def main() -> None:
         args.model, num_classes=len(classes), pretrained=args.pretrained, lr=args.lr, model_kwargs=args.model_kwargs
     )
     loggers = {
-        "tensorboard": lambda: TensorBoardLogger(args.out),
+        "tensorboard": lambda: TensorBoardLogger(args.out, default_hp_metric=False),
         "csv": lambda: CSVLogger(args.out),
         "wandb": lambda: WandbLogger(project="lightning-vitx", save_dir=args.out),
     }

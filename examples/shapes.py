@@ -99,7 +99,8 @@ class ShapesClassifier(L.LightningModule):
 
 def make_logger(kind: str, root: Path, run_name: str | None):  # type: ignore[no-untyped-def]
     if kind == "tensorboard":
-        return L.pytorch.loggers.TensorBoardLogger(root, name="shapes", version=run_name)
+        # default_hp_metric=False: the HPARAMS tab gets the monitor's entry (<log_dir>/explain_best), no placeholder
+        return L.pytorch.loggers.TensorBoardLogger(root, name="shapes", version=run_name, default_hp_metric=False)
     if kind == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 

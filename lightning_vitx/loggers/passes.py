@@ -8,7 +8,7 @@ The one place that knows what W&B, TensorBoard and the other Lightning loggers t
   line plots (overlayable across runs) and a figure.
 - **TensorBoard**: scalars, one image grid per key (masks outlined; captions in a text summary of the same step) and
   the figures, all at the trainer's global step; ``define_axes`` adds a custom-scalars layout (one chart per metric,
-  one line per explainer).
+  one line per explainer); the settings and best scores go to the HPARAMS tab (``hparams.HParamsSummary``).
 - **Any other logger** (CSV, MLflow, ...): the scalars through ``log_metrics``; the figures as PNG files.
 
 Call everything here on global rank zero only.
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from lightning_vitx.loggers.figures import figure_to_array
+from lightning_vitx.loggers.hparams import HParamsSummary
 
 __all__ = ["PassLogger", "PassRecord", "SampleImages"]
 
@@ -76,9 +77,10 @@ class PassLogger:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self._tables: dict[str, Any] = {}  # W&B run id -> the incremental table of that run
+        self.hparams = HParamsSummary(prefix)  # TensorBoard's HPARAMS tab: settings and best scores
 
     def __getstate__(self) -> dict[str, Any]:  # a W&B table does not travel to spawned processes
-        return {"prefix": self.prefix, "_tables": {}}
+        return {"prefix": self.prefix, "_tables": {}, "hparams": self.hparams}
 
     @property
     def epoch_key(self) -> str:
@@ -97,6 +99,7 @@ class PassLogger:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update({config_key: dict(settings)}, allow_val_change=True)
             elif isinstance(logger, TensorBoardLogger):
+                self.hparams.settings = dict(settings)
                 text = "```json\n" + json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n```"
                 logger.experiment.add_text(f"{self.prefix}/settings", text, global_step=0)
             else:
@@ -120,6 +123,7 @@ class PassLogger:
                     for key, higher in keys.items():
                         run.define_metric(key, step_metric=self.epoch_key, summary="max" if higher else "min")
             elif isinstance(logger, TensorBoardLogger):
+                self.hparams.directions = {key: higher for keys in metric_keys.values() for key, higher in keys.items()}
                 charts = {metric: ["Multiline", list(keys)] for metric, keys in metric_keys.items()}
                 logger.experiment.add_custom_scalars({self.prefix: charts})
 
@@ -137,6 +141,7 @@ class PassLogger:
                 sent.append("wandb")
             elif isinstance(logger, TensorBoardLogger):
                 self._log_tensorboard(logger.experiment, record)
+                self.hparams.log(logger, record.scalars, record.step)
                 sent.append("tensorboard")
             else:
                 logger.log_metrics({**record.scalars, self.epoch_key: float(record.epoch)}, step=record.step)

@@ -139,6 +139,31 @@ def test_tensorboard_gets_scores_and_pictures_of_a_pass_at_one_step_a_layout_and
     assert watcher.scoring.metrics["rollout"]["deletion"].fractions.numel() == 6  # the options reached the metric
 
 
+def test_tensorboard_hparams_hold_the_settings_and_each_scores_best_value(tmp_path):
+    """The HPARAMS tab: read back with EventAccumulator from the monitor's sub-run (``<log_dir>/explain_best``)."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, TENSORS, EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    watcher = monitor()
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
+    trainer = validate_then_fit(tmp_path, watcher, logger)
+    events = EventAccumulator(f"{trainer.logger.log_dir}/explain_best", size_guidance={SCALARS: 0, TENSORS: 0})
+    events.Reload()
+    content = events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["monitor/explainers"].string_value == '["rollout", "gmar"]'
+    assert hparams["monitor/explainer_options/rollout/head_fusion"].string_value == "mean"
+    experiment = events.SummaryMetadata("_hparams_/experiment").plugin_data.content
+    infos = plugin_data_pb2.HParamsPluginData.FromString(experiment).experiment.metric_infos
+    metrics = {info.name.tag for info in infos}
+    assert {"explain/rollout/deletion", "explain/gmar/pointing_game", "explain/rollout/stability"} <= metrics
+    scores = [row["explain/rollout/deletion"] for row in watcher.history]  # epochs -1, 0, 1: lower is better
+    best = [s.value for s in events.Scalars("explain/rollout/deletion")]
+    assert best == pytest.approx([min(scores[: i + 1]) for i in range(3)])
+    pointing = [row["explain/gmar/pointing_game"] for row in watcher.history if "explain/gmar/pointing_game" in row]
+    assert events.Scalars("explain/gmar/pointing_game")[-1].value == pytest.approx(max(pointing))  # higher is better
+
+
 def test_without_an_image_logger_each_pass_gets_its_own_png_and_csv_rows_carry_the_epoch(tmp_path):
     trainer = validate_then_fit(tmp_path, monitor(), CSVLogger(tmp_path))
     names = sorted(os.path.basename(p) for p in glob.glob(f"{tmp_path}/**/explanations/*.png", recursive=True))
