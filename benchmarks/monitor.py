@@ -1,33 +1,50 @@
-"""The monitor's cost per validation epoch at the demo's default settings, printed as a table.
+"""What the monitor costs a training run, as a table a user can plan with.
 
-    python benchmarks/monitor.py
+    python benchmarks/monitor.py                   # the demo's tiny ViT, 256 validation images, CPU
+    python benchmarks/monitor.py --val-size 50000  # planned against a 50,000-image validation epoch
 
-Validates the demo's tiny ViT on the synthetic shapes (256 validation images, two decoys each) without and with the
-ExplainabilityMonitor (every explainer, four metrics, 32 held-out samples) and reports the added time
-relative to the plain validation epoch, and the explaining + scoring cost per sample in units of one
-forward pass of one image. Quote the ratios, not the seconds.
+For the monitor's defaults (three explainers, deletion / insertion / pointing game, 16 samples) and for every
+explainer with the same metrics, it validates the demo's model on the synthetic shapes without and with the
+monitor and prints:
+
+- the monitor's added seconds per explained epoch as a share of a validation epoch of ``--val-size`` images on the
+  same model (the plain epoch measured on 256 images, scaled per image);
+- the images the model saw per held-out sample (counted by a forward hook) against the floor for the same work:
+  one clean forward and one fully perturbed image per sample, each perturbation metric's interior curve points once
+  per explainer and for the random-order reference, each explainer's own pass (the readouts share one capture),
+  and, with ``sanity``, the runner-up class's pass over the panel's samples (maps the metrics skip as degenerate,
+  such as Grad-CAM's all-zero ones, take no curve: the count can fall below the floor);
+- the monitor's pass with the sanity scores against without them.
+
+Quote the ratios, not the seconds.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 
 import lightning as L
 import torch
 
 import lightning_vitx.explainers as X
+import lightning_vitx.metrics as M
 from lightning_vitx.callbacks import ExplainabilityMonitor
 from lightning_vitx.classification import TimmClassifier
 from lightning_vitx.data import ShapesDataModule
 
 MODEL_KWARGS = {"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3}
-METRICS = ["deletion", "insertion", "pointing_game", "relevance_mass"]
+VALIDATION_IMAGES = 256
+DEFAULTS = ExplainabilityMonitor()  # its explainers, metrics, num_samples and panel_size are the defaults'
 
 
-def validate(module: L.LightningModule, data: L.LightningDataModule, callbacks: list) -> tuple[float, float]:
-    """Seconds for one validation run, and the monitor's own explain + score seconds (0 without it)."""
+def validate(module: L.LightningModule, data: L.LightningDataModule, callbacks: list) -> tuple[float, int]:
+    """Seconds for one validation run, and the images the model saw in it."""
+    seen = []
+    handle = module.model.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0].shape[0]))
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -38,48 +55,68 @@ def validate(module: L.LightningModule, data: L.LightningDataModule, callbacks: 
         enable_model_summary=False,
     )
     start = time.perf_counter()
-    trainer.validate(module, datamodule=data, verbose=False)
-    return time.perf_counter() - start, float(trainer.callback_metrics.get("explain/time_s", 0.0))
+    try:
+        trainer.validate(module, datamodule=data, verbose=False)
+    finally:
+        handle.remove()
+    return time.perf_counter() - start, sum(seen)
 
 
-def main(repeats: int = 3, num_samples: int = 32) -> None:
+def floor_per_sample(explainers: Sequence[str], metrics: Sequence[str], sanity: bool, panel_share: float) -> float:
+    """The fewest images per held-out sample for the same scores (module docstring)."""
+    interior = 0
+    for name in metrics:
+        metric = M.create(name)
+        fractions = getattr(metric, "fractions", None)
+        if fractions is not None:
+            interior += int(fractions.numel()) - 2  # the clean and fully perturbed ends are shared
+    curves = (len(explainers) + 1) * interior  # every explainer's curves and the random-order reference
+    readouts = [name for name in explainers if X.get_info(name).readout]
+    passes = (1 if readouts else 0) + len(explainers) - len(readouts)
+    sensitive = [name for name in explainers if X.get_info(name).class_sensitive]
+    sensitive_passes = (1 if any(X.get_info(n).readout for n in sensitive) else 0) + sum(
+        not X.get_info(n).readout for n in sensitive
+    )
+    runner_up = sensitive_passes * panel_share if sanity else 0.0
+    return 2 + curves + passes + runner_up
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--val-size", type=int, default=10_000, help="validation epoch to plan against (images)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
     torch.manual_seed(0)
     module = TimmClassifier("vit_tiny_patch16_224", num_classes=3, model_kwargs=MODEL_KWARGS)
-    data = ShapesDataModule(image_size=64, val_size=256, batch_size=64, distractors=2)  # as the demo
+    data = ShapesDataModule(image_size=64, val_size=VALIDATION_IMAGES, batch_size=64, distractors=2)  # as the demo
     validate(module, data, [])  # warm-up
-    plain = statistics.median(validate(module, data, [])[0] for _ in range(repeats))
-
-    def monitored(sanity: bool) -> list[tuple[float, float]]:
-        options = dict(explainers=X.available(), metrics=METRICS, num_samples=num_samples, sanity=sanity)
-        return [validate(module, data, [ExplainabilityMonitor(**options)]) for _ in range(repeats)]
-
-    without_sanity = monitored(False)
-    runs = monitored(True)
-    with_monitor = statistics.median(total for total, _ in runs)
-    per_sample = statistics.median(explain for _, explain in runs) / num_samples
-    sanity_cost = statistics.median(e for _, e in runs) / statistics.median(e for _, e in without_sanity)
-    images = torch.randn(64, 3, 64, 64)
-    with torch.no_grad():
-        module.model(images)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            module.model(images)
-        forward_per_image = (time.perf_counter() - start) / repeats / images.shape[0]
-
+    plain = statistics.median(validate(module, data, [])[0] for _ in range(args.repeats))
+    per_image = plain / VALIDATION_IMAGES
+    configurations = {
+        "defaults": {},
+        "every explainer": {"explainers": X.available()},
+    }
     print(
-        f"\ndemo defaults: {len(X.available())} explainers, {len(METRICS)} metrics, {num_samples} samples; "
-        f"256 validation images; CPU, {torch.get_num_threads()} threads"
+        f"\nthe demo's tiny ViT (64 px), {VALIDATION_IMAGES} validation images in batches of 64; CPU, "
+        f"{torch.get_num_threads()} threads; planned against a {args.val_size:,}-image validation epoch"
     )
-    print("| quantity | ratio |")
-    print("|---|---|")
-    print(f"| validation epoch with monitor / without | {with_monitor / plain:.2f} |")
-    print(f"| added time / plain validation epoch | {(with_monitor - plain) / plain:.2f} |")
-    print(f"| explain + score per sample / one forward of one image | {per_sample / forward_per_image:.0f} |")
-    print(f"| monitor's pass with the sanity scores / without | {sanity_cost:.2f} |")
-    print(
-        f"| per sample per explainer-metric pair / one forward | "
-        f"{per_sample / forward_per_image / (len(X.available()) * len(METRICS)):.1f} |"
-    )
+    print("| monitor | explainers | added time / validation epoch | images per sample | floor | x floor |")
+    print("|---|---|---|---|---|---|")
+    for label, options in configurations.items():
+        runs = []
+        for _ in range(args.repeats):
+            runs.append(validate(module, data, [ExplainabilityMonitor(**options)]))
+        monitor = ExplainabilityMonitor(**options)
+        added = statistics.median(seconds for seconds, _ in runs) - plain
+        images = (runs[-1][1] - VALIDATION_IMAGES) / monitor.num_samples
+        panel_share = min(monitor.panel_size, monitor.num_samples) / monitor.num_samples
+        floor = floor_per_sample(monitor.explainer_names, monitor.metric_names, monitor.sanity, panel_share)
+        share = added / (args.val_size * per_image)
+        print(
+            f"| {label} | {len(monitor.explainer_names)} | {share:.3f} | {images:.0f} | {floor:.0f} | "
+            f"{images / floor:.2f} |"
+        )
 
 
 if __name__ == "__main__":
