@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -201,10 +202,10 @@ def pass_record(
     title += f", {model_name(model)}, {explained} explained"
     if disabled:
         title += f"; disabled after a failure: {', '.join(disabled)}"
-    figure = panel_figure(
-        panel.images, shown, mean, std, short, signed=signed, per_map=per_map_scale, title=title, masks=panel.masks
-    )
-    record.fallback_figures[f"{prefix}/panel"] = figure
+    record.fallback_figures[f"{prefix}/panel"] = partial(  # drawn only when no logger takes images
+        panel_figure, panel.images, shown, mean, std, short, signed=signed, per_map=per_map_scale, title=title,
+        masks=panel.masks,
+    )  # fmt: skip
     if curves:
         lines = {metric: dict(per_explainer) for metric, per_explainer in curves.items()}
         record.figures[f"{prefix}/curves"] = curves_figure(lines, reference_curves, title=title)

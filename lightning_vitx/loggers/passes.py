@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,8 @@ class PassRecord:
         scalars: ``{key: value}``, finite values only.
         images: ``{key: SampleImages}``, e.g. ``explain/inputs``, ``explain/<explainer>/maps``.
         figures: ``{key: matplotlib figure}`` logged everywhere (the curves).
-        fallback_figures: figures written as PNG only when no logger takes images (the composite panel).
+        fallback_figures: figures written as PNG only when no logger takes images (the composite panel), each as
+            a function that draws it: with an image logger attached it is never drawn.
         curves: ``{metric: {line: (x, y)}}`` for W&B line plots.
         table: ``(columns, rows)`` of the per-sample table; image cells are ``SampleImages`` of one picture.
     """
@@ -59,7 +60,7 @@ class PassRecord:
     scalars: dict[str, float] = field(default_factory=dict)
     images: dict[str, SampleImages] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
-    fallback_figures: dict[str, Any] = field(default_factory=dict)
+    fallback_figures: dict[str, Callable[[], Any]] = field(default_factory=dict)
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     table: tuple[list[str], list[list[Any]]] | None = None
 
@@ -148,7 +149,7 @@ class PassLogger:
                 logger.save()
         if not sent:
             sent = self._write_pngs(record, fallback_dir)
-        _close({**record.figures, **record.fallback_figures}.values())
+        _close(record.figures.values())
         return sent
 
     def _log_wandb(self, logger: Any, record: PassRecord) -> None:
@@ -208,10 +209,12 @@ class PassLogger:
         """Every figure as ``<key>_epoch<e>_step<s>.png``: one file per pass, the pass before training included."""
         os.makedirs(folder, exist_ok=True)
         paths = []
-        for key, figure in {**record.fallback_figures, **record.figures}.items():
+        drawn = {key: draw() for key, draw in record.fallback_figures.items()}
+        for key, figure in {**drawn, **record.figures}.items():
             path = os.path.join(folder, f"{key.replace('/', '_')}_epoch{record.epoch:03d}_step{record.step:07d}.png")
             figure.savefig(path, dpi=100)
             paths.append(path)
+        _close(drawn.values())
         return paths
 
 
