@@ -436,7 +436,8 @@ class ExplainabilityMonitor(Callback):
         except Exception as error:  # noqa: BLE001 - a logger fault must not cost the run
             if self.on_error == "raise":
                 raise
-            self._warn_once("logging", f"this epoch's pass could not be logged: {error!r}")
+            # the PNG panel is drawn here, when written: its failures land here too
+            self._warn_once("logging", f"this epoch's pass could not be logged or drawn: {error!r}")
 
     # -- work -----------------------------------------------------------------------------------------------
     def _agree(

@@ -186,7 +186,8 @@ def test_a_panel_that_cannot_be_drawn_warns_and_training_completes(tmp_path, mon
 
     monkeypatch.setattr(rendering, "panel_figure", broken)
     watcher = monitor()
-    with pytest.warns(UserWarning, match="the pictures could not be drawn this epoch: ValueError"):
+    # the PNG panel is drawn when it is written: its failure is the logging step's
+    with pytest.warns(UserWarning, match="could not be (logged or )?drawn.*: ValueError"):
         trainer = fit(tmp_path, [watcher])
     assert completed(trainer, tmp_path) and len(watcher.history) == EPOCHS
 
