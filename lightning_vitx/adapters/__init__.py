@@ -1,7 +1,7 @@
 """Architecture adapters: token layout, attention modules, and the shared capture pass."""
 
 from lightning_vitx.adapters.base import Adapter, TokenLayout, detect, register_adapter
-from lightning_vitx.adapters.capture import Capture, CaptureNeeds, TokenStats, capture_pass
+from lightning_vitx.adapters.capture import Capture, CaptureNeeds, TokenStats, capture_pass, check_attention_recorded
 from lightning_vitx.adapters.forward import (
     ExplainingCall,
     Target,
@@ -30,6 +30,7 @@ __all__ = [
     "VisionTransformerAdapter",
     "WindowedAttention",
     "capture_pass",
+    "check_attention_recorded",
     "check_inputs",
     "check_target",
     "detect",

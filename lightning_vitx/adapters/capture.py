@@ -24,7 +24,7 @@ from lightning_vitx.adapters.base import Adapter, TokenLayout
 from lightning_vitx.adapters.forward import Target, explaining_forward
 from lightning_vitx.adapters.geometry import AttentionGeometry
 
-__all__ = ["Capture", "CaptureNeeds", "TokenStats", "capture_pass"]
+__all__ = ["Capture", "CaptureNeeds", "TokenStats", "capture_pass", "check_attention_recorded"]
 Objective = Literal["logit", "probability"]
 OBJECTIVES = ("logit", "probability")
 
@@ -251,6 +251,18 @@ def _check_attention_shapes(attentions: list[Tensor], geometries: list[Attention
             )
 
 
+def check_attention_recorded(recorded: int, blocks: int) -> None:
+    """A ``RuntimeError`` when fewer blocks recorded their attention probabilities than the model has.
+
+    The one guard of every pass that reads attention through timm's ``attn_drop`` module.
+    """
+    if recorded != blocks:
+        raise RuntimeError(
+            f"recorded {recorded} attention maps for {blocks} blocks: the model's attention did not run through "
+            "its attn_drop module. Is this a stock timm Attention?"
+        )
+
+
 def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs: CaptureNeeds | None = None) -> Capture:
     """Run the model once over ``images`` (and once backward when ``needs.gradients``) and record the pass.
 
@@ -288,11 +300,7 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
         finally:
             for handle in handles:
                 handle.remove()
-        if len(attentions) != len(adapter.blocks()):
-            raise RuntimeError(
-                f"recorded {len(attentions)} attention maps for {len(adapter.blocks())} blocks: the model's "
-                "attention did not run through its attn_drop module. Is this a stock timm Attention?"
-            )
+        check_attention_recorded(len(attentions), len(adapter.blocks()))
         target_ids = call.target_ids
         batch = images.shape[0]
         _check_attention_shapes(attentions, geometries, batch)

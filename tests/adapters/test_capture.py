@@ -120,3 +120,17 @@ def test_model_left_exactly_as_found(fresh_vit, make_images):
     # the bad target stops before any pass
     own_passes = sum(not X.get_info(name).readout for name in X.available())
     assert len(user_calls) == 4 + own_passes
+
+
+@pytest.mark.parametrize("name", ["rollout", "transformer_attribution", "lrp"])
+def test_attention_that_bypasses_attn_drop_is_one_clear_error(name):
+    """Every pass that reads attention through ``attn_drop`` says so the same way (``check_attention_recorded``)."""
+    import types
+
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, depth=2, img_size=32)
+    explainer = X.create(name, model)
+    model.blocks[0].attn.forward = types.MethodType(lambda self, x, **kwargs: x, model.blocks[0].attn)
+    with pytest.raises(RuntimeError, match=r"recorded 1 attention maps for 2 blocks: .* attn_drop module"):
+        explainer(torch.randn(1, 3, 32, 32))

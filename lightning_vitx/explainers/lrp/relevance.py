@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_vitx.adapters import detect
+from lightning_vitx.adapters import check_attention_recorded, detect
 from lightning_vitx.adapters.geometry import WindowedAttention
 from lightning_vitx.explainers.lrp.rules import (
     BASELINE,
@@ -267,10 +267,7 @@ def attention_relevances(
     each block's entries (but its ``input``) and each merging's are released once their relevance is computed, so
     the next block's temporaries reuse that memory instead of fresh pages.
     """
-    if any("attention" not in block for block in record.blocks):
-        raise RuntimeError(
-            "a block's attention did not run through its attn_drop module. Is this a stock timm attention module?"
-        )
+    check_attention_recorded(sum("attention" in block for block in record.blocks), len(record.blocks))
     found: list[Tensor] = []
     for index in reversed(range(lowest, len(record.blocks))):
         below = index > lowest or to_input

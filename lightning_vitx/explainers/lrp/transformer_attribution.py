@@ -20,7 +20,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from lightning_vitx.adapters import Target, explaining_forward
+from lightning_vitx.adapters import Target, check_attention_recorded, explaining_forward
 from lightning_vitx.explainers._propagation import propagate_additive
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import Explainer
@@ -91,10 +91,7 @@ class TransformerAttribution(Explainer):
             with recording(model, self._heads) as record:
                 logits = call.forward()
             target_ids = call.target_ids
-            if any("attention" not in block for block in record.blocks):
-                raise RuntimeError(
-                    "a block's attention did not run through its attn_drop module. Is this a stock timm attention?"
-                )
+            check_attention_recorded(sum("attention" in block for block in record.blocks), len(record.blocks))
             attentions = [block["attention"] for block in record.blocks[self.start_layer :]]
             grads = torch.autograd.grad(logits.float().gather(1, target_ids[:, None]).sum(), attentions)
             with torch.no_grad():
