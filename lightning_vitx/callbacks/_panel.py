@@ -188,7 +188,10 @@ def pass_record(
         scales = per_map_scales(maps, signed[name]) if per_map_scale else [shared_scale(maps, signed[name])] * len(maps)
         drawn = overlay(panel.images, maps, mean, std, scale=scales, signed=signed[name])
         # each picture carries its colour scale: a strip below it, the range and the map's state in its caption
-        barred = torch.cat([with_colour_bar(d[None], s) for d, s in zip(drawn, scales, strict=True)])
+        if per_map_scale:
+            barred = torch.cat([with_colour_bar(d[None], s) for d, s in zip(drawn, scales, strict=True)])
+        else:  # one scale: one strip for the batch
+            barred = with_colour_bar(drawn, scales[0])
         overlays[name] = to_uint8(barred)
         states = map_states(maps)
         map_captions = [

@@ -137,9 +137,11 @@ class Scoring:
                     self.sample_scores[key] = torch.cat(per_sample)  # per-sample only when no sample was skipped
             previous = previous_maps.get(explainer)
             if previous is not None and previous.shape == explanation.shape:
-                rho = rank_correlation(explanation.flatten(1), previous.to(device).flatten(1))
-                if rho.isfinite().any():  # a constant map has no ranking to compare
-                    self.stability[explainer].update(rho[rho.isfinite()])
+                # on the CPU, as the sanity scores: float64 ranks (MPS has no float64), small [N, P] maps
+                rho = rank_correlation(explanation.cpu().flatten(1), previous.cpu().flatten(1))
+                rho = rho[rho.isfinite()]  # a constant map has no ranking to compare
+                if rho.numel():
+                    self.stability[explainer].update(rho.to(device))
         if maps and self.reference:
             self._update_reference(model, samples, next(iter(maps.values())).shape[1:], target, device, warn)
         return failed
