@@ -75,3 +75,22 @@ def test_a_narrow_map_is_drawn_near_its_level_not_stretched():
     assert float(positions.min()) > 0.97
     assert shared_scale(narrow, from_zero=False).apply(narrow).tolist() == [[[0.0, 1.0]]]
     assert MapScale(0.0, 0.0).flat  # all-zero maps keep a flat scale
+
+
+def test_per_map_scales_give_each_picture_its_own_range(logged):
+    record, maps = logged
+    model = tiny_vit_for_shapes(SIZE, seed=0).eval()
+    panel = PanelRows(
+        ids=torch.arange(4),
+        images=torch.zeros(4, 3, SIZE, SIZE),
+        labels=None,
+        masks=None,
+        probabilities=torch.full((4, 3), 1 / 3),
+        maps={"rollout": maps},
+        scores={},
+    )
+    per_map = pass_record(PassRecord(0, 0, {}), "explain", model, panel, None, {}, {}, per_map_scale=True)
+    images = per_map.images["explain/rollout/maps"]
+    assert all(picture.shape[0] > SIZE for picture in images.pictures)
+    assert f"scale 0..{float(maps[0].max()):.3g}" in images.captions[0]  # its own range, not the shared 0..0.5
+    assert "flat scale at 0.5" in images.captions[2]
