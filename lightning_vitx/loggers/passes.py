@@ -9,7 +9,9 @@ The one place that knows what W&B, TensorBoard and the other Lightning loggers t
 - **TensorBoard**: scalars, one image grid per key (masks outlined; captions in a text summary of the same step) and
   the figures, all at the trainer's global step; ``define_axes`` adds a custom-scalars layout (one chart per metric,
   one line per explainer); the settings and best scores go to the HPARAMS tab (``hparams.HParamsSummary``).
-- **Any other logger** (CSV, MLflow, ...): the scalars through ``log_metrics``; the figures as PNG files.
+- **MLflow** (``MLFlowLogger``): the scalars through ``log_metrics``; each pass's pictures, maps and manifest (the
+  folder of ``bundle.save_pass``) as run artifacts under ``<prefix>/<pass>`` (``init``, ``epoch_000``, ...).
+- **Any other logger** (CSV, ...): the scalars through ``log_metrics``; the figures as PNG files.
 
 Call everything here on global rank zero only.
 """
@@ -24,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from lightning_vitx.loggers.figures import figure_to_array
+from lightning_vitx.loggers.figures import close_figures, figure_to_array
 from lightning_vitx.loggers.hparams import HParamsSummary
 
-__all__ = ["PassLogger", "PassRecord", "SampleImages"]
+__all__ = ["PassLogger", "PassRecord", "SampleImages", "image_grid", "pass_name"]
 
 
 @dataclass
@@ -53,6 +55,8 @@ class PassRecord:
             a function that draws it: with an image logger attached it is never drawn.
         curves: ``{metric: {line: (x, y)}}`` for W&B line plots.
         table: ``(columns, rows)`` of the per-sample table; image cells are ``SampleImages`` of one picture.
+        maps: ``{explainer: [N, gh, gw]}``: the shown samples' maps, for a saved pass (``bundle.save_pass``).
+        sample_ids: the shown samples' ids, in the maps' order.
     """
 
     epoch: int
@@ -63,6 +67,8 @@ class PassRecord:
     fallback_figures: dict[str, Callable[[], Any]] = field(default_factory=dict)
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     table: tuple[list[str], list[list[Any]]] | None = None
+    maps: dict[str, Any] = field(default_factory=dict)
+    sample_ids: list[int] = field(default_factory=list)
 
 
 class PassLogger:
@@ -79,9 +85,10 @@ class PassLogger:
         self.prefix = prefix
         self._tables: dict[str, Any] = {}  # W&B run id -> the incremental table of that run
         self.hparams = HParamsSummary(prefix)  # TensorBoard's HPARAMS tab: settings and best scores
+        self.settings: dict[str, Any] = {}  # as recorded, for the saved passes' manifests
 
     def __getstate__(self) -> dict[str, Any]:  # a W&B table does not travel to spawned processes
-        return {"prefix": self.prefix, "_tables": {}, "hparams": self.hparams}
+        return {"prefix": self.prefix, "_tables": {}, "hparams": self.hparams, "settings": self.settings}
 
     @property
     def epoch_key(self) -> str:
@@ -96,6 +103,7 @@ class PassLogger:
         from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
         config_key = "explainability_monitor" if self.prefix == "explain" else f"explainability_monitor/{self.prefix}"
+        self.settings = dict(settings)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update({config_key: dict(settings)}, allow_val_change=True)
@@ -131,9 +139,9 @@ class PassLogger:
     def log(self, trainer: Any, record: PassRecord, fallback_dir: str) -> list[str]:
         """Send one pass to every logger; with none that takes images, figures go to PNGs in ``fallback_dir``.
 
-        Returns where pictures went (``"wandb"``, ``"tensorboard"``, or the PNG paths).
+        Returns where pictures went (``"wandb"``, ``"tensorboard"``, ``"mlflow"``, or the PNG paths).
         """
-        from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+        from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
         sent: list[str] = []
         for logger in trainer.loggers:
@@ -144,13 +152,28 @@ class PassLogger:
                 self._log_tensorboard(logger.experiment, record)
                 self.hparams.log(logger, record.scalars, record.step)
                 sent.append("tensorboard")
+            elif isinstance(logger, MLFlowLogger):
+                logger.log_metrics({**record.scalars, self.epoch_key: float(record.epoch)}, step=record.step)
+                self._log_mlflow(logger, record)
+                sent.append("mlflow")
             else:
                 logger.log_metrics({**record.scalars, self.epoch_key: float(record.epoch)}, step=record.step)
                 logger.save()
         if not sent:
             sent = self._write_pngs(record, fallback_dir)
-        _close(record.figures.values())
+        close_figures(record.figures.values())
         return sent
+
+    def _log_mlflow(self, logger: Any, record: PassRecord) -> None:
+        import tempfile
+
+        from lightning_vitx.loggers.bundle import save_pass
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = save_pass(record, folder, self.settings)
+            logger.experiment.log_artifacts(
+                logger.run_id, path, artifact_path=f"{self.prefix}/{pass_name(record.epoch)}"
+            )
 
     def _log_wandb(self, logger: Any, record: PassRecord) -> None:
         import wandb
@@ -163,7 +186,7 @@ class PassLogger:
         for metric, lines in record.curves.items():
             names = list(lines)
             # one chart per pass: W&B keeps one custom chart per key, so a shared key would keep the last pass only
-            row[f"{self.prefix}/curves/{metric}/{_pass_name(record.epoch)}"] = wandb.plot.line_series(
+            row[f"{self.prefix}/curves/{metric}/{pass_name(record.epoch)}"] = wandb.plot.line_series(
                 xs=[lines[name][0].tolist() for name in names],
                 ys=[lines[name][1].tolist() for name in names],
                 keys=names,
@@ -182,21 +205,11 @@ class PassLogger:
         logger.experiment.log(row)
 
     def _log_tensorboard(self, writer: Any, record: PassRecord) -> None:
-        import torch
-        from torchvision.utils import make_grid
-
         for key, value in record.scalars.items():
             writer.add_scalar(key, value, global_step=record.step)
         writer.add_scalar(self.epoch_key, record.epoch, global_step=record.step)
-        from lightning_vitx.rendering import outline_masks
-
         for key, images in record.images.items():
-            batch = torch.as_tensor(np.stack(images.pictures)).permute(0, 3, 1, 2)
-            if images.masks is not None:  # TensorBoard has no mask overlay: outline the objects in the picture
-                masks = torch.as_tensor(np.stack(images.masks)).bool()
-                batch = (outline_masks(batch.float() / 255, masks) * 255).round().byte()
-            grid = make_grid(batch, nrow=len(images.pictures), padding=2, pad_value=255)
-            writer.add_image(key, grid, global_step=record.step)
+            writer.add_image(key, image_grid(images), global_step=record.step, dataformats="HWC")
         captions = next(iter(record.images.values())).captions if record.images else []
         if captions:
             lines = [f"epoch {record.epoch}, left to right:", ""] + [f"{i + 1}. {c}" for i, c in enumerate(captions)]
@@ -214,7 +227,7 @@ class PassLogger:
             path = os.path.join(folder, f"{key.replace('/', '_')}_epoch{record.epoch:03d}_step{record.step:07d}.png")
             figure.savefig(path, dpi=100)
             paths.append(path)
-        _close(drawn.values())
+        close_figures(drawn.values())
         return paths
 
 
@@ -233,7 +246,22 @@ def _wandb_image(picture: np.ndarray, caption: str, mask: np.ndarray | None) -> 
     return wandb.Image(picture, caption=caption, masks=masks)
 
 
-def _pass_name(epoch: int) -> str:
+def image_grid(images: SampleImages) -> np.ndarray:
+    """The pictures side by side, uint8 ``[H, W, 3]``, each object's mask outlined (for loggers without overlays)."""
+    import torch
+    from torchvision.utils import make_grid
+
+    from lightning_vitx.rendering import outline_masks
+
+    batch = torch.as_tensor(np.stack(images.pictures)).permute(0, 3, 1, 2)
+    if images.masks is not None:
+        masks = torch.as_tensor(np.stack(images.masks)).bool()
+        batch = (outline_masks(batch.float() / 255, masks) * 255).round().byte()
+    grid = make_grid(batch, nrow=len(images.pictures), padding=2, pad_value=255)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def pass_name(epoch: int) -> str:
     """``"init"`` for the pass before training (epoch -1), else ``"epoch_007"``: chart keys that sort by epoch."""
     return "init" if epoch < 0 else f"epoch_{epoch:03d}"
 
@@ -243,10 +271,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _close(figures: Any) -> None:
-    import matplotlib.pyplot as plt
-
-    for figure in figures:
-        plt.close(figure)
