@@ -1,7 +1,7 @@
 """Data the project generates: synthetic shapes with masks, for tests, the demo and benchmarks."""
 
 from lightning_vitx.data.modules import ImageFolderDataModule, ShapesDataModule
-from lightning_vitx.data.shapes import SHAPE_CLASSES, ShapesDataset, ShapesSample
+from lightning_vitx.data.shapes import SHAPE_CLASSES, ShapesDataset, ShapesSample, shortcut_mask
 from lightning_vitx.data.training import (
     SHAPES_IMAGE_SIZES,
     ShapesTraining,
@@ -21,6 +21,7 @@ __all__ = [
     "ShapesSample",
     "ShapesTraining",
     "held_out_accuracy",
+    "shortcut_mask",
     "tiny_swin_for_shapes",
     "tiny_vit_for_shapes",
     "train_on_shapes",

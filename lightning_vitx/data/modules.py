@@ -16,6 +16,9 @@ class ShapesDataModule(L.LightningDataModule):
     """Synthetic shapes with masks (batches are ``(images, labels, masks)``), generated on the fly.
 
     ``distractors`` grey decoy shapes per image make the task need the coloured object (see ``ShapesDataset``).
+    ``shortcut`` puts a class-coded watermark on that share of the training images, ``val_shortcut`` (default: the
+    same share) on the validation images; with either set, the masks of that split come as named regions
+    ``{"object": ..., "shortcut": ...}``.
 
     Example::
 
@@ -23,6 +26,10 @@ class ShapesDataModule(L.LightningDataModule):
         >>> images, labels, masks = next(iter(data.val_dataloader()))
         >>> images.shape, masks.shape
         (torch.Size([4, 3, 32, 32]), torch.Size([4, 32, 32]))
+        >>> cued = ShapesDataModule(image_size=32, train_size=8, val_size=4, batch_size=4, shortcut=0.9)
+        >>> images, labels, regions = next(iter(cued.val_dataloader()))
+        >>> sorted(regions), regions["shortcut"].shape
+        (['object', 'shortcut'], torch.Size([4, 32, 32]))
     """
 
     def __init__(
@@ -33,21 +40,25 @@ class ShapesDataModule(L.LightningDataModule):
         batch_size: int = 64,
         seed: int = 0,
         distractors: int = 0,
+        shortcut: float | None = None,
+        val_shortcut: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.image_size, self.train_size, self.val_size = image_size, train_size, val_size
         self.batch_size, self.seed, self.distractors = batch_size, seed, distractors
+        self.shortcut, self.val_shortcut = shortcut, shortcut if val_shortcut is None else val_shortcut
         self.classes = list(ShapesDataset.classes)  # read by ExplainabilityMonitor for its captions
 
-    def dataset(self, size: int, seed: int) -> ShapesDataset:
-        return ShapesDataset(size, self.image_size, seed=seed, distractors=self.distractors)
+    def dataset(self, size: int, seed: int, shortcut: float | None = None) -> ShapesDataset:
+        return ShapesDataset(size, self.image_size, seed=seed, distractors=self.distractors, shortcut=shortcut)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset(self.train_size, self.seed), batch_size=self.batch_size, shuffle=True)
+        train = self.dataset(self.train_size, self.seed, self.shortcut)
+        return DataLoader(train, batch_size=self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset(self.val_size, self.seed + 1), batch_size=self.batch_size)
+        return DataLoader(self.dataset(self.val_size, self.seed + 1, self.val_shortcut), batch_size=self.batch_size)
 
 
 class ImageFolderDataModule(L.LightningDataModule):

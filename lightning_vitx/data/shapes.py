@@ -3,18 +3,20 @@
 The class is the shape (circle, square, triangle); colour, size and position vary, so a model must look at
 the shape to be right, and the mask says where a faithful explanation should point. Optional grey decoys
 (``distractors``) make "a salient object" and "the object that decides the class" different things, so
-that pointing at the shape is something a model has to learn, not something any attention map does.
+that pointing at the shape is something a model has to learn, not something any attention map does. An optional
+class-coded watermark (``shortcut``) gives a model a cue to learn instead of the shape, for watching a monitor catch
+it.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-__all__ = ["SHAPE_CLASSES", "ShapesDataset", "ShapesSample"]
+__all__ = ["SHAPE_CLASSES", "ShapesDataset", "ShapesSample", "shortcut_mask"]
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
 
@@ -24,6 +26,8 @@ _REACH = (1.0, 0.85 * 2**0.5, (1.0 + 0.8**2) ** 0.5)  # circle, square (corner),
 _RADIUS = (0.12, 0.22)  # of the image size
 _PLACEMENT_TRIES = 1024  # layouts drawn before one decoy is given up
 _TRIES_PER_BATCH = 64
+SHORTCUT_SIDE = 1 / 8  # the watermark's side, of the image size (one patch of the demo's ViT)
+SHORTCUT_MARGIN = 2  # pixels between the watermark and the image's edge
 
 
 def _place(draw: list[float], size: int) -> tuple[float, float, float]:
@@ -76,6 +80,23 @@ def _shape_mask(kind: int, size: int, cy: float, cx: float, radius: float) -> Te
     return mask
 
 
+def shortcut_mask(label: int, size: int) -> Tensor:
+    """``[S, S]`` bool: where the watermark of class ``label`` sits, one corner per class (clockwise from top left).
+
+    Example::
+
+        >>> mask = shortcut_mask(1, 32)
+        >>> int(mask.sum()), bool(mask[2, -3]), bool(mask[2, 2])
+        (16, True, False)
+    """
+    side = max(2, round(size * SHORTCUT_SIDE))
+    near, far = SHORTCUT_MARGIN, size - SHORTCUT_MARGIN - side
+    top, left = ((near, near), (near, far), (far, far), (far, near))[label % 4]
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[top : top + side, left : left + side] = True
+    return mask
+
+
 class ShapesSample(NamedTuple):
     """One sample and its layout: ``distractors`` holds one ``[S, S]`` bool mask per decoy drawn."""
 
@@ -83,6 +104,7 @@ class ShapesSample(NamedTuple):
     label: int
     mask: Tensor
     distractors: Tensor  # [K, S, S] bool, K <= the dataset's ``distractors``
+    shortcut: Tensor  # [S, S] bool: the class-coded watermark, all False where the image has none
 
 
 class ShapesDataset(Dataset[tuple[Tensor, int, Tensor]]):
@@ -104,6 +126,12 @@ class ShapesDataset(Dataset[tuple[Tensor, int, Tensor]]):
       crowded images; never seen at 64 pixels and 2 decoys), the image holds one decoy fewer, and so on;
       :meth:`sample` returns the decoys an image holds.
     - ``gap``: the least distance in pixels between two objects when there are decoys.
+    - ``shortcut``: the share of images (0 to 1) that carry a class-coded watermark: a white square of an eighth of
+      the image's side in the corner of their class (``shortcut_mask``), drawn over everything else. A model can
+      learn the corner instead of the shape. With ``shortcut`` set (even to 0) the masks come as named regions,
+      ``{"object": [S, S], "shortcut": [S, S]}`` (the watermark's pixels are not the object's); without it as one
+      ``[S, S]`` mask. Whether an image has the watermark is drawn from its own stream: the rest of the sample is
+      as without it.
 
     Example::
 
@@ -114,6 +142,9 @@ class ShapesDataset(Dataset[tuple[Tensor, int, Tensor]]):
         >>> sample = ShapesDataset(num_samples=4, image_size=64, seed=0, distractors=2).sample(0)
         >>> sample.distractors.shape, bool((sample.distractors & sample.mask).any())
         (torch.Size([2, 64, 64]), False)
+        >>> image, label, regions = ShapesDataset(num_samples=4, image_size=32, shortcut=1.0)[0]
+        >>> sorted(regions), bool(regions["shortcut"].any())
+        (['object', 'shortcut'], True)
     """
 
     num_classes = len(SHAPE_CLASSES)
@@ -129,6 +160,7 @@ class ShapesDataset(Dataset[tuple[Tensor, int, Tensor]]):
         std: float = 0.5,
         distractors: int = 0,
         gap: float = 2.0,
+        shortcut: float | None = None,
     ) -> None:
         if num_samples < 1 or image_size < 16:
             raise ValueError(f"expected num_samples >= 1 and image_size >= 16, got {num_samples} and {image_size}")
@@ -136,6 +168,8 @@ class ShapesDataset(Dataset[tuple[Tensor, int, Tensor]]):
             raise ValueError(f"distractors must be an int >= 0, got {distractors!r}")
         if gap < 0:
             raise ValueError(f"gap must be >= 0, got {gap!r}")
+        if shortcut is not None and not 0.0 <= shortcut <= 1.0:
+            raise ValueError(f"shortcut must be a share in [0, 1] (or None), got {shortcut!r}")
         self.num_samples = num_samples
         self.image_size = image_size
         self.seed = seed
@@ -144,16 +178,21 @@ class ShapesDataset(Dataset[tuple[Tensor, int, Tensor]]):
         self.std = std
         self.distractors = distractors
         self.gap = gap
+        self.shortcut = shortcut
 
     def __len__(self) -> int:
         return self.num_samples
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int, Tensor]:
-        image, label, mask, _ = self.sample(index)
-        return image, label, mask
+    def __getitem__(self, index: int) -> tuple[Tensor, int, Any]:
+        sample = self.sample(index)
+        if self.shortcut is None:
+            return sample.image, sample.label, sample.mask
+        return sample.image, sample.label, {"object": sample.mask, "shortcut": sample.shortcut}
 
     def materialize(self) -> TensorDataset:
         """Every sample generated once: a ``TensorDataset`` of ``(images [N, 3, S, S], labels [N], masks [N, S, S])``.
+
+        With ``shortcut`` set it holds the watermarks' masks too, and yields the named regions as ``__getitem__``.
 
         The same samples (bit for bit) for loops that read the set every epoch: drawing a sample costs about a
         third of a training step's share of it on the demo's tiny ViT. Holds ``N * 3 * S * S`` floats (400 MB for
@@ -166,12 +205,15 @@ class ShapesDataset(Dataset[tuple[Tensor, int, Tensor]]):
             >>> images.shape, bool(torch.equal(images[2], data[2][0])), int(labels[2]) == data[2][1]
             (torch.Size([4, 3, 32, 32]), True, True)
         """
-        samples = [self[index] for index in range(self.num_samples)]
-        return TensorDataset(
-            torch.stack([image for image, _, _ in samples]),
-            torch.tensor([label for _, label, _ in samples]),
-            torch.stack([mask for _, _, mask in samples]),
+        samples = [self.sample(index) for index in range(self.num_samples)]
+        tensors = (
+            torch.stack([sample.image for sample in samples]),
+            torch.tensor([sample.label for sample in samples]),
+            torch.stack([sample.mask for sample in samples]),
         )
+        if self.shortcut is None:
+            return TensorDataset(*tensors)
+        return _RegionsDataset(*tensors, torch.stack([sample.shortcut for sample in samples]))
 
     def sample(self, index: int) -> ShapesSample:
         """Sample ``index`` with the masks of its decoys (``[0, S, S]`` without decoys)."""
@@ -208,4 +250,24 @@ class ShapesDataset(Dataset[tuple[Tensor, int, Tensor]]):
         mask = _shape_mask(label, size, cy, cx, radius)
         image = torch.where(mask, colour[:, None, None], image).clamp(0.0, 1.0)
         stacked = torch.stack(decoy_masks) if decoy_masks else torch.zeros(0, size, size, dtype=torch.bool)
-        return ShapesSample((image - self.mean) / self.std, label, mask, stacked)
+        cue = self._shortcut(index, label)
+        image = torch.where(cue, torch.tensor(1.0), image)
+        return ShapesSample((image - self.mean) / self.std, label, mask & ~cue, stacked, cue)
+
+    def _shortcut(self, index: int, label: int) -> Tensor:
+        """The watermark's mask for sample ``index``: drawn with probability ``shortcut``, from its own stream."""
+        size = self.image_size
+        if not self.shortcut:
+            return torch.zeros(size, size, dtype=torch.bool)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) * 2 + 1)
+        if float(torch.rand((), generator=generator, dtype=torch.float64)) >= self.shortcut:
+            return torch.zeros(size, size, dtype=torch.bool)
+        return shortcut_mask(label, size)
+
+
+class _RegionsDataset(TensorDataset):
+    """``ShapesDataset.materialize`` with a watermark: ``(image, label, {"object": mask, "shortcut": mask})``."""
+
+    def __getitem__(self, index: Any) -> tuple[Tensor, Tensor, dict[str, Tensor]]:  # type: ignore[override]
+        image, label, mask, shortcut = (tensor[index] for tensor in self.tensors)
+        return image, label, {"object": mask, "shortcut": shortcut}

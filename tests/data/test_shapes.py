@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lightning_vitx.data import SHAPE_CLASSES, ShapesDataset
+from lightning_vitx.data import SHAPE_CLASSES, ShapesDataset, shortcut_mask
 
 
 def test_samples_are_reproducible_and_masks_cover_the_shape():
@@ -75,7 +75,7 @@ def test_distractors_are_grey_decoys_apart_from_the_shape_and_the_mask_covers_th
     data = ShapesDataset(num_samples=48, image_size=64, seed=2, distractors=2, gap=2.0)
     labels = set()
     for index in range(48):
-        image, label, mask, decoys = data.sample(index)
+        image, label, mask, decoys, _ = data.sample(index)
         labels.add(label)
         assert decoys.shape == (2, 64, 64) and decoys.dtype == torch.bool
         assert torch.equal((image, label, mask)[2], data[index][2]) and torch.equal(image, data[index][0])
@@ -109,7 +109,7 @@ def test_distractors_are_reproducible_and_follow_the_seed():
     # decoys draw after everything else: the label, background and noise are those of the plain dataset
     plain = ShapesDataset(8, 64, seed=5)
     for index in range(8):
-        image, label, mask, decoys = data.sample(index)
+        image, label, mask, decoys, _ = data.sample(index)
         plain_image, plain_label, plain_mask = plain[index]
         assert label == plain_label
         background = ~(mask | plain_mask | decoys.any(dim=0))
@@ -137,7 +137,7 @@ def test_decoys_look_like_the_shape_in_size_and_kind():
 def test_crowded_images_get_fewer_decoys_that_still_keep_apart():
     data = ShapesDataset(4, 32, seed=0, distractors=6, gap=1.0)
     for index in range(4):
-        image, label, mask, decoys = data.sample(index)
+        image, label, mask, decoys, _ = data.sample(index)
         assert 0 <= decoys.shape[0] < 6
         assert not (decoys & mask).any()
         assert decoys.sum(0).max() <= 1  # no two decoys share a pixel
@@ -157,3 +157,42 @@ def test_the_data_module_passes_distractors_on():
     expected = ShapesDataset(4, 32, seed=4, distractors=1)
     torch.testing.assert_close(images, torch.stack([expected[i][0] for i in range(4)]))
     assert not torch.equal(images, torch.stack([ShapesDataset(4, 32, seed=4)[i][0] for i in range(4)]))
+
+
+def test_the_shortcut_watermark_codes_the_class_and_leaves_the_rest_of_the_sample_as_it_was():
+    plain = ShapesDataset(num_samples=12, image_size=32, seed=3, distractors=1)
+    cued = ShapesDataset(num_samples=12, image_size=32, seed=3, distractors=1, shortcut=1.0)
+    for index in range(12):
+        before, after = plain.sample(index), cued.sample(index)
+        cue = after.shortcut
+        assert torch.equal(cue, shortcut_mask(after.label, 32)) and int(cue.sum()) == 16
+        assert torch.equal(before.image[:, ~cue], after.image[:, ~cue])  # only the watermark's pixels change
+        assert torch.allclose(after.image[:, cue], torch.tensor(1.0))  # white, normalised with mean 0.5, std 0.5
+        assert torch.equal(after.mask, before.mask & ~cue)  # the object's region leaves the watermark out
+        image, label, regions = cued[index]
+        assert torch.equal(regions["object"], after.mask) and torch.equal(regions["shortcut"], cue)
+    corners = {label: tuple(shortcut_mask(label, 32).nonzero()[0].tolist()) for label in range(3)}
+    assert len(set(corners.values())) == 3  # one corner per class
+
+
+def test_the_shortcut_share_and_the_unset_default():
+    half = ShapesDataset(num_samples=400, image_size=16, seed=0, shortcut=0.5)
+    share = sum(bool(half.sample(index).shortcut.any()) for index in range(400)) / 400
+    assert 0.4 < share < 0.6
+    none, zero = ShapesDataset(4, 16, seed=1), ShapesDataset(4, 16, seed=1, shortcut=0.0)
+    for index in range(4):
+        image, label, mask = none[index]
+        image0, label0, regions = zero[index]
+        assert torch.equal(image, image0) and torch.equal(mask, regions["object"]) and not regions["shortcut"].any()
+    with pytest.raises(ValueError, match=r"shortcut must be a share in \[0, 1\]"):
+        ShapesDataset(4, 16, shortcut=1.5)
+
+
+def test_materialize_keeps_the_regions():
+    data = ShapesDataset(num_samples=5, image_size=16, seed=2, shortcut=0.6)
+    stored = data.materialize()
+    for index in range(5):
+        image, label, regions = data[index]
+        image_m, label_m, regions_m = stored[index]
+        assert torch.equal(image, image_m) and int(label_m) == label
+        assert all(torch.equal(regions[name], regions_m[name]) for name in ("object", "shortcut"))
