@@ -1,7 +1,16 @@
 """Architecture adapters: token layout, attention modules, and the shared capture pass."""
 
-from lightning_vitx.adapters.base import Adapter, TokenLayout, detect, register_adapter
-from lightning_vitx.adapters.capture import Capture, CaptureNeeds, TokenStats, capture_pass, check_attention_recorded
+from lightning_vitx.adapters.base import Adapter, TokenLayout, detect, qualified_name, register_adapter
+from lightning_vitx.adapters.beit import BeitAdapter
+from lightning_vitx.adapters.capture import (
+    Capture,
+    CaptureNeeds,
+    TokenStats,
+    capture_pass,
+    check_attention_recorded,
+    check_capture_supported,
+)
+from lightning_vitx.adapters.eva import EvaAdapter
 from lightning_vitx.adapters.forward import (
     ExplainingCall,
     Target,
@@ -15,14 +24,18 @@ from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention, 
 from lightning_vitx.adapters.normalization import model_mean_std
 from lightning_vitx.adapters.swin import SwinTransformerAdapter
 from lightning_vitx.adapters.vit import VisionTransformerAdapter
+from lightning_vitx.adapters.vit_relpos import RelPosViTAdapter
 
 __all__ = [
     "Adapter",
     "AttentionGeometry",
+    "BeitAdapter",
     "Capture",
     "CaptureNeeds",
     "DenseAttention",
+    "EvaAdapter",
     "ExplainingCall",
+    "RelPosViTAdapter",
     "SwinTransformerAdapter",
     "Target",
     "TokenLayout",
@@ -31,12 +44,14 @@ __all__ = [
     "WindowedAttention",
     "capture_pass",
     "check_attention_recorded",
+    "check_capture_supported",
     "check_inputs",
     "check_target",
     "detect",
     "explaining",
     "explaining_forward",
     "model_mean_std",
+    "qualified_name",
     "register_adapter",
     "resolve_target",
 ]

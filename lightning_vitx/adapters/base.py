@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from lightning_vitx.adapters.geometry import AttentionGeometry, spread
 
-__all__ = ["Adapter", "TokenLayout", "check_patch_embed_input", "detect", "register_adapter"]
+__all__ = ["Adapter", "TokenLayout", "check_patch_embed_input", "detect", "qualified_name", "register_adapter"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,12 @@ class Adapter(Protocol):
     def attention_geometries(self, images: Tensor) -> list[AttentionGeometry]: ...
 
 
+def qualified_name(model: object) -> str:
+    """``module.ClassName`` of ``model``'s class, as error messages name it (``timm.models.eva.Eva``)."""
+    cls = type(model)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def check_patch_embed_input(patch_embed: Any, images: Tensor) -> None:
     """Raise a ``ValueError`` that says how to fix ``images`` a timm ``PatchEmbed`` can't take."""
     in_chans = patch_embed.proj.in_channels
@@ -159,6 +165,6 @@ def detect(model: nn.Module) -> Adapter:
             return cls(model)
     supported = "; ".join(cls.description for cls in _ADAPTERS)  # type: ignore[attr-defined]
     raise TypeError(
-        f"lightning-vitx cannot explain a {type(model).__name__}: expected a timm vision transformer. "
-        f"Supported: {supported}. Create one with timm.create_model('vit_small_patch16_224', ...)."
+        f"lightning-vitx cannot explain a {type(model).__name__} ({qualified_name(model)}): no adapter reads its "
+        f"architecture. Supported: {supported}. Create one with timm.create_model('vit_small_patch16_224', ...)."
     )

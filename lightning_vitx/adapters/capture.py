@@ -20,11 +20,18 @@ import torch
 from torch import Tensor, nn
 
 from lightning_vitx._checks import check_choice
-from lightning_vitx.adapters.base import Adapter, TokenLayout
+from lightning_vitx.adapters.base import Adapter, TokenLayout, qualified_name
 from lightning_vitx.adapters.forward import Target, explaining_forward
 from lightning_vitx.adapters.geometry import AttentionGeometry
 
-__all__ = ["Capture", "CaptureNeeds", "TokenStats", "capture_pass", "check_attention_recorded"]
+__all__ = [
+    "Capture",
+    "CaptureNeeds",
+    "TokenStats",
+    "capture_pass",
+    "check_attention_recorded",
+    "check_capture_supported",
+]
 Objective = Literal["logit", "probability"]
 OBJECTIVES = ("logit", "probability")
 
@@ -167,10 +174,13 @@ def _register_hooks(
 
     attention: list[Any] = adapter.attention_modules()
     blocks: list[Any] = adapter.blocks()
-    for attn in attention:
+    # the per-head attention outputs enter the output projection, unless the adapter names another module (EVA's
+    # inner norm and gate sit between them)
+    head_inputs: list[Any] = getattr(adapter, "head_output_modules", lambda: [a.proj for a in attention])()
+    for attn, head_input in zip(attention, head_inputs, strict=True):
         handles.append(attn.attn_drop.register_forward_hook(keep_output(attentions)))
         if needs.head_outputs:
-            handles.append(attn.proj.register_forward_pre_hook(lambda module, inputs: head_outputs.append(inputs[0])))
+            handles.append(head_input.register_forward_pre_hook(lambda module, inputs: head_outputs.append(inputs[0])))
     if needs.token_states:
         for index, block in enumerate(blocks):
             # timm's ViT Block scales each branch (ls1, ls2); Swin's block has no layer scale: its branches end in
@@ -202,6 +212,34 @@ def _register_hooks(
     if needs.norm_stats:
         handles += _register_norm_hooks(adapter, norm_stats)
     return handles
+
+
+def check_capture_supported(adapter: Adapter, needs: CaptureNeeds, who: str) -> None:
+    """A ``TypeError`` when the model's blocks cannot give what ``needs`` asks for; explainers call it at ``create``.
+
+    Token states and LayerNorm statistics are read around pre-norm blocks (``x + f(norm(x))``); the statistics
+    also need ``norm1`` and ``norm2`` to be LayerNorms. ``who`` names the explainer in the message.
+    """
+    if not (needs.token_states or needs.norm_stats):
+        return
+    blocks: list[Any] = adapter.blocks()
+    model = qualified_name(adapter.model)
+    if not getattr(adapter, "pre_norm", True):
+        raise TypeError(
+            f"{who} cannot explain this {model}: its blocks ({type(blocks[0]).__name__}) normalise each branch's "
+            f"output (post-norm), and {who} reads the token states around pre-norm blocks. Use 'generic_attention' "
+            "or 'rollout' for this model."
+        )
+    if needs.norm_stats:
+        for index, block in enumerate(blocks):
+            norms = {key: getattr(block, key, None) for key in ("norm1", "norm2")}
+            other = {key: type(norm).__name__ for key, norm in norms.items() if not isinstance(norm, nn.LayerNorm)}
+            if other:
+                raise TypeError(
+                    f"{who} cannot explain this {model}: it reads the statistics of LayerNorm norm1 and norm2 in "
+                    f"every block, block {index} ({type(block).__name__}) has {other}. Use 'generic_attention' "
+                    "for this model."
+                )
 
 
 def _norm_statistics(module: nn.Module, x: Tensor) -> TokenStats:
@@ -285,6 +323,7 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
         (12, (2, 3, 197, 197))
     """
     needs = needs or CaptureNeeds()
+    check_capture_supported(adapter, needs, "the capture pass")
     attentions: list[Tensor] = []
     head_outputs: list[Tensor] = []
     token_states: list[dict[str, Tensor]] = []

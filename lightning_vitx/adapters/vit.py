@@ -6,7 +6,7 @@ from typing import Any, Literal, cast
 
 from torch import Tensor, nn
 
-from lightning_vitx.adapters.base import TokenLayout, check_patch_embed_input, register_adapter
+from lightning_vitx.adapters.base import TokenLayout, check_patch_embed_input, qualified_name, register_adapter
 from lightning_vitx.adapters.geometry import DenseAttention
 
 __all__ = ["VisionTransformerAdapter"]
@@ -18,6 +18,12 @@ def _is_timm_vit(model: nn.Module) -> bool:
     except ImportError:  # pragma: no cover - timm is a dependency
         return False
     return isinstance(model, VisionTransformer)
+
+
+def _is_timm_patch_embed(module: nn.Module) -> bool:
+    from timm.layers import PatchEmbed
+
+    return isinstance(module, PatchEmbed)
 
 
 @register_adapter
@@ -50,8 +56,15 @@ class VisionTransformerAdapter:
         pool = getattr(model, "global_pool", "token")
         if getattr(model, "attn_pool", None) is not None or pool not in ("token", "avg"):
             raise ValueError(
-                f"global_pool={pool!r} is not supported yet: expected 'token' (class token) or 'avg' "
-                "(mean of patch tokens). Create the model with global_pool='token' or 'avg'."
+                f"global_pool={pool!r} is not supported yet ({qualified_name(model)}): expected 'token' (class "
+                "token) or 'avg' (mean of patch tokens). Create the model with global_pool='token' or 'avg'."
+            )
+        if not _is_timm_patch_embed(self._vit.patch_embed):
+            raise TypeError(
+                f"lightning-vitx cannot explain this {qualified_name(model)}: its patch embedding is a "
+                f"{type(self._vit.patch_embed).__name__} (a CNN stem before the tokens, a hybrid ViT), and the "
+                "explainers read the patch grid and the input checks off a timm PatchEmbed. No explainer here "
+                "supports hybrid ViTs yet; use a plain ViT (vit_*_patch16_*)."
             )
         for index, block in enumerate(self._vit.blocks):
             attn = getattr(block, "attn", None)

@@ -13,7 +13,12 @@ from lightning_vitx._registry import Registry
 if TYPE_CHECKING:
     from lightning_vitx.explainers.base import Explainer
 
-__all__ = ["ExplainerInfo", "available", "create", "get_class", "get_info", "register"]
+__all__ = ["READOUT_FAMILIES", "ExplainerInfo", "available", "create", "get_class", "get_info", "register"]
+
+# The adapter families the readout explainers cover: every family whose adapter the shared capture pass reads
+# (dense attention: ViT, EVA, BEiT, relpos ViT; windows: Swin). A readout that needs more of the blocks (token
+# states, LayerNorm statistics) refuses the models without it at create (adapters.check_capture_supported).
+READOUT_FAMILIES = ("vit", "swin", "eva", "beit", "vit_relpos")
 
 
 @dataclass(frozen=True)

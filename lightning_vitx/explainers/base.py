@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lightning_vitx.adapters import Capture, CaptureNeeds, capture_pass, detect
+from lightning_vitx.adapters import Capture, CaptureNeeds, capture_pass, detect, qualified_name
 from lightning_vitx.adapters.capture import Target
-from lightning_vitx.explainers._registry import ExplainerInfo, create
+from lightning_vitx.explainers._registry import ExplainerInfo, available, create, get_info
 
 __all__ = ["Explainer", "ExplainerGroup", "ReadoutExplainer", "create_many"]
 
@@ -31,8 +31,11 @@ class Explainer:
         self.adapter = detect(model)
         self.model = self.adapter.model
         if self.adapter.family not in self.info.families:
+            working = [name for name in available() if self.adapter.family in get_info(name).families]
             raise TypeError(
-                f"{self.info.name} supports {list(self.info.families)} models, got a {self.adapter.family} model"
+                f"{self.info.name} cannot explain this {qualified_name(self.model)}: it supports "
+                f"{list(self.info.families)} models, got a {self.adapter.family!r} model. Use one of {working} "
+                "for this model."
             )
 
     def __call__(self, images: Tensor, target: Target = None) -> Tensor:

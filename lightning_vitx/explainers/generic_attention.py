@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from lightning_vitx.adapters import Capture
 from lightning_vitx.explainers._propagation import propagate_additive
-from lightning_vitx.explainers._registry import ExplainerInfo, register
+from lightning_vitx.explainers._registry import READOUT_FAMILIES, ExplainerInfo, register
 from lightning_vitx.explainers.base import ReadoutExplainer
 
 __all__ = ["GenericAttention"]
@@ -17,7 +17,7 @@ __all__ = ["GenericAttention"]
         name="generic_attention",
         needs_gradients=True,
         readout=True,
-        families=("vit", "swin"),
+        families=READOUT_FAMILIES,
         description="R <- R + mean_h((grad A * A)^+) R over all blocks",
         reference="Chefer, Gur & Wolf 2021b, Generic Attention-model Explainability (arXiv 2103.15679)",
     )

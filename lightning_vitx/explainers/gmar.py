@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters import Capture, CaptureNeeds
 from lightning_vitx.explainers._propagation import propagate_rollout
-from lightning_vitx.explainers._registry import ExplainerInfo, register
+from lightning_vitx.explainers._registry import READOUT_FAMILIES, ExplainerInfo, register
 from lightning_vitx.explainers.base import ReadoutExplainer
 
 __all__ = ["GMAR"]
@@ -21,7 +21,7 @@ __all__ = ["GMAR"]
         name="gmar",
         needs_gradients=True,
         readout=True,
-        families=("vit", "swin"),
+        families=READOUT_FAMILIES,
         description="rollout with heads weighted by the L1/L2 norm of their attention gradients",
         reference="Jo et al. 2025, GMAR: Gradient-Driven Multi-Head Attention Rollout (arXiv 2504.19414)",
     )

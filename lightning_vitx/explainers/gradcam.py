@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lightning_vitx.adapters import Capture
-from lightning_vitx.explainers._registry import ExplainerInfo, register
+from lightning_vitx.explainers._registry import READOUT_FAMILIES, ExplainerInfo, register
 from lightning_vitx.explainers.base import ReadoutExplainer
 
 __all__ = ["AttentionGradCAM"]
@@ -16,7 +16,7 @@ __all__ = ["AttentionGradCAM"]
         name="gradcam",
         needs_gradients=True,
         readout=True,
-        families=("vit", "swin"),
+        families=READOUT_FAMILIES,
         description="Grad-CAM with heads as channels and the readout row of the attention as the feature map",
         reference="Selvaraju et al. 2017, as adapted to ViT by Chefer, Gur & Wolf 2021 (arXiv 2012.09838)",
     )

@@ -16,11 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_vitx._checks import check_choice
-from lightning_vitx.adapters import Capture, CaptureNeeds
+from lightning_vitx.adapters import Capture, CaptureNeeds, check_capture_supported
 from lightning_vitx.adapters.capture import TokenStats
 from lightning_vitx.adapters.geometry import spread
 from lightning_vitx.explainers._propagation import propagate_additive
-from lightning_vitx.explainers._registry import ExplainerInfo, register
+from lightning_vitx.explainers._registry import READOUT_FAMILIES, ExplainerInfo, register
 from lightning_vitx.explainers.base import ReadoutExplainer
 
 __all__ = ["LayerNormStats", "token_weights"]
@@ -62,7 +62,7 @@ def token_weights(stats: TokenStats, rule: Rule, outlier_z: float = 2.0) -> Tens
         name="layernorm_stats",
         needs_gradients=True,
         readout=True,
-        families=("vit", "swin"),
+        families=READOUT_FAMILIES,
         description="generic_attention's map times the last block's LayerNorm 1/std per token (mean 1); "
         "per-layer key weightings as options",
         reference="Nguyen, Lee & Kim 2023, Inspecting Explainability of Transformer Models with Additional "
@@ -107,6 +107,7 @@ class LayerNormStats(ReadoutExplainer):
         self.rule = rule
         self.start_layer = self._block_index(start_layer, "start_layer")
         self.outlier_z = float(outlier_z)
+        check_capture_supported(self.adapter, self.capture_needs(), "layernorm_stats")  # RMSNorm, post-norm
 
     def capture_needs(self) -> CaptureNeeds:
         return CaptureNeeds(gradients=True, norm_stats=True)

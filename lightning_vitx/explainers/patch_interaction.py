@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters import Capture, CaptureNeeds
 from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention, spread
-from lightning_vitx.explainers._registry import ExplainerInfo, register
+from lightning_vitx.explainers._registry import READOUT_FAMILIES, ExplainerInfo, register
 from lightning_vitx.explainers.base import ReadoutExplainer
 
 __all__ = ["INDICATORS", "Indicator", "PatchInteraction", "fused_indicators"]
@@ -35,7 +35,7 @@ def fused_indicators(record: Capture, indicator: str) -> list[Tensor]:
         name="patch_interaction",
         needs_gradients=True,
         readout=True,
-        families=("vit", "swin"),
+        families=READOUT_FAMILIES,
         description="the patch-to-patch interaction mass (grad A * A)^+ each patch takes in, summed over blocks",
         reference="after Ma et al. 2022, Visualizing and Understanding Patch Interactions in ViT (arXiv 2203.05922)",
         receptive_field_figures=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lightning_vitx.adapters import Capture
-from lightning_vitx.explainers._registry import ExplainerInfo, register
+from lightning_vitx.explainers._registry import READOUT_FAMILIES, ExplainerInfo, register
 from lightning_vitx.explainers.base import ReadoutExplainer
 
 __all__ = ["RawAttention"]
@@ -16,7 +16,7 @@ __all__ = ["RawAttention"]
         name="raw_attention",
         needs_gradients=False,
         readout=True,
-        families=("vit", "swin"),
+        families=READOUT_FAMILIES,
         description="attention of the readout token(s) to the patches in the last block, mean over heads",
         reference="baseline in Chefer, Gur & Wolf 2021 (arXiv 2012.09838)",
         class_sensitive=False,

@@ -13,7 +13,7 @@ from lightning_vitx.explainers._propagation import (
     fuse_heads,
     propagate_rollout,
 )
-from lightning_vitx.explainers._registry import ExplainerInfo, register
+from lightning_vitx.explainers._registry import READOUT_FAMILIES, ExplainerInfo, register
 from lightning_vitx.explainers.base import ReadoutExplainer
 
 __all__ = ["AttentionRollout"]
@@ -24,7 +24,7 @@ __all__ = ["AttentionRollout"]
         name="rollout",
         needs_gradients=False,
         readout=True,
-        families=("vit", "swin"),
+        families=READOUT_FAMILIES,
         description="product of the head-fused attention of every block, with the residual as identity",
         reference="Abnar & Zuidema 2020, Quantifying Attention Flow in Transformers (arXiv 2005.00928)",
         class_sensitive=False,

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_vitx._checks import check_choice
-from lightning_vitx.adapters import Capture, CaptureNeeds
+from lightning_vitx.adapters import Capture, CaptureNeeds, check_capture_supported
 from lightning_vitx.explainers._propagation import propagate_token_transformation
-from lightning_vitx.explainers._registry import ExplainerInfo, register
+from lightning_vitx.explainers._registry import READOUT_FAMILIES, ExplainerInfo, register
 from lightning_vitx.explainers.base import ReadoutExplainer
 
 __all__ = ["TokenTM", "transformation_weights"]
@@ -46,7 +46,7 @@ def transformation_weights(before: Tensor, after: Tensor, necc: Literal["softmax
         name="tokentm",
         needs_gradients=True,
         readout=True,
-        families=("vit", "swin"),
+        families=READOUT_FAMILIES,
         description="C0 = diag|E0|, C <- (I + W_mlp)(I + (mean_h A W_attn) * mean_h (grad A)^+) C over all blocks",
         reference="Wu, Duan, Kang, Tang & Yan 2024, Token Transformation Matters (CVPR 2024, arXiv 2403.14552)",
     )
@@ -102,6 +102,7 @@ class TokenTM(ReadoutExplainer):
         check_choice("necc", necc, Necc)
         check_choice("gradient_relu", gradient_relu, GradientReLU)
         self.score, self.necc, self.gradient_relu = score, necc, gradient_relu
+        check_capture_supported(self.adapter, self.capture_needs(), "tokentm")  # post-norm blocks: refused here
 
     def capture_needs(self) -> CaptureNeeds:
         return CaptureNeeds(gradients=True, token_states=True, objective=self.score)
