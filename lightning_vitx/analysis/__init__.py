@@ -10,6 +10,7 @@ Example::
 """
 
 from lightning_vitx.analysis.corners import attention_sharpness, corner_region, corner_share, object_share
+from lightning_vitx.analysis.focus import FOCUS_STATISTICS, focus_statistics
 from lightning_vitx.analysis.patch_interactions import (
     PatchInteractions,
     edge_ablation_effects,
@@ -22,12 +23,14 @@ from lightning_vitx.analysis.randomization import RandomizationResult, randomiza
 from lightning_vitx.analysis.ranks import rank_correlation
 
 __all__ = [
+    "FOCUS_STATISTICS",
     "PatchInteractions",
     "RandomizationResult",
     "attention_sharpness",
     "corner_region",
     "corner_share",
     "edge_ablation_effects",
+    "focus_statistics",
     "interaction_matrices",
     "object_share",
     "patch_interactions",
