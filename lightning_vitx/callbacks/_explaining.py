@@ -1,17 +1,21 @@
-"""The monitor's explain loop: every held-out sample, ``batch_size`` at a time, one capture pass for all."""
+"""The monitor's pass as one value (:class:`MonitorPass`), and its explain loop.
+
+Every held-out sample is explained ``batch_size`` at a time, one capture pass for all the explainers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from lightning.pytorch import Trainer
 from torch import Tensor, nn
 
 import lightning_vitx.explainers as X
 
-__all__ = ["ExplainingRun", "explain_in_batches"]
+__all__ = ["ExplainingRun", "MonitorPass", "explain_held_out", "explain_in_batches", "start_pass"]
 
 
 def _silent(key: str, message: str) -> None:
@@ -20,7 +24,7 @@ def _silent(key: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class ExplainingRun:
-    """What every step of one explained pass needs, as one value (instead of eight positional arguments).
+    """What every step of one explained pass needs to run the model, as one value.
 
     The model and where it runs, how many images at a time, which class is explained, and the error policy
     (``raise_errors``, else ``warn(key, message)``, once per key).
@@ -37,6 +41,76 @@ class ExplainingRun:
     def quiet(self) -> ExplainingRun:
         """The same run with failures left to the caller: no raising, no warning, no progress bar."""
         return replace(self, raise_errors=False, warn=_silent, progress=False)
+
+
+@dataclass(frozen=True)
+class MonitorPass:
+    """One explained pass of a monitor, as one value: how the model runs, what is explained, how it is shown.
+
+    Built by the monitor at each explained epoch; the steps of the pass (explaining, the sanity scores, the
+    panel, the logged record) read it instead of long argument lists.
+    """
+
+    run: ExplainingRun  # the model, device, batch size, explained class and error policy
+    samples: Mapping[str, Tensor | None]  # this rank's held-out set: ids, images [N, C, H, W], labels, masks
+    explainers: Mapping[str, Mapping[str, Any]]  # every explainer's options, in the monitor's order
+    metrics: Sequence[str]  # the metric names
+    prefix: str = "explain"  # the monitor's name: the start of every key and picture tag
+    panel_size: int = 8
+    per_map_scale: bool = False  # each drawn map on its own colour scale
+    pixel_maps: bool = False  # draw the explainers that have one from their pixel map
+    class_names: Sequence[str] | None = None
+    disabled: frozenset[str] = frozenset()  # explainers turned off after a failure (on every rank)
+    dropped: int = 0  # held-out samples this rank left out
+    first: bool = True  # no pass came before: no stability or randomization yet
+    previous_maps: Mapping[str, Tensor] = field(default_factory=dict)  # the last pass's maps, for stability
+
+    @property
+    def score_keys(self) -> list[str]:
+        """``explainer/metric`` for every pair, explainers first."""
+        return [f"{explainer}/{metric}" for explainer in self.explainers for metric in self.metrics]
+
+
+def start_pass(monitor: Any, trainer: Trainer, device: torch.device) -> MonitorPass:
+    """An ``ExplainabilityMonitor``'s pass as it starts: its model on ``device``, its held-out set, its settings.
+
+    A progress bar is shown on global rank zero when the trainer shows one.
+    """
+    progress = trainer.is_global_zero and trainer.progress_bar_callback is not None
+    run = ExplainingRun(
+        monitor.model,
+        device,
+        monitor.batch_size,
+        by_label=monitor.target == "label",
+        raise_errors=monitor.on_error == "raise",
+        warn=monitor._warn_once,
+        progress=progress,
+    )
+    return MonitorPass(
+        run,
+        monitor.samples,
+        monitor.explainer_options,
+        monitor.metric_names,
+        prefix=monitor.name,
+        panel_size=monitor.panel_size,
+        per_map_scale=monitor.per_map_scale,
+        pixel_maps=monitor.pixel_maps,
+        class_names=monitor.class_names,
+        disabled=frozenset(monitor._failed),
+        dropped=sum(monitor.held_out.dropped.values()),
+        first=monitor._explained_epochs == 0,
+        previous_maps=monitor.last_maps,
+    )
+
+
+def explain_held_out(monitor_pass: MonitorPass) -> tuple[dict[str, Tensor], set[str]]:
+    """This rank's held-out maps ``{name: [N, gh, gw]}`` of the explainers not disabled, and which failed."""
+    run, samples = monitor_pass.run, monitor_pass.samples
+    images, labels = samples.get("images"), samples.get("labels")
+    if images is None or images.shape[0] == 0:
+        return {}, set()
+    options = {name: options for name, options in monitor_pass.explainers.items() if name not in monitor_pass.disabled}
+    return explain_in_batches(run, options, images, labels if run.by_label else None)
 
 
 def explain_in_batches(

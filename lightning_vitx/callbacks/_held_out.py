@@ -24,6 +24,7 @@ __all__ = [
     "collect_from_loader",
     "dataset_length",
     "default_batch_to_inputs",
+    "read_inputs",
 ]
 
 Inputs = tuple[Tensor, Tensor | None, Tensor | None]
@@ -90,6 +91,19 @@ def check_batch_inputs(inputs: Any, needs_labels: bool) -> Inputs:
                 f"{width}]) at the image size, got {_described(masks)}; resize them with the images"
             )
     return images, labels, masks
+
+
+def read_inputs(batch_to_inputs: Callable[[Any], Any], batch: Any, needs_labels: bool) -> Inputs:
+    """``batch_to_inputs(batch)``, checked (``check_batch_inputs``); raises :class:`MonitorConfigError` on a mistake.
+
+    An error inside ``batch_to_inputs`` (the user's function) is a ``MonitorConfigError`` naming it.
+    """
+    try:
+        return check_batch_inputs(batch_to_inputs(batch), needs_labels=needs_labels)
+    except MonitorConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the user's function raised: name it
+        raise MonitorConfigError(f"batch_to_inputs raised on a validation batch: {error!r}") from error
 
 
 class HeldOut:

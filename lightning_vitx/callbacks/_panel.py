@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from lightning_vitx.adapters import Target, model_mean_std
 from lightning_vitx.callbacks._collectives import gather_rows
+from lightning_vitx.callbacks._explaining import MonitorPass
 from lightning_vitx.callbacks._settings import model_name
 from lightning_vitx.loggers import PassRecord, SampleImages
 from lightning_vitx.metrics import as_masks
@@ -41,21 +42,25 @@ class PanelRows:
 
 def gather_panel(
     trainer: Trainer,
-    device: torch.device,
-    panel_size: int,
-    samples: Mapping[str, Tensor | None],
-    probabilities: Tensor | None,
+    monitor_pass: MonitorPass,
     maps: Mapping[str, Tensor],
+    *,
+    probabilities: Tensor | None,
     sample_scores: Mapping[str, Tensor],
-    explainer_names: Sequence[str],
-    score_keys: Sequence[str],
 ) -> PanelRows | None:
     """The first ``panel_size`` held-out samples by global id, with what the panel and table show, from all ranks.
 
-    Call it on every rank (it gathers), with the same ``explainer_names`` and ``score_keys``. Each rank sends its
-    first ``panel_size`` rows (its smallest ids); an explainer, label or score column is kept when every shown row
-    has it. None when no rank holds a sample.
+    Call it on every rank (it gathers) with the same pass settings. Each rank sends its first ``panel_size`` held-out
+    rows (its smallest ids), with their ``maps`` (``{explainer: [N, gh, gw]}``), ``probabilities``
+    (``[N, classes]``) and ``sample_scores`` (``{"explainer/metric": [N]}``); an explainer, label or score column
+    is kept when every shown row has it. None when no rank holds a sample.
     """
+    panel_size, samples, explainer_names, score_keys = (
+        monitor_pass.panel_size,
+        monitor_pass.samples,
+        list(monitor_pass.explainers),
+        monitor_pass.score_keys,
+    )
     rows: dict[str, Tensor | None] = dict.fromkeys(["ids", "images", "labels", "masks", "probabilities"])
     rows.update({f"map/{name}": None for name in explainer_names})
     rows.update({f"score/{key}": None for key in score_keys})
@@ -70,7 +75,7 @@ def gather_panel(
         rows["probabilities"] = probabilities[first]
         rows.update({f"map/{name}": maps[name][first] for name in explainer_names if name in maps})
         rows.update({f"score/{key}": sample_scores[key][first] for key in score_keys if key in sample_scores})
-    gathered, valid = gather_rows(trainer, rows, panel_size, device)
+    gathered, valid = gather_rows(trainer, rows, panel_size, monitor_pass.run.device)
     if "ids" not in gathered or "probabilities" not in gathered:
         return None
     real = valid["ids"].nonzero()[:, 0]
@@ -127,22 +132,19 @@ def class_name(index: int, class_names: Sequence[str] | None) -> str:
 
 def pass_record(
     record: PassRecord,
-    prefix: str,
-    model: nn.Module,
+    monitor_pass: MonitorPass,
     panel: PanelRows,
-    class_names: Sequence[str] | None,
-    curves: Mapping[str, Mapping[str, Any]],
-    reference_curves: Mapping[str, Any],
-    disabled: Sequence[str] = (),
-    per_map_scale: bool = False,
-    explained: str = "predicted class",
+    *,
+    curves: Mapping[str, Mapping[str, Any]] | None = None,
+    reference_curves: Mapping[str, Any] | None = None,
     pixel_maps: Mapping[str, Tensor] | None = None,
 ) -> PassRecord:
     """Fill ``record`` (scalars, epoch and step already set) with the pictures of one pass.
 
     Keys: ``<prefix>/inputs`` and ``<prefix>/<explainer>/maps`` (one captioned picture per shown sample; each
-    explainer's maps share one colour scale unless ``per_map_scale``), ``<prefix>/curves``, ``<prefix>/samples``
-    (the table), with ``patch_interaction`` among the explainers ``<prefix>/patch_interaction/erf`` (each patch's
+    explainer's maps share one colour scale unless ``per_map_scale``), ``<prefix>/curves`` (``curves``: metric ->
+    explainer -> (fractions, mean curve), with the random order's ``reference_curves``), ``<prefix>/samples`` (the
+    table), with ``patch_interaction`` among the explainers ``<prefix>/patch_interaction/erf`` (each patch's
     receptive-field tendency and size) and ``.../erf_size`` (per block), and for the PNG fallback
     ``<prefix>/panel``. ``pixel_maps`` (``{explainer: [P, H, W]}``, signed relevance) are drawn in place of those
     explainers' patch maps, on a signed scale.
@@ -160,6 +162,9 @@ def pass_record(
         with_colour_bar,
     )
 
+    prefix, model, class_names = monitor_pass.prefix, monitor_pass.run.model, monitor_pass.class_names
+    per_map_scale, by_label = monitor_pass.per_map_scale, monitor_pass.run.by_label
+    curves, reference_curves = curves or {}, reference_curves or {}
     predicted = panel.probabilities.argmax(1)
     captions, short = [], []
     for i, p in enumerate(predicted.tolist()):
@@ -202,9 +207,10 @@ def pass_record(
         record.images[f"{prefix}/{name}/maps"] = SampleImages(overlays[name], map_captions, map_masks)
 
     title = f"epoch {record.epoch}" if record.epoch >= 0 else "before training"
+    explained = "label" if by_label else "predicted class"
     title += f", {model_name(model)}, {explained} explained"
-    if disabled:
-        title += f"; disabled after a failure: {', '.join(disabled)}"
+    if monitor_pass.disabled:
+        title += f"; disabled after a failure: {', '.join(sorted(monitor_pass.disabled))}"
     record.fallback_figures[f"{prefix}/panel"] = partial(  # drawn only when no logger takes images
         panel_figure, panel.images, shown, mean, std, short, signed=signed, per_map=per_map_scale, title=title,
         masks=panel.masks,
@@ -218,7 +224,7 @@ def pass_record(
 
     if any(X.get_info(name).receptive_field_figures for name in panel.maps):  # one more pass, rank zero only
         device = next(model.parameters()).device
-        explained_class = panel.labels if explained == "label" and panel.labels is not None else predicted
+        explained_class = panel.labels if by_label and panel.labels is not None else predicted
         figures = interaction_figures(model, panel.images.to(device), explained_class.to(device), captions=short)
         name = next(name for name in panel.maps if X.get_info(name).receptive_field_figures)
         record.figures.update({f"{prefix}/{name}/{key}": figure for key, figure in figures.items()})

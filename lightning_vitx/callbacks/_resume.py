@@ -1,4 +1,7 @@
-"""Resuming the monitor from a checkpoint made with other settings: say so, and do what the change asks for."""
+"""The monitor's checkpointed state: what it saves, and resuming from a checkpoint made with other settings.
+
+A resume with other settings says so, and does what the change asks for.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["Restored", "restore", "unclaimed_state"]
+__all__ = ["Restored", "monitor_state", "restore", "state_key_parts", "state_settings", "unclaimed_state"]
 
 
 @dataclass
@@ -19,6 +22,42 @@ class Restored:
     last_maps: dict[str, Tensor]
     history: list[dict[str, float]]
     explained_epochs: int
+    sanity_reference: dict[str, Tensor]  # the first explained pass's maps: kept whatever changed
+
+
+def state_key_parts(monitor: Any) -> dict[str, Any]:
+    """What an ``ExplainabilityMonitor``'s state key is made of.
+
+    Explainers, metrics, ``model_attribute`` when set, and ``name`` when it is not the default ``"explain"``.
+    """
+    keys: dict[str, Any] = {"explainers": monitor.explainer_names, "metrics": monitor.metric_names}
+    if monitor.model_attribute is not None:  # two monitors on two models of one module: two states
+        keys["model_attribute"] = monitor.model_attribute
+    return keys if monitor.name == "explain" else {"name": monitor.name, **keys}
+
+
+def state_settings(monitor: Any) -> dict[str, Any]:
+    """The settings an ``ExplainabilityMonitor``'s state records, to reconcile a resume with (``restore``)."""
+    return {
+        "num_samples": monitor.num_samples,
+        "own_dataloader": monitor.dataloader is not None,
+        "explainers": monitor.explainer_options,
+        "metrics": monitor.metric_options,
+    }
+
+
+def monitor_state(monitor: Any) -> dict[str, Any]:
+    """An ``ExplainabilityMonitor``'s checkpointed state: settings, held-out samples, last maps, history."""
+    sanity = monitor.sanity_scores
+    return {
+        "settings": state_settings(monitor),
+        "samples": dict(monitor.samples),
+        "last_maps": dict(monitor.last_maps),
+        "failed": sorted(monitor._failed),
+        "explained_epochs": monitor._explained_epochs,
+        "history": list(monitor.history),
+        "sanity_reference": dict(sanity.reference_maps) if sanity is not None else {},
+    }
 
 
 def restore(
@@ -68,7 +107,8 @@ def restore(
     failed = sorted(state.get("failed", []))
     if failed:
         warn("resume/failed", f"explainers {failed} were disabled before the checkpoint; trying them again")
-    return Restored(samples, last_maps, history, int(state.get("explained_epochs", 0)))
+    sanity_reference = dict(state.get("sanity_reference", {}))
+    return Restored(samples, last_maps, history, int(state.get("explained_epochs", 0)), sanity_reference)
 
 
 def _changed(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

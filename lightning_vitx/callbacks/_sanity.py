@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,7 +20,7 @@ from torchmetrics import MeanMetric
 
 import lightning_vitx.explainers as X
 from lightning_vitx.analysis import rank_correlation
-from lightning_vitx.callbacks._explaining import ExplainingRun, explain_in_batches
+from lightning_vitx.callbacks._explaining import MonitorPass, explain_in_batches
 
 __all__ = ["SanityScores"]
 
@@ -42,16 +41,9 @@ class SanityScores:
         self.class_sensitivity = {e: MeanMetric(nan_strategy="ignore").to(device) for e in explainers}
         self.reference_maps: dict[str, Tensor] = {}  # the first explained pass's maps of this rank's samples
 
-    def update(
-        self,
-        run: ExplainingRun,
-        options: Mapping[str, Mapping[str, Any]],
-        samples: Mapping[str, Tensor | None],
-        maps: Mapping[str, Tensor],
-        probabilities: Tensor | None,
-        panel_size: int,
-    ) -> None:
+    def update(self, monitor_pass: MonitorPass, maps: Mapping[str, Tensor], probabilities: Tensor | None) -> None:
         """Update both scores with this rank's ``maps`` (``probabilities``: the clean forward's, same samples)."""
+        run, samples, panel_size = monitor_pass.run, monitor_pass.samples, monitor_pass.panel_size
         device = run.device
         for name, explanation in maps.items():
             reference = self.reference_maps.get(name)
@@ -69,7 +61,7 @@ class SanityScores:
         others = probabilities[shown].clone()
         others[torch.arange(others.shape[0]), explained[shown]] = -math.inf
         runner_up = others.argmax(dim=1).cpu()
-        sensitive = {n: o for n, o in options.items() if n in maps and X.get_info(n).class_sensitive}
+        sensitive = {n: o for n, o in monitor_pass.explainers.items() if n in maps and X.get_info(n).class_sensitive}
         for name in maps:
             if name not in sensitive:  # the same map for every class, by construction
                 self.class_sensitivity[name].update(torch.zeros(int(shown.sum()), device=device))

@@ -1,7 +1,7 @@
 """ExplainabilityMonitor: explain a fixed held-out set every validation epoch, score it, log scores and pictures.
 
-The callback reads as its hooks; the work lives beside it: ``_held_out.py`` (reading and checking batches, the
-held-out set), ``_collectives.py`` (what every rank calls, in the same order), ``_panel.py`` (pictures).
+The callback reads as its hooks; the work lives beside it, in ``_held_out``, ``_explaining`` (the pass as one
+value), ``_scoring``, ``_sanity``, ``_collectives``, ``_panel``, ``_pass`` (what a pass logs) and ``_resume``.
 
 Two kinds of failure, two behaviours. Configuration mistakes (what ``batch_to_inputs`` returns, labels missing
 with ``target="label"``, a model that cannot be found or explained, a checkpoint callback watching a key the
@@ -13,15 +13,11 @@ logged. An explainer or metric that fails on any rank fails on every rank in tha
 
 from __future__ import annotations
 
-import math
-import os
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -29,20 +25,20 @@ from typing_extensions import override
 
 import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
-from lightning_vitx.callbacks._collectives import agree_on_faults
 from lightning_vitx.callbacks._config import check_monitor_options, check_setup, check_watchers, first_validation_batch
-from lightning_vitx.callbacks._explaining import ExplainingRun, explain_in_batches
+from lightning_vitx.callbacks._explaining import explain_held_out, start_pass
 from lightning_vitx.callbacks._held_out import (
     HeldOut,
     Inputs,
-    check_batch_inputs,
     collect_from_loader,
     dataset_length,
     default_batch_to_inputs,
+    read_inputs,
 )
 from lightning_vitx.callbacks._model import find_model
-from lightning_vitx.callbacks._panel import PanelRows, gather_panel, panel_pixel_maps, pass_record
-from lightning_vitx.callbacks._resume import restore, unclaimed_state
+from lightning_vitx.callbacks._panel import PanelRows, gather_panel
+from lightning_vitx.callbacks._pass import WarnOnce, finite, log_pass, log_scores, score_pass
+from lightning_vitx.callbacks._resume import monitor_state, restore, state_key_parts, state_settings, unclaimed_state
 from lightning_vitx.callbacks._sanity import SanityScores
 from lightning_vitx.callbacks._scoring import Scoring
 from lightning_vitx.callbacks._settings import (
@@ -192,7 +188,7 @@ class ExplainabilityMonitor(Callback):
         self._collecting = False
         self._explained_epochs = 0
         self._failed: set[str] = set()  # explainers disabled on every rank
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce(name)
         self.last_panel: PanelRows | None = None  # what the last panel showed (the same on every rank)
         self.sanity_scores: SanityScores | None = None
 
@@ -212,20 +208,12 @@ class ExplainabilityMonitor(Callback):
 
         A checkpoint made with other settings is matched in ``on_load_checkpoint``.
         """
-        keys: dict[str, Any] = {"explainers": self.explainer_names, "metrics": self.metric_names}
-        if self.model_attribute is not None:  # two monitors on two models of one module: two states
-            keys["model_attribute"] = self.model_attribute
-        return self._generate_state_key(**keys if self.name == "explain" else {"name": self.name, **keys})
+        return self._generate_state_key(**state_key_parts(self))
 
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        """A monitor state saved under another key (other name, explainers or metrics): restore the only one.
-
-        Only states no monitor of this Trainer claims count; with none or several, a warning says the monitor
-        starts afresh.
-        """
-        callbacks: list[Any] = trainer.callbacks  # type: ignore[attr-defined]
-        claimed = {callback.state_key for callback in callbacks}
+        """A monitor state saved under another key (other settings): restored if it is the only unclaimed one."""
+        claimed = {callback.state_key for callback in trainer.callbacks}  # type: ignore[attr-defined]
         key, message = unclaimed_state(checkpoint, self.state_key, type(self).__qualname__, claimed)
         if message:
             self._warn_once("resume/key", message)
@@ -255,7 +243,9 @@ class ExplainabilityMonitor(Callback):
             self.pass_logger = PassLogger(self.name)
         if trainer.is_global_zero:
             self.class_names = self.class_names or find_class_names(trainer)
-            self._record_config(trainer)
+            self.pass_logger.record_settings(trainer, self.settings())
+            axes = score_axes(self.name, self.explainer_names, self.metric_names, self.sanity)
+            self.pass_logger.define_axes(trainer, axes)
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -268,28 +258,13 @@ class ExplainabilityMonitor(Callback):
 
     def _inputs(self, batch: Any) -> Inputs:
         """``batch_to_inputs(batch)``, checked; the first batch's mistakes raise MonitorConfigError."""
-        try:
-            inputs = check_batch_inputs(self.batch_to_inputs(batch), needs_labels=self.target == "label")
-        except MonitorConfigError:
-            raise
-        except Exception as error:  # noqa: BLE001 - the user's function raised: name it
-            raise MonitorConfigError(f"batch_to_inputs raised on a validation batch: {error!r}") from error
+        inputs = read_inputs(self.batch_to_inputs, batch, needs_labels=self.target == "label")
         self._checked = True
         return inputs
 
     def settings(self) -> dict[str, Any]:
-        """The monitor's settings, every explainer's and metric's options resolved, as the loggers record them.
-
-        Lists where a user filters runs (``explainers``, ``metrics``), the options with their defaults filled in,
-        the package version and, once set up, the model's timm name.
-        """
+        """The settings the loggers record: every option resolved, the package version, the model once set up."""
         return monitor_settings(self, getattr(self, "model", None))
-
-    def _record_config(self, trainer: Trainer) -> None:
-        """Settings and axes, to every logger (global rank zero)."""
-        self.pass_logger.record_settings(trainer, self.settings())
-        axes = score_axes(self.name, self.explainer_names, self.metric_names, self.sanity)
-        self.pass_logger.define_axes(trainer, axes)
 
     # -- collecting the held-out set -------------------------------------------------------------------------
     @override
@@ -308,214 +283,65 @@ class ExplainabilityMonitor(Callback):
     ) -> None:
         if dataloader_idx != 0 or not (self._collecting or not self._checked):
             return
-        if not self._checked:  # the first batch (sanity check included): mistakes fail here
+        first = not self._checked  # the first batch (sanity check included): mistakes fail here
+        try:
             images, labels, masks = self._inputs(batch)
-        else:
-            try:
-                images, labels, masks = self._inputs(batch)
-            except MonitorConfigError as error:  # a later batch unlike the first: a data fault
-                if self.on_error == "raise":
-                    raise
-                self._warn_once("batch", f"a validation batch was skipped: {error}")
-                return
+        except MonitorConfigError as error:  # a later batch unlike the first: a data fault
+            if first or self.on_error == "raise":
+                raise
+            self._warn_once("batch", f"a validation batch was skipped: {error}")
+            return
         if self._collecting:
             limit = min(self.num_samples, dataset_length(trainer) or self.num_samples)
             rank, world = trainer.global_rank, trainer.world_size
             self._collecting = self.held_out.add_validation_batch(rank, world, limit, images, labels, masks)
 
     # -- every validation epoch --------------------------------------------------------------------------------
-    def _due(self, trainer: Trainer) -> bool:
-        """The same answer on every rank: the first validation epoch, then every ``every_n_epochs``-th."""
-        if trainer.sanity_checking:
-            return False
-        return self._explained_epochs == 0 or (trainer.current_epoch + 1) % self.every_n_epochs == 0
-
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._collecting = False
         if trainer.sanity_checking:
             return
-        if not self._due(trainer):
-            self._log_scores(pl_module, self.history[-1] if self.history else {})
+        # the same answer on every rank: the first validation epoch, then every every_n_epochs-th
+        if self._explained_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs:
+            log_scores(pl_module, self.score_keys(), self.history[-1] if self.history else {})
             return
         if self.dataloader is not None and len(self.held_out) == 0:
             rank, world = trainer.global_rank, trainer.world_size
             collect_from_loader(self.held_out, self.dataloader, self._inputs, self.num_samples, rank, world)
-        start = time.perf_counter()
-        run = self._run(pl_module)
-        show = trainer.is_global_zero and trainer.progress_bar_callback is not None
-        maps: dict[str, Tensor] = {}
-        failed_here: set[str] = set()
-        images, labels = self.samples.get("images"), self.samples.get("labels")
-        if images is not None and images.shape[0] > 0:
-            options = {name: self.explainer_options[name] for name in self.explainer_names if name not in self._failed}
-            explained = labels if run.by_label else None
-            maps, failed_here = explain_in_batches(replace(run, progress=show), options, images, explained)
-        with torch.inference_mode(False):  # metric states must stay normal tensors across resets and updates
-            metric_failures = self.scoring.update(run, self.samples, maps, self.last_maps)
-            failed, counts = self._agree(trainer, pl_module, failed_here, metric_failures)
-            scores = {**self.scoring.compute(self.name, self._failed, failed, self._explained_epochs > 0), **counts}
-            if self.sanity_scores is not None:
-                scores.update(self._sanity(run, maps))
+        start, scoring = time.perf_counter(), self.scoring
+        this = start_pass(self, trainer, pl_module.device)  # this pass as one value
+        maps, failed_here = explain_held_out(this)
+        self._failed, scores = score_pass(trainer, this, maps, failed_here, scoring=scoring, sanity=self.sanity_scores)
         self._explained_epochs += 1
         scores[f"{self.name}/time_s"] = time.perf_counter() - start
-        self._log_scores(pl_module, scores)
+        log_scores(pl_module, self.score_keys(), scores)
         epoch = explained_epoch(trainer)
-        self.history.append({"epoch": float(epoch), **self._finite(scores)})
+        self.history.append({"epoch": float(epoch), **finite(scores)})
         maps = {name: m for name, m in maps.items() if name not in self._failed}
-        self.last_panel = gather_panel(  # collectives: every rank, always
-            trainer,
-            pl_module.device,
-            self.panel_size,
-            self.samples,
-            self.scoring.probabilities,
-            maps,
-            self.scoring.sample_scores,
-            self.explainer_names,
-            [f"{explainer}/{metric}" for explainer in self.explainer_names for metric in self.metric_names],
-        )
-        # trainer.log_dir broadcasts under DDP: every rank resolves it, then only rank zero draws.
-        picture_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "explanations")
-        if trainer.is_global_zero:
-            self._log_pass(trainer, PassRecord(epoch, trainer.global_step, self._finite(scores)), picture_dir)
+        probabilities, sample_scores = scoring.probabilities, scoring.sample_scores
+        # collectives, every rank: the panel's rows are gathered, the log dir is broadcast
+        self.last_panel = gather_panel(trainer, this, maps, probabilities=probabilities, sample_scores=sample_scores)
+        if trainer.is_global_zero and self.last_panel is not None:
+            self.class_names = self.class_names or find_class_names(trainer)
+        ended = replace(this, class_names=self.class_names, disabled=frozenset(self._failed))
+        record = PassRecord(epoch, trainer.global_step, finite(scores))
+        log_pass(trainer, ended, record, self.pass_logger, panel=self.last_panel, scoring=scoring)
         self.last_maps = {name: m.cpu() for name, m in maps.items()}
-
-    def _run(self, pl_module: LightningModule) -> ExplainingRun:
-        """This pass's model, device, batch size, explained class and error policy, as one value."""
-        by_label, raise_errors = self.target == "label", self.on_error == "raise"
-        return ExplainingRun(self.model, pl_module.device, self.batch_size, by_label, raise_errors, self._warn_once)
-
-    def _sanity(self, run: ExplainingRun, maps: Mapping[str, Tensor]) -> dict[str, float]:
-        """This pass's randomization and class-sensitivity scores, synced (a collective: every rank)."""
-        assert self.sanity_scores is not None
-        usable = {name: m for name, m in maps.items() if name not in self._failed}
-        options = {name: self.explainer_options[name] for name in usable}
-        self.sanity_scores.update(run, options, self.samples, usable, self.scoring.probabilities, self.panel_size)
-        return self.sanity_scores.compute(self.name, self._failed, self._explained_epochs > 0)
-
-    def _pixel_maps(self, panel: PanelRows) -> dict[str, Tensor]:
-        """The panel's pixel maps, for the explainers that have them; one that fails warns once and is left out."""
-        explained = panel.labels if self.target == "label" and panel.labels is not None else None
-        found, errors = panel_pixel_maps(self.model, panel, self.explainer_options, explained)
-        for name, error in errors.items():
-            if self.on_error == "raise":
-                raise error
-            self._warn_once(f"pixel_maps/{name}", f"{name}'s pixel map could not be drawn, its patch map is: {error!r}")
-        return found
-
-    def _log_pass(self, trainer: Trainer, record: PassRecord, picture_dir: str) -> None:
-        """Scores and pictures of one pass, at one step, to every logger (global rank zero).
-
-        A picture that cannot be drawn leaves the scores logged without pictures; neither costs the run.
-        """
-        if self.last_panel is not None:
-            try:
-                self.class_names = self.class_names or find_class_names(trainer)
-                explained = "label" if self.target == "label" else "predicted class"
-                at_pixels = self._pixel_maps(self.last_panel) if self.pixel_maps else {}
-                record = pass_record(
-                    record,
-                    self.name,
-                    self.model,
-                    self.last_panel,
-                    self.class_names,
-                    self.scoring.curves,
-                    self.scoring.reference_curves,
-                    sorted(self._failed),
-                    self.per_map_scale,
-                    explained,
-                    at_pixels,
-                )
-            except Exception as error:  # noqa: BLE001 - a picture must not cost the run
-                if self.on_error == "raise":
-                    raise
-                self._warn_once("pictures", f"the pictures could not be drawn this epoch: {error!r}")
-                record = PassRecord(record.epoch, record.step, record.scalars)
-        try:
-            self.pass_logger.log(trainer, record, picture_dir)
-        except Exception as error:  # noqa: BLE001 - a logger fault must not cost the run
-            if self.on_error == "raise":
-                raise
-            # the PNG panel is drawn here, when written: its failures land here too
-            self._warn_once("logging", f"this epoch's pass could not be logged or drawn: {error!r}")
-
-    # -- work -----------------------------------------------------------------------------------------------
-    def _agree(
-        self, trainer: Trainer, pl_module: LightningModule, explainers: set[str], metrics: set[str]
-    ) -> tuple[set[str], dict[str, float]]:
-        """Failures and skip counts of every rank, on every rank, from one all-reduce (``agree_on_faults``).
-
-        Disables an explainer that failed on any rank everywhere; returns the metric keys that failed on any rank,
-        and the counts to log (``<name>/<explainer>/skipped``, ``.../skipped/<reason>``, ``.../degenerate``,
-        ``<name>/dropped``).
-        """
-        names = [name for name in self.explainer_names if name not in self._failed]
-        keys = [f"{e}/{m}" for e in self.explainer_names for m in self.metric_names]
-        counts = self.scoring.fault_counts(self.explainer_names) + [sum(self.held_out.dropped.values())]
-        disabled, failed, totals = agree_on_faults(trainer, pl_module.device, names, keys, explainers, metrics, counts)
-        for name in sorted(disabled - explainers):
-            self._warn_once(f"explainer/{name}", f"explainer {name!r} failed on another rank and is disabled")
-        for key in sorted(failed - metrics):  # the rank it failed on warned with the error; the others say so too
-            self._warn_once(f"metric/{key}", f"metric {key!r} failed on another rank: NaN this epoch on every rank")
-        self._failed |= disabled
-        logged = self.scoring.fault_scores(self.name, self.explainer_names, totals[:-1])
-        logged.update({f"{self.name}/{name}/degenerate": math.nan for name in self._failed})  # nothing scored
-        logged[f"{self.name}/dropped"] = totals[-1]
-        return failed, logged
-
-    def _log_scores(self, pl_module: LightningModule, scores: Mapping[str, float]) -> None:
-        """Every key, every validation epoch, to ``callback_metrics`` (what checkpoint callbacks read).
-
-        The loggers get the scores from ``_log_pass``, with the pictures of the same pass at the same step. Values
-        are already synced (or NaN on every rank alike); ``sync_dist`` averages equal values.
-        """
-        for key in self.score_keys():
-            if key not in scores and key.endswith(("/stability", "/randomization", "/time_s")):
-                continue  # stability, randomization from the second explained epoch on; time where something was timed
-            value = scores.get(key, math.nan)
-            reduce = "max" if key.endswith("/time_s") else "mean"
-            tensor = torch.tensor(value, dtype=torch.float32)
-            pl_module.log(key, tensor, sync_dist=True, logger=False, reduce_fx=reduce)
-
-    @staticmethod
-    def _finite(scores: Mapping[str, float]) -> dict[str, float]:
-        return {key: value for key, value in scores.items() if math.isfinite(value)}
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(f"ExplainabilityMonitor({self.name!r}): {message}", stacklevel=3)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "settings": self._state_settings(),
-            "samples": dict(self.samples),
-            "last_maps": dict(self.last_maps),
-            "failed": sorted(self._failed),
-            "explained_epochs": self._explained_epochs,
-            "history": list(self.history),
-            "sanity_reference": dict(self.sanity_scores.reference_maps) if self.sanity_scores is not None else {},
-        }
-
-    def _state_settings(self) -> dict[str, Any]:
-        return {
-            "num_samples": self.num_samples,
-            "own_dataloader": self.dataloader is not None,
-            "explainers": self.explainer_options,
-            "metrics": self.metric_options,
-        }
+        return monitor_state(self)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the held-out set, last maps and history, reconciled with this monitor's settings (``restore``)."""
-        restored = restore(state_dict, self._state_settings(), self.name, self._warn_once)
+        restored = restore(state_dict, state_settings(self), self.name, self._warn_once)
         self.held_out = HeldOut(restored.samples, strict=self.on_error == "raise")
-        self.last_maps = restored.last_maps
-        self.history = restored.history
+        self.last_maps, self.history = restored.last_maps, restored.history
         self._explained_epochs = restored.explained_epochs
         self._failed = set()  # tried again after a resume
-        self._sanity_reference = dict(state_dict.get("sanity_reference", {}))  # the first pass's maps: kept
+        self._sanity_reference = restored.sanity_reference  # the first pass's maps: kept
         if self.sanity_scores is not None:
             self.sanity_scores.restore(self._sanity_reference)

@@ -45,7 +45,7 @@ class Record(Callback):
             "panel_ids": panel.ids.tolist(),
             "panel_maps": {name: m.tolist() for name, m in panel.maps.items()},
             "failed": sorted(monitor._failed),
-            "warned": sorted(monitor._warned),
+            "warned": sorted(monitor._warn_once.warned),
         }
         os.makedirs(self.out, exist_ok=True)
         with open(f"{self.out}/rank{trainer.global_rank}.json", "w") as f:

@@ -5,12 +5,19 @@ import numpy as np
 import pytest
 import torch
 
+from lightning_vitx.callbacks._explaining import ExplainingRun, MonitorPass
 from lightning_vitx.callbacks._panel import PanelRows, pass_record
 from lightning_vitx.data import tiny_vit_for_shapes
 from lightning_vitx.loggers import PassRecord
 from lightning_vitx.rendering import MapScale, shared_scale
 
 SIZE = 32
+
+
+def drawn(model, panel, per_map_scale=False):
+    """The pictures ``pass_record`` makes of ``panel`` for a monitor named ``explain``."""
+    shown = MonitorPass(ExplainingRun(model, torch.device("cpu"), 4), {}, {}, [], per_map_scale=per_map_scale)
+    return pass_record(PassRecord(0, 0, {}), shown, panel)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +38,7 @@ def logged():
         maps={"rollout": maps, "lrp": signed},
         scores={},
     )
-    return pass_record(PassRecord(0, 0, {}), "explain", model, panel, None, {}, {}), maps
+    return drawn(model, panel), maps
 
 
 def strip(picture: np.ndarray) -> np.ndarray:
@@ -89,7 +96,7 @@ def test_per_map_scales_give_each_picture_its_own_range(logged):
         maps={"rollout": maps},
         scores={},
     )
-    per_map = pass_record(PassRecord(0, 0, {}), "explain", model, panel, None, {}, {}, per_map_scale=True)
+    per_map = drawn(model, panel, per_map_scale=True)
     images = per_map.images["explain/rollout/maps"]
     assert all(picture.shape[0] > SIZE for picture in images.pictures)
     assert f"scale 0..{float(maps[0].max()):.3g}" in images.captions[0]  # its own range, not the shared 0..0.5

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import lightning_vitx.callbacks.monitor as monitor_module
+import lightning_vitx.callbacks._pass as pass_module
 import lightning_vitx.explainers as X
+from lightning_vitx.callbacks._explaining import ExplainingRun, MonitorPass
 from lightning_vitx.callbacks._panel import panel_pixel_maps, pass_record
 from lightning_vitx.explainers.lrp import LRP
 from lightning_vitx.loggers import PassRecord
@@ -36,10 +37,10 @@ def watched_fit(tmp_path, monkeypatch, **options):
     passed = []
 
     def spy(*args, **kwargs):
-        passed.append(args[10] if len(args) > 10 else kwargs.get("pixel_maps"))
+        passed.append(kwargs.get("pixel_maps"))
         return pass_record(*args, **kwargs)
 
-    monkeypatch.setattr(monitor_module, "pass_record", spy)
+    monkeypatch.setattr(pass_module, "pass_record", spy)
     watcher = _runs.monitor(explainers=NAMES, metrics={"pointing_game": {}}, **options)
     _, module = _runs.fit(tmp_path, [watcher], epochs=1)
     return module, watcher, passed
@@ -57,8 +58,9 @@ def test_pixel_maps_draw_the_lrp_family_at_the_pixels_and_leave_the_rest(tmp_pat
         assert maps.shape == (4, 32, 32)
         torch.testing.assert_close(maps, X.create(name, model).pixel_relevance(panel.images, predicted))
     # drawn on a signed scale in place of the patch map; rollout's picture is the same as without the option
-    with_pixels = pass_record(PassRecord(0, 0, {}), "explain", model, panel, None, {}, {}, pixel_maps=drawn)
-    without = pass_record(PassRecord(0, 0, {}), "explain", model, panel, None, {}, {})
+    shown = MonitorPass(ExplainingRun(model, torch.device("cpu"), 4), {}, {}, [])
+    with_pixels = pass_record(PassRecord(0, 0, {}), shown, panel, pixel_maps=drawn)
+    without = pass_record(PassRecord(0, 0, {}), shown, panel)
     mean, std = model_mean_std(model)
     for name, maps in drawn.items():
         expected = pictures(overlay(panel.images, maps, mean, std, scale=shared_scale(maps, True), signed=True))
