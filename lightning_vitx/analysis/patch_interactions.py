@@ -21,13 +21,13 @@ scattered onto the stage's token grid (zero across windows), and later stages li
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lightning_vitx._batching import chunk_slices
 from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters import Capture, CaptureNeeds, Target, capture_pass, detect, explaining_forward
 from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention
@@ -244,11 +244,6 @@ class _EdgeRemoval:
         return ablated
 
 
-def _chunks(count: int, size: int) -> Iterator[slice]:
-    for start in range(0, count, size):
-        yield slice(start, min(start + size, count))
-
-
 def edge_ablation_effects(
     model: nn.Module, images: Tensor, pairs: Tensor, target: Target = None, batch_size: int = 64
 ) -> Tensor:
@@ -298,7 +293,7 @@ def edge_ablation_effects(
         # rows are (pair, image), pair-major; each forward takes whole pairs
         per_pass = max(1, batch_size // max(batch, 1))
         drops = []
-        for chunk in _chunks(pairs.shape[0], per_pass):
+        for chunk in chunk_slices(pairs.shape[0], per_pass):
             chosen = pairs[chunk]
             removal = _EdgeRemoval(chosen[:, 0].repeat_interleave(batch), chosen[:, 1].repeat_interleave(batch))
             handles = []

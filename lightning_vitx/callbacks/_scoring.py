@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric, Metric
 
 import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
+from lightning_vitx._batching import chunks
 from lightning_vitx._state import eval_mode
 from lightning_vitx.analysis import rank_correlation
 from lightning_vitx.callbacks._explaining import ExplainingRun
@@ -23,13 +24,6 @@ from lightning_vitx.metrics import DEGENERATE_KINDS, degenerate_maps
 _METRIC_DEGENERATE_WARNING = r"(?!.*NaN or inf).*maps are (all zero|constant)"
 
 __all__ = ["Scoring"]
-
-
-def _chunks(size: int, *tensors: Tensor | None) -> Iterator[list[Any]]:
-    """``size`` rows at a time of each tensor (None stays None)."""
-    total = next(t for t in tensors if t is not None).shape[0]
-    for start in range(0, total, size):
-        yield [None if t is None else t[start : start + size] for t in tensors]
 
 
 def _create(name: str, options: Mapping[str, Any], batch_size: int) -> Metric:
@@ -105,7 +99,7 @@ class Scoring:
             return failed
         # One clean forward: the class every metric scores, and the panel's captions.
         with torch.no_grad(), eval_mode(model):
-            logits = torch.cat([model(chunk.to(device)).float() for (chunk,) in _chunks(self.batch_size, images)])
+            logits = torch.cat([model(chunk.to(device)).float() for (chunk,) in chunks(self.batch_size, images)])
         self.probabilities = logits.softmax(dim=1)
         target = labels if use_labels and labels is not None else self.probabilities.argmax(dim=1).cpu()
         for explainer, seed in self.seeds.items():
@@ -119,7 +113,7 @@ class Scoring:
                     continue  # NaN on every rank: no masks to score against
                 key, per_sample = f"{explainer}/{name}", []
                 try:
-                    for image, expl, tgt, mask in _chunks(self.batch_size, images, explanation, target, masks):
+                    for image, expl, tgt, mask in chunks(self.batch_size, images, explanation, target, masks):
                         mask = None if mask is None else mask.to(device)
                         with warnings.catch_warnings():
                             warnings.filterwarnings("ignore", message=_METRIC_DEGENERATE_WARNING)
@@ -189,7 +183,7 @@ class Scoring:
         random_maps = torch.stack([torch.rand(grid, generator=torch.Generator().manual_seed(int(i))) for i in ids])
         for name, metric in self.reference.items():
             try:
-                for image, expl, tgt in _chunks(self.batch_size, images, random_maps, target):
+                for image, expl, tgt in chunks(self.batch_size, images, random_maps, target):
                     metric.update(model, image.to(device), expl.to(device), tgt.to(device))
             except Exception as error:  # noqa: BLE001 - the reference line is not worth a run
                 warn(f"reference/{name}", f"the random-order reference of {name!r} failed: {error!r}")
