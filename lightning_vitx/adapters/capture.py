@@ -215,10 +215,11 @@ def _register_hooks(
 
 
 def check_capture_supported(adapter: Adapter, needs: CaptureNeeds, who: str) -> None:
-    """A ``TypeError`` when the model's blocks cannot give what ``needs`` asks for; explainers call it at ``create``.
+    """Raise when the model's blocks cannot give what ``needs`` asks for; explainers call it at ``create``.
 
     Token states and LayerNorm statistics are read around pre-norm blocks (``x + f(norm(x))``); the statistics
-    also need ``norm1`` and ``norm2`` to be LayerNorms. ``who`` names the explainer in the message.
+    also need ``norm1`` and ``norm2`` to be LayerNorms. Post-norm blocks raise a ``TypeError``, other norms a
+    ``ValueError``; ``who`` names the explainer in the message.
     """
     if not (needs.token_states or needs.norm_stats):
         return
@@ -233,12 +234,13 @@ def check_capture_supported(adapter: Adapter, needs: CaptureNeeds, who: str) -> 
     if needs.norm_stats:
         for index, block in enumerate(blocks):
             norms = {key: getattr(block, key, None) for key in ("norm1", "norm2")}
-            other = {key: type(norm).__name__ for key, norm in norms.items() if not isinstance(norm, nn.LayerNorm)}
-            if other:
-                raise TypeError(
+            missing = [key for key, norm in norms.items() if not isinstance(norm, nn.LayerNorm)]
+            if missing:
+                found = ", ".join(type(norms[key]).__name__ for key in missing)
+                raise ValueError(
                     f"{who} cannot explain this {model}: it reads the statistics of LayerNorm norm1 and norm2 in "
-                    f"every block, block {index} ({type(block).__name__}) has {other}. Use 'generic_attention' "
-                    "for this model."
+                    f"every block, block {index} ({type(block).__name__}) has no LayerNorm {missing} ({found}). "
+                    "Use 'generic_attention' for this model."
                 )
 
 

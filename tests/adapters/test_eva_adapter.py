@@ -118,16 +118,16 @@ def test_dynamic_image_size_rotates_by_the_input_grid():
 
 
 @pytest.mark.parametrize(
-    "extra, refused, message",
+    "extra, refused, error, message",
     [
-        ({"use_post_norm": True}, ["layernorm_stats", "tokentm"], r"timm\.models\.eva\.Eva: .*post-norm"),
-        ({"norm_layer": RmsNorm}, ["layernorm_stats"], r"timm\.models\.eva\.Eva: .*LayerNorm .*RmsNorm"),
+        ({"use_post_norm": True}, ["layernorm_stats", "tokentm"], TypeError, r"timm\.models\.eva\.Eva: .*post-norm"),
+        ({"norm_layer": RmsNorm}, ["layernorm_stats"], ValueError, r"timm\.models\.eva\.Eva: .*LayerNorm .*RmsNorm"),
     ],
 )
-def test_what_the_blocks_cannot_give_is_refused_at_create(extra, refused, message):
+def test_what_the_blocks_cannot_give_is_refused_at_create(extra, refused, error, message):
     model = make_eva("eva02", **extra)
     for name in refused:
-        with pytest.raises(TypeError, match=message + r".*Use 'generic_attention'"):
+        with pytest.raises(error, match=message + r".*Use 'generic_attention'"):
             X.create(name, model)
     maps = X.create("generic_attention", model)(torch.randn(2, 3, 32, 32))  # the explainer the message names
     assert maps.shape == (2, 4, 4) and torch.isfinite(maps).all()
