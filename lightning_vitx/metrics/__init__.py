@@ -1,7 +1,9 @@
 """Faithfulness and localisation metrics, as ``torchmetrics.Metric`` with sum states (they sync across DDP).
 
 Every metric takes ``update(model, images, maps, target, masks=None)`` and ``compute()`` returns a dict with
-``"score"`` (plus ``"curve"`` and ``"fractions"`` for the perturbation metrics).
+``"score"`` (plus ``"curve"`` and ``"fractions"`` for the perturbation metrics). Each is a
+:class:`~lightning_vitx.metrics.base.PerImageMetric`; :mod:`lightning_vitx.metrics.functional` gives the same
+per-image scores for one batch (``functional.deletion(model, images, maps, target)`` -> ``[B]``).
 
 Example::
 
@@ -17,7 +19,9 @@ from typing import Any
 
 from torchmetrics import Metric
 
+from lightning_vitx.metrics import functional
 from lightning_vitx.metrics._common import DEGENERATE_KINDS, METRICS, MetricInfo, as_masks, degenerate_maps
+from lightning_vitx.metrics.base import PerImageMetric
 from lightning_vitx.metrics.localization import PointingGame, RelevanceMass, SegmentationScores
 from lightning_vitx.metrics.perturbation import (
     Deletion,
@@ -34,6 +38,7 @@ __all__ = [
     "Insertion",
     "MetricInfo",
     "NegativePerturbation",
+    "PerImageMetric",
     "PerturbationAUC",
     "PointingGame",
     "PositivePerturbation",
@@ -43,6 +48,7 @@ __all__ = [
     "available",
     "create",
     "degenerate_maps",
+    "functional",
     "get_class",
     "get_info",
     "relevance_order",

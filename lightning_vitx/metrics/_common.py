@@ -1,35 +1,45 @@
-"""Input checks and patch geometry shared by the metrics."""
+"""Input checks, patch geometry and the registry shared by the metrics and their functional forms."""
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_vitx._registry import Registry
+from lightning_vitx._state import eval_mode
 from lightning_vitx.adapters.forward import check_target
 
 __all__ = [
     "METRICS",
+    "SCORED_NAN",
+    "SKIPPED",
+    "CheckedBatch",
     "MetricInfo",
     "PatchGeometry",
     "as_masks",
+    "check_batch",
+    "check_ignore_index",
     "check_inputs",
+    "check_maps_and_masks",
     "check_target",
     "DEGENERATE_KINDS",
     "FLAT_SPREAD",
     "degenerate_maps",
     "expand_patches",
     "num_classes_of",
+    "register_metric",
     "usable_samples",
     "warn_if_empty",
 ]
+
+MetricT = TypeVar("MetricT", bound=type)
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,28 @@ class MetricInfo:
 
 
 METRICS: Registry[MetricInfo] = Registry("metric")
+
+
+def register_metric(name: str, description: str, reference: str) -> Callable[[MetricT], MetricT]:
+    """Class decorator: register a metric under ``name``.
+
+    ``needs_masks`` and ``higher_is_better`` are read from the class's attributes, so each is stated once.
+    """
+
+    def decorate(cls: MetricT) -> MetricT:
+        higher_is_better = getattr(cls, "higher_is_better", None)
+        if not isinstance(higher_is_better, bool):
+            raise TypeError(f"{cls.__name__} must set the class attribute higher_is_better to True or False")
+        info = MetricInfo(
+            name=name,
+            needs_masks=bool(getattr(cls, "needs_masks", False)),
+            higher_is_better=higher_is_better,
+            description=description,
+            reference=reference,
+        )
+        return METRICS.register(info)(cls)
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -69,11 +101,23 @@ def check_inputs(model: nn.Module, images: Tensor, maps: Tensor, masks: Tensor |
     """Validate shapes; return the patch geometry. Maps must be at the model's patch grid."""
     if images.ndim != 4:
         raise ValueError(f"expected images of shape [B, C, H, W], got {list(images.shape)}")
-    if maps.ndim != 3 or maps.shape[0] != images.shape[0]:
-        raise ValueError(f"expected maps of shape [{images.shape[0]}, gh, gw], got {list(maps.shape)}")
-    height, width = images.shape[-2:]
+    return _check_grid(maps, images.shape[0], images.shape[-2:], _model_grid(model, images), masks)
+
+
+def check_maps_and_masks(maps: Tensor, masks: Tensor) -> PatchGeometry:
+    """Validate maps ``[B, gh, gw]`` against masks ``[B, H, W]`` (no model: the grid must tile ``H x W`` evenly)."""
+    if masks.ndim not in (3, 4):
+        raise ValueError(f"expected masks of shape [B, H, W] (one per image, at image size), got {list(masks.shape)}")
+    return _check_grid(maps, masks.shape[0], masks.shape[-2:], None, masks)
+
+
+def _check_grid(
+    maps: Tensor, batch: int, size: Sequence[int], expected: tuple[int, int] | None, masks: Tensor | None
+) -> PatchGeometry:
+    if maps.ndim != 3 or maps.shape[0] != batch:
+        raise ValueError(f"expected maps of shape [{batch}, gh, gw], got {list(maps.shape)}")
+    height, width = int(size[0]), int(size[1])
     grid = (int(maps.shape[1]), int(maps.shape[2]))
-    expected = _model_grid(model, images)
     if expected is not None and expected != grid:
         raise ValueError(
             f"maps have a {grid[0]}x{grid[1]} grid but the model's patch grid for {height}x{width} images is "
@@ -84,13 +128,19 @@ def check_inputs(model: nn.Module, images: Tensor, maps: Tensor, masks: Tensor |
     if masks is not None:
         if masks.ndim == 4 and masks.shape[1] == 1:
             masks = masks[:, 0]
-        if masks.shape != (images.shape[0], height, width):
+        if masks.shape != (batch, height, width):
             raise ValueError(
-                f"expected masks of shape [{images.shape[0]}, {height}, {width}] (one per image, at image size), "
+                f"expected masks of shape [{batch}, {height}, {width}] (one per image, at image size), "
                 f"got {list(masks.shape)}"
             )
     patch = (math.ceil(height / grid[0]), math.ceil(width / grid[1]))
-    return PatchGeometry(grid=grid, patch=patch, image=(int(height), int(width)))
+    return PatchGeometry(grid=grid, patch=patch, image=(height, width))
+
+
+def check_ignore_index(ignore_index: int | None) -> None:
+    """Raise ``TypeError`` unless ``ignore_index`` (the void label of integer masks) is an int or None."""
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
 
 
 def as_masks(masks: Tensor, ignore_index: int | None = 255) -> Tensor:
@@ -169,12 +219,21 @@ def degenerate_maps(maps: Tensor) -> dict[str, Tensor]:
     return {"nonfinite": nonfinite, "zero": zero, "flat": flat}
 
 
-def usable_samples(images: Tensor, maps: Tensor, who: str) -> Tensor:
+# What happens to a sample that cannot be scored: the metric classes skip and count it, the functional forms give NaN.
+SKIPPED = "those samples are skipped (counted in `skipped`)"
+SCORED_NAN = "those samples score NaN"
+
+
+def usable_samples(images: Tensor | None, maps: Tensor, who: str, outcome: str = SKIPPED) -> Tensor:
     """Boolean ``[B]``: the samples a metric scores, with a finite image and a map that ranks patches.
 
     Maps that do not (:func:`degenerate_maps`) are skipped and counted; a warning says how many and why.
+    ``images=None``: no image to check (the mask metrics' functional forms).
     """
-    finite_images = torch.isfinite(images).flatten(1).all(dim=1).to(maps.device)
+    if images is None:
+        finite_images = torch.ones(maps.shape[0], dtype=torch.bool, device=maps.device)
+    else:
+        finite_images = torch.isfinite(images).flatten(1).all(dim=1).to(maps.device)
     faults = degenerate_maps(maps)
     total, parts = maps.shape[0], []
     if bad := int((~finite_images).sum()):
@@ -183,8 +242,89 @@ def usable_samples(images: Tensor, maps: Tensor, who: str) -> Tensor:
         if bad := int(faults[kind].sum()):
             parts.append(f"{bad} of {total} maps {_DESCRIBED[kind]}")
     if parts:
-        warnings.warn(f"{who}: {'; '.join(parts)}; those samples are skipped (counted in `skipped`)", stacklevel=3)
+        warnings.warn(f"{who}: {'; '.join(parts)}; {outcome}", stacklevel=4)
     return finite_images & ~(faults["nonfinite"] | faults["zero"] | faults["flat"])
+
+
+@dataclass(frozen=True)
+class CheckedBatch:
+    """A checked batch: its patch geometry, which samples are usable, and the usable samples' inputs.
+
+    ``keep``: bool ``[B]`` on the maps' device. ``maps``: ``[n, gh, gw]`` as given. ``images``: ``[n, C, H, W]``
+    for the metrics that run the model, else None. ``target``: as given, cut to the usable samples when a tensor.
+    ``masks``: bool ``[n, H, W]`` on the maps' device for the metrics that need masks, else None.
+    """
+
+    geometry: PatchGeometry
+    keep: Tensor
+    maps: Tensor
+    images: Tensor | None
+    target: Tensor | int | None
+    masks: Tensor | None
+
+
+def check_batch(
+    who: str,
+    maps: Tensor,
+    *,
+    model: nn.Module | None = None,
+    images: Tensor | None = None,
+    target: Tensor | int | None = None,
+    masks: Tensor | None = None,
+    needs_masks: bool = False,
+    ignore_index: int | None = 255,
+    outcome: str = SKIPPED,
+) -> CheckedBatch:
+    """Validate a batch and keep the samples a metric can score, with a warning for the others.
+
+    Shapes (:func:`check_inputs`, or :func:`check_maps_and_masks` without images) and the target
+    (:func:`check_target`; a model that does not state its class count is asked once, unless the metric needs masks:
+    those run no forward) raise. Samples with a non-finite image, a map that ranks no patch
+    (:func:`degenerate_maps`) or, where masks are needed, a mask with no object pixel (:func:`as_masks`) are left out.
+    ``masks`` are ignored unless ``needs_masks``.
+    """
+    if needs_masks and masks is None:
+        raise ValueError(f"{who} needs ground-truth masks [B, H, W]; pass masks=...")
+    masks = masks if needs_masks else None
+    if images is not None and model is not None:
+        geometry = check_inputs(model, images, maps, masks)
+    elif masks is not None:
+        geometry = check_maps_and_masks(maps, masks)
+    else:
+        raise TypeError(f"{who}: pass the model and images, or masks")
+    num_classes = None if model is None else num_classes_of(model)
+    if num_classes is None and model is not None and images is not None and target is not None and not needs_masks:
+        with eval_mode(model), torch.no_grad():  # a model that does not say: ask it once
+            num_classes = int(model(images[:1]).shape[1])
+    check_target(target, maps.shape[0], num_classes, who)
+    if masks is not None:
+        masks = as_masks(masks, ignore_index).to(maps.device)
+    keep = usable_samples(images, maps, who, outcome)
+    if masks is not None:
+        empty = ~masks.flatten(1).any(dim=1)
+        if empty.any():
+            warnings.warn(
+                f"{who}: {int(empty.sum())} of {masks.shape[0]} masks have no object pixel; {outcome}. Integer "
+                f"masks: 0 and ignore_index={ignore_index} are not object (pass ignore_index=None to count every "
+                "non-zero value)",
+                stacklevel=3,
+            )
+        keep = keep & ~empty
+    everything = bool(keep.all())  # then nothing is copied
+
+    def kept(values: Tensor) -> Tensor:
+        return values if everything else values[keep.to(values.device)]
+
+    if isinstance(target, Tensor) and target.ndim == 0:
+        target = target.expand(maps.shape[0])
+    return CheckedBatch(
+        geometry=geometry,
+        keep=keep,
+        maps=kept(maps),
+        images=None if images is None or needs_masks else kept(images),
+        target=kept(target) if isinstance(target, Tensor) else target,
+        masks=None if masks is None else kept(masks),
+    )
 
 
 def warn_if_empty(metric: Any) -> None:

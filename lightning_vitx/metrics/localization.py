@@ -1,114 +1,75 @@
-"""Localisation against ground-truth masks: pointing game, relevance mass, Chefer et al.'s segmentation test."""
+"""Localisation against ground-truth masks: pointing game, relevance mass, Chefer et al.'s segmentation test.
+
+The per-image maths are the functional forms' (:mod:`lightning_vitx.metrics.functional.localization`); these classes
+average them over a data set.
+"""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import Metric
 
 from lightning_vitx.metrics._common import (
-    METRICS,
-    MetricInfo,
+    CheckedBatch,
     PatchGeometry,
-    as_masks,
-    check_inputs,
-    check_target,
-    num_classes_of,
-    patch_fraction,
-    usable_samples,
+    check_ignore_index,
+    register_metric,
     warn_if_empty,
+)
+from lightning_vitx.metrics.base import PerImageMetric
+from lightning_vitx.metrics.functional.localization import (
+    _pointing_game_update,
+    _relevance_mass_update,
+    _segmentation_update,
+    batched_average_precision,
 )
 
 __all__ = ["PointingGame", "RelevanceMass", "SegmentationScores", "batched_average_precision"]
 
 
-class _MaskMetric(Metric):
-    """Shared plumbing for the mask metrics.
+class _MaskMetric(PerImageMetric):
+    """Shared plumbing for the mask metrics: the mean of a per-sample score (``sample_scores``), as two sums.
 
-    Validates inputs, drops samples with a non-finite image, a degenerate map (NaN/inf, all zero or constant:
-    :func:`~lightning_vitx.metrics._common.degenerate_maps`) or an empty mask (counted in ``skipped``,
-    with a warning) and, by default, averages a per-sample score (``sample_scores``) over all samples, which syncs
-    as two sums. Which mask pixels are the object: see :func:`lightning_vitx.metrics._common.as_masks`; integer
-    masks equal to ``ignore_index`` (255 by default, the "void" label of segmentation datasets) are not object.
+    Samples with an empty mask are skipped too (counted in ``skipped``, with a warning). Which mask pixels are the
+    object: see :func:`lightning_vitx.metrics.as_masks`; integer masks equal to ``ignore_index`` (255 by default,
+    the "void" label of segmentation datasets) are not object.
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-    skipped: Tensor
+    needs_masks = True
     score_sum: Tensor
-    count: Tensor
 
     def __init__(self, ignore_index: int | None = 255, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-            raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
+        check_ignore_index(ignore_index)
         self.ignore_index = ignore_index
-        self.add_state("skipped", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("score_sum", torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
-        self.last_sample_scores: Tensor | None = None
-
-    def _valid(
-        self, model: nn.Module, images: Tensor, maps: Tensor, masks: Tensor | None, target: Tensor | int | None
-    ) -> tuple[PatchGeometry, Tensor, Tensor]:
-        who = type(self).__name__
-        if masks is None:
-            raise ValueError(f"{who} needs ground-truth masks [B, H, W]; pass masks=...")
-        geometry = check_inputs(model, images, maps, masks)
-        check_target(target, images.shape[0], num_classes_of(model), who)
-        masks = as_masks(masks, self.ignore_index).to(maps.device)
-        usable = usable_samples(images, maps, who)
-        empty = ~masks.flatten(1).any(dim=1)
-        if empty.any():
-            warnings.warn(
-                f"{who}: {int(empty.sum())} of {masks.shape[0]} masks have no object pixel; those samples are "
-                f"skipped (counted in `skipped`). Integer masks: 0 and ignore_index={self.ignore_index} are not "
-                "object (pass ignore_index=None to count every non-zero value)",
-                stacklevel=3,
-            )
-        keep = usable & ~empty
-        self.skipped += (~keep).sum().to(self.skipped)
-        return geometry, maps[keep].float(), masks[keep]
 
     def sample_scores(self, geometry: PatchGeometry, maps: Tensor, masks: Tensor) -> Tensor:
         """``[B]`` scores for valid samples; subclasses that average a per-sample score implement it."""
         raise NotImplementedError
 
-    def update(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        maps: Tensor,
-        target: Tensor | int | None = None,
-        masks: Tensor | None = None,
-    ) -> None:
-        """Add a batch: ``maps [B, gh, gw]`` at the patch grid, ``masks [B, H, W]`` at image size."""
-        scores = self.sample_scores(*self._valid(model, images, maps, masks, target))
-        self.last_sample_scores = scores
+    def score_batch(self, model: nn.Module, batch: CheckedBatch) -> Tensor:
+        assert batch.masks is not None  # needs_masks: check_batch raised without them
+        scores = self.sample_scores(batch.geometry, batch.maps.float(), batch.masks)
         self.score_sum += scores.sum().to(self.score_sum)
-        self.count += float(scores.numel())
+        return scores
 
     def compute(self) -> dict[str, Tensor]:
         warn_if_empty(self)
         return {"score": self.score_sum / self.count}
 
 
-@METRICS.register(
-    MetricInfo(
-        name="pointing_game",
-        needs_masks=True,
-        higher_is_better=True,
-        description="share of maps whose most relevant patch overlaps the object mask",
-        reference="Zhang et al. 2018, Top-down Neural Attention by Excitation Backprop (arXiv 1608.00507)",
-    )
+@register_metric(
+    name="pointing_game",
+    description="share of maps whose most relevant patch overlaps the object mask",
+    reference="Zhang et al. 2018, Top-down Neural Attention by Excitation Backprop (arXiv 1608.00507)",
 )
 class PointingGame(_MaskMetric):
     """Hit when the most relevant patch (ties: the first in row-major order) has a pixel inside the mask.
+
+    Per image: :func:`lightning_vitx.metrics.functional.pointing_game`.
 
     Example::
 
@@ -121,22 +82,21 @@ class PointingGame(_MaskMetric):
         tensor(1.)
     """
 
+    higher_is_better = True
+
     def sample_scores(self, geometry: PatchGeometry, maps: Tensor, masks: Tensor) -> Tensor:
-        best = maps.flatten(1).argmax(dim=1)  # the first maximum
-        return (patch_fraction(masks, geometry).flatten(1).gather(1, best[:, None])[:, 0] > 0).float()
+        return _pointing_game_update(geometry, maps, masks)
 
 
-@METRICS.register(
-    MetricInfo(
-        name="relevance_mass",
-        needs_masks=True,
-        higher_is_better=True,
-        description="share of the positive relevance that falls inside the object mask",
-        reference="Arras, Osman & Samek 2022, CLEVR-XAI (doi 10.1016/j.inffus.2021.11.008)",
-    )
+@register_metric(
+    name="relevance_mass",
+    description="share of the positive relevance that falls inside the object mask",
+    reference="Arras, Osman & Samek 2022, CLEVR-XAI (doi 10.1016/j.inffus.2021.11.008)",
 )
 class RelevanceMass(_MaskMetric):
     """``sum_in_mask R+ / sum R+`` with each patch's relevance spread evenly over its pixels (0 when ``R+`` is 0).
+
+    Per image: :func:`lightning_vitx.metrics.functional.relevance_mass`.
 
     Example::
 
@@ -149,40 +109,16 @@ class RelevanceMass(_MaskMetric):
         tensor(0.7500)
     """
 
+    higher_is_better = True
+
     def sample_scores(self, geometry: PatchGeometry, maps: Tensor, masks: Tensor) -> Tensor:
-        positive = maps.clamp(min=0).flatten(1)
-        inside = (positive * patch_fraction(masks, geometry).flatten(1)).sum(dim=1)
-        total = positive.sum(dim=1)
-        return torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
+        return _relevance_mass_update(geometry, maps, masks)
 
 
-def batched_average_precision(scores: Tensor, labels: Tensor) -> Tensor:
-    """Average precision per row, as ``sklearn.metrics.average_precision_score``: ``[B, M]`` x ``[B, M]`` -> ``[B]``.
-
-    Tied scores form one threshold (precision and recall are taken at the end of each tie group).
-    """
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    sorted_scores = scores.gather(1, order)
-    hits = labels.float().gather(1, order)
-    true_positives = hits.cumsum(dim=1)
-    ranks = torch.arange(1, scores.shape[1] + 1, device=scores.device, dtype=torch.float32)
-    precision = true_positives / ranks
-    recall = true_positives / hits.sum(dim=1, keepdim=True).clamp_min(1)
-    group_end = torch.ones_like(hits, dtype=torch.bool)
-    group_end[:, :-1] = sorted_scores[:, :-1] != sorted_scores[:, 1:]
-    recall_at_ends = torch.where(group_end, recall, torch.zeros_like(recall))
-    previous = torch.cat([torch.zeros_like(recall[:, :1]), recall_at_ends.cummax(dim=1).values[:, :-1]], dim=1)
-    return (group_end * (recall - previous) * precision).sum(dim=1)
-
-
-@METRICS.register(
-    MetricInfo(
-        name="segmentation",
-        needs_masks=True,
-        higher_is_better=True,
-        description="the map as a segmentation: pixel accuracy, mIoU (score) and mAP against the mask",
-        reference="Chefer, Gur & Wolf 2021 (arXiv 2012.09838), after Guillaumin et al. 2014",
-    )
+@register_metric(
+    name="segmentation",
+    description="the map as a segmentation: pixel accuracy, mIoU (score) and mAP against the mask",
+    reference="Chefer, Gur & Wolf 2021 (arXiv 2012.09838), after Guillaumin et al. 2014",
 )
 class SegmentationScores(_MaskMetric):
     """Chefer et al.'s segmentation test.
@@ -190,10 +126,21 @@ class SegmentationScores(_MaskMetric):
     The map is upsampled bilinearly to the image, min-max scaled, and thresholded at its mean; pixel accuracy
     and the background/foreground IoU are accumulated over the data set,
     mAP is the mean over images of the average precision of ``[1 - map, map]`` against ``[background, mask]``.
+    Per image: :func:`lightning_vitx.metrics.functional.segmentation`; ``last_sample_scores`` holds the APs.
 
     ``compute()`` returns ``{"score": mIoU, "pixel_accuracy", "miou", "map"}``.
+
+    Example::
+
+        >>> import torch
+        >>> metric = SegmentationScores()
+        >>> maps = torch.tensor([[[0.9, 0.1], [0.6, 0.2]]])
+        >>> metric.update(torch.nn.Identity(), torch.zeros(1, 3, 2, 2), maps, masks=torch.tensor([[[1, 1], [0, 0]]]))
+        >>> metric.compute()["pixel_accuracy"]
+        tensor(0.5000)
     """
 
+    higher_is_better = True
     correct: Tensor
     labeled: Tensor
     intersection: Tensor
@@ -207,32 +154,15 @@ class SegmentationScores(_MaskMetric):
         self.add_state("intersection", torch.zeros(2), dist_reduce_fx="sum")
         self.add_state("union", torch.zeros(2), dist_reduce_fx="sum")
 
-    def update(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        maps: Tensor,
-        target: Tensor | int | None = None,
-        masks: Tensor | None = None,
-    ) -> None:
-        geometry, maps, masks = self._valid(model, images, maps, masks, target)
-        if maps.shape[0] == 0:
-            return
-        upsampled = F.interpolate(maps[:, None], size=geometry.image, mode="bilinear", align_corners=False)[:, 0]
-        flat = upsampled.flatten(1)
-        low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
-        scaled = (flat - low) / (high - low).where(high > low, torch.ones_like(high))
-        foreground = scaled > scaled.mean(dim=1, keepdim=True)
-        truth = masks.flatten(1)
-        self.correct += (foreground == truth).sum().to(self.correct)
-        self.labeled += float(truth.numel())
-        for index, (predicted, actual) in enumerate([(~foreground, ~truth), (foreground, truth)]):
-            self.intersection[index] += (predicted & actual).sum().to(self.intersection)
-            self.union[index] += (predicted | actual).sum().to(self.union)
-        ap = batched_average_precision(torch.cat([1 - scaled, scaled], dim=1), torch.cat([~truth, truth], dim=1))
-        self.last_sample_scores = ap
-        self.ap_sum += ap.sum().to(self.ap_sum)
-        self.count += float(ap.numel())
+    def score_batch(self, model: nn.Module, batch: CheckedBatch) -> Tensor:
+        assert batch.masks is not None  # needs_masks: check_batch raised without them
+        counts = _segmentation_update(batch.geometry, batch.maps.float(), batch.masks)
+        self.correct += counts["correct"].sum().to(self.correct)
+        self.labeled += counts["labeled"].sum().to(self.labeled)
+        self.intersection += counts["intersection"].sum(dim=0).to(self.intersection)
+        self.union += counts["union"].sum(dim=0).to(self.union)
+        self.ap_sum += counts["ap"].sum().to(self.ap_sum)
+        return counts["ap"]
 
     def compute(self) -> dict[str, Tensor]:
         warn_if_empty(self)
