@@ -7,16 +7,24 @@ loader), ``check_watchers`` (checkpoint and early-stopping callbacks watching th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
 from lightning_vitx._checks import check_choice
 from lightning_vitx.callbacks._settings import is_name_list
+from lightning_vitx.callbacks.alerts import AlertRules
 from lightning_vitx.callbacks.errors import MonitorConfigError
 
-__all__ = ["check_monitor_options", "check_ranking_watcher", "check_setup", "check_watchers", "first_validation_batch"]
+__all__ = [
+    "check_alert_keys",
+    "check_monitor_options",
+    "check_ranking_watcher",
+    "check_setup",
+    "check_watchers",
+    "first_validation_batch",
+]
 
 
 def check_monitor_options(
@@ -115,6 +123,15 @@ def check_watchers(callbacks: Iterable[Any], name: str, keys: set[str], every_n_
                 f"logs; it logs {sorted(keys)}"
             )
         check_ranking_watcher(callback, watched, every_n_epochs)
+
+
+def check_alert_keys(alerts: AlertRules, keys: Sequence[str]) -> None:
+    """A ``MonitorConfigError`` for an alert rule on a key the monitor never logs."""
+    unknown = sorted(rule.key for rule in alerts.rules if rule.key not in keys)
+    if unknown:
+        raise MonitorConfigError(
+            f"ExplainabilityMonitor(alerts=...) has rules for keys it never logs: {unknown}; it logs {sorted(keys)}"
+        )
 
 
 def first_validation_batch(trainer: Any, pl_module: Any, dataloader: Any) -> Any:

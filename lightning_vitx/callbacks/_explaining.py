@@ -59,6 +59,7 @@ class MonitorPass:
     panel_size: int = 8
     per_map_scale: bool = False  # each drawn map on its own colour scale
     pixel_maps: bool = False  # draw the explainers that have one from their pixel map
+    save_passes: bool = False  # save the pass under <log dir>/<prefix>_passes (loggers.save_pass)
     class_names: Sequence[str] | None = None
     disabled: frozenset[str] = frozenset()  # explainers turned off after a failure (on every rank)
     dropped: int = 0  # held-out samples this rank left out
@@ -95,6 +96,7 @@ def start_pass(monitor: Any, trainer: Trainer, device: torch.device) -> MonitorP
         panel_size=monitor.panel_size,
         per_map_scale=monitor.per_map_scale,
         pixel_maps=monitor.pixel_maps,
+        save_passes=monitor.save_passes,
         class_names=monitor.class_names,
         disabled=frozenset(monitor._failed),
         dropped=sum(monitor.held_out.dropped.values()),

@@ -163,6 +163,7 @@ def pass_record(
     )
 
     prefix, model, class_names = monitor_pass.prefix, monitor_pass.run.model, monitor_pass.class_names
+    record.maps, record.sample_ids = {name: m.cpu() for name, m in panel.maps.items()}, panel.ids.tolist()
     per_map_scale, by_label = monitor_pass.per_map_scale, monitor_pass.run.by_label
     curves, reference_curves = curves or {}, reference_curves or {}
     predicted = panel.probabilities.argmax(1)

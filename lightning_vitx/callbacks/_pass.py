@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_vitx.callbacks._collectives import agree_on_faults
@@ -21,9 +22,10 @@ from lightning_vitx.callbacks._explaining import MonitorPass
 from lightning_vitx.callbacks._panel import PanelRows, panel_pixel_maps, pass_record
 from lightning_vitx.callbacks._sanity import SanityScores
 from lightning_vitx.callbacks._scoring import Scoring
-from lightning_vitx.loggers import PassLogger, PassRecord
+from lightning_vitx.callbacks.alerts import AlertRules
+from lightning_vitx.loggers import PassLogger, PassRecord, save_pass
 
-__all__ = ["WarnOnce", "agree", "finite", "log_pass", "log_scores", "score_pass"]
+__all__ = ["WarnOnce", "agree", "finite", "log_pass", "log_scores", "raise_alerts", "score_pass"]
 
 
 class WarnOnce:
@@ -108,6 +110,25 @@ def log_scores(pl_module: LightningModule, keys: Sequence[str], scores: Mapping[
         pl_module.log(key, tensor, sync_dist=True, logger=False, reduce_fx=reduce)
 
 
+def raise_alerts(
+    trainer: Trainer, alerts: AlertRules, scores: dict[str, float], epoch: int, logger: PassLogger
+) -> None:
+    """Feed one pass's synced ``scores`` to the alert rules (every rank, so their state agrees) and report.
+
+    Adds ``<prefix>/alerts`` (alerts fired so far) to ``scores`` when there are rules; on global rank zero each
+    alert that fires warns once and goes to the loggers (``PassLogger.alert``).
+    """
+    if not alerts.rules:
+        return
+    fired = alerts.update(finite(scores), epoch)
+    scores[f"{logger.prefix}/alerts"] = float(alerts.fired)
+    if trainer.is_global_zero and fired:
+        messages = [alert.message() for alert in fired]
+        for message in messages:
+            rank_zero_warn(f"ExplainabilityMonitor({logger.prefix!r}) {message}")
+        logger.alert(trainer, messages, epoch)
+
+
 def finite(scores: Mapping[str, float]) -> dict[str, float]:
     """The scores that are numbers (not NaN or inf): what the loggers and ``history`` keep."""
     return {key: value for key, value in scores.items() if math.isfinite(value)}
@@ -128,7 +149,7 @@ def log_pass(
     ``on_error="raise"``.
     """
     # trainer.log_dir broadcasts under DDP: every rank resolves it, then only rank zero draws.
-    picture_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "explanations")
+    log_dir = trainer.log_dir or trainer.default_root_dir
     if not trainer.is_global_zero:
         return
     run = monitor_pass.run
@@ -148,8 +169,15 @@ def log_pass(
                 raise
             run.warn("pictures", f"the pictures could not be drawn this epoch: {error!r}")
             record = PassRecord(record.epoch, record.step, record.scalars)
+    if monitor_pass.save_passes:  # before the loggers close the figures
+        try:
+            save_pass(record, os.path.join(log_dir, f"{monitor_pass.prefix}_passes"), logger.settings)
+        except Exception as error:  # noqa: BLE001 - a saved pass must not cost the run
+            if run.raise_errors:
+                raise
+            run.warn("save_passes", f"this epoch's pass could not be saved: {error!r}")
     try:
-        logger.log(trainer, record, picture_dir)
+        logger.log(trainer, record, os.path.join(log_dir, "explanations"))
     except Exception as error:  # noqa: BLE001 - a logger fault must not cost the run
         if run.raise_errors:
             raise

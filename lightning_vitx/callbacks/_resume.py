@@ -57,6 +57,7 @@ def monitor_state(monitor: Any) -> dict[str, Any]:
         "explained_epochs": monitor._explained_epochs,
         "history": list(monitor.history),
         "sanity_reference": dict(sanity.reference_maps) if sanity is not None else {},
+        "alerts": monitor.alerts.state_dict(),
     }
 
 

@@ -15,7 +15,7 @@ import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
 from lightning_vitx._batching import chunks
 from lightning_vitx._state import eval_mode
-from lightning_vitx.analysis import rank_correlation
+from lightning_vitx.analysis import FOCUS_STATISTICS, focus_statistics, rank_correlation
 from lightning_vitx.callbacks._explaining import ExplainingRun
 from lightning_vitx.metrics import DEGENERATE_KINDS, degenerate_maps
 
@@ -54,6 +54,11 @@ class Scoring:
             for explainer in explainers
         }
         self.stability = {explainer: MeanMetric().to(device) for explainer in explainers}
+        # where relevance sits (analysis.focus_statistics), per explainer: no forward
+        self.focus = {
+            explainer: {stat: MeanMetric(nan_strategy="ignore").to(device) for stat in FOCUS_STATISTICS}
+            for explainer in explainers
+        }
         # map sum / seed for the explainers whose maps decompose the target's score (ExplainerInfo.relevance_seed)
         seeds = {explainer: X.get_info(explainer).relevance_seed for explainer in explainers}
         self.seeds = {explainer: seed for explainer, seed in seeds.items() if seed is not None}
@@ -108,6 +113,8 @@ class Scoring:
                 start = logits.gather(1, target.to(device)[:, None])[:, 0].double() if seed == "logit" else 1.0
                 self.conservation[explainer].update((total / start).float())
         for explainer, explanation in maps.items():
+            for stat, values in focus_statistics(explanation).items():
+                self.focus[explainer][stat].update(values.to(device))
             for name, metric in self.metrics[explainer].items():
                 if masks is None and M.get_info(name).needs_masks:
                     continue  # NaN on every rank: no masks to score against
@@ -207,6 +214,9 @@ class Scoring:
                     scores[f"{prefix}/{explainer}/stability"] = float(self.stability[explainer].compute())
                 if explainer in self.conservation and explainer not in disabled:
                     scores[f"{prefix}/{explainer}/conservation"] = float(self.conservation[explainer].compute())
+                for stat, metric in self.focus[explainer].items():
+                    value = math.nan if explainer in disabled else float(metric.compute())
+                    scores[f"{prefix}/{explainer}/focus/{stat}"] = value
             for name in metrics:
                 value = float(computed[name]["score"]) if name in computed else math.nan
                 scores[f"{prefix}/{explainer}/{name}"] = value
@@ -217,7 +227,12 @@ class Scoring:
                 elif name in self.curves:
                     self.curves[name].pop(explainer, None)
             conservation = [self.conservation[explainer]] if explainer in self.conservation else []
-            for metric in [*metrics.values(), self.stability[explainer], *conservation]:
+            for metric in [
+                *metrics.values(),
+                self.stability[explainer],
+                *conservation,
+                *self.focus[explainer].values(),
+            ]:
                 metric.reset()
         self.reference_curves = {}
         with warnings.catch_warnings():

@@ -11,6 +11,7 @@ from torch import nn
 
 import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
+from lightning_vitx.analysis import FOCUS_STATISTICS
 
 __all__ = [
     "score_keys",
@@ -65,7 +66,9 @@ def monitor_settings(monitor: Any, model: nn.Module | None) -> dict[str, Any]:
     }
 
 
-def score_keys(prefix: str, explainers: Sequence[str], metrics: Sequence[str], sanity: bool) -> list[str]:
+def score_keys(
+    prefix: str, explainers: Sequence[str], metrics: Sequence[str], sanity: bool, alerts: bool = False
+) -> list[str]:
     """Every key a monitor logs.
 
     ``<prefix>/<explainer>/<metric>``, ``<prefix>/<explainer>/stability``, ``<prefix>/<explainer>/skipped`` (maps
@@ -73,13 +76,16 @@ def score_keys(prefix: str, explainers: Sequence[str], metrics: Sequence[str], s
     ``flat``), ``.../degenerate`` (their share of the explained maps), ``.../conservation`` (``lrp``,
     ``attnlrp``: the map's sum over the relevance it starts from, the target logit or 1), with ``sanity``
     ``<prefix>/<explainer>/randomization`` and ``.../class_sensitivity``, ``<prefix>/dropped`` (held-out samples
-    left out) and ``<prefix>/time_s``.
+    left out), ``<prefix>/<explainer>/focus/{entropy,gini,top10}`` (where relevance sits:
+    ``analysis.focus_statistics``), ``<prefix>/time_s``, and with ``alerts`` ``<prefix>/alerts`` (alerts fired so
+    far).
     """
     per_explainer = [*metrics, "stability", "skipped", "degenerate", *(f"skipped/{k}" for k in M.DEGENERATE_KINDS)]
+    per_explainer += [f"focus/{stat}" for stat in FOCUS_STATISTICS]
     per_explainer += ["randomization", "class_sensitivity"] if sanity else []
     keys = [f"{prefix}/{e}/{key}" for e in explainers for key in per_explainer]
     keys += [f"{prefix}/{e}/conservation" for e in explainers if X.get_info(e).relevance_seed]
-    return [*keys, f"{prefix}/dropped", f"{prefix}/time_s"]
+    return [*keys, f"{prefix}/dropped", f"{prefix}/time_s", *([f"{prefix}/alerts"] if alerts else [])]
 
 
 def score_axes(
@@ -164,3 +170,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(key): _plain(item) for key, item in value.items()}
     return repr(value)
+
+
+def higher_is_better(key: str, prefix: str) -> bool:
+    """The direction of a monitor's score key, for alerts: the metric's ``higher_is_better``, else by its kind.
+
+    Example::
+
+        >>> [higher_is_better(key, "explain") for key in ("explain/rollout/deletion", "explain/gmar/focus/gini")]
+        [False, True]
+    """
+    parts = key.removeprefix(f"{prefix}/").split("/")
+    for part in parts:
+        if part in M.available():
+            return bool(M.get_info(part).higher_is_better)
+    lower = {"randomization", "degenerate", "skipped", "dropped", "time_s", "alerts", "entropy"}
+    return not lower.intersection(parts)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any, Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -25,7 +26,13 @@ from typing_extensions import override
 
 import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
-from lightning_vitx.callbacks._config import check_monitor_options, check_setup, check_watchers, first_validation_batch
+from lightning_vitx.callbacks._config import (
+    check_alert_keys,
+    check_monitor_options,
+    check_setup,
+    check_watchers,
+    first_validation_batch,
+)
 from lightning_vitx.callbacks._explaining import explain_held_out, start_pass
 from lightning_vitx.callbacks._held_out import (
     HeldOut,
@@ -37,18 +44,20 @@ from lightning_vitx.callbacks._held_out import (
 )
 from lightning_vitx.callbacks._model import find_model
 from lightning_vitx.callbacks._panel import PanelRows, gather_panel
-from lightning_vitx.callbacks._pass import WarnOnce, finite, log_pass, log_scores, score_pass
+from lightning_vitx.callbacks._pass import WarnOnce, finite, log_pass, log_scores, raise_alerts, score_pass
 from lightning_vitx.callbacks._resume import monitor_state, restore, state_key_parts, state_settings, unclaimed_state
 from lightning_vitx.callbacks._sanity import SanityScores
 from lightning_vitx.callbacks._scoring import Scoring
 from lightning_vitx.callbacks._settings import (
     explained_epoch,
     find_class_names,
+    higher_is_better,
     monitor_settings,
     named_options,
     score_axes,
     score_keys,
 )
+from lightning_vitx.callbacks.alerts import AlertRules
 from lightning_vitx.callbacks.errors import MonitorConfigError
 from lightning_vitx.loggers import PassLogger, PassRecord
 
@@ -69,20 +78,9 @@ class ExplainabilityMonitor(Callback):
     package version, the model) go to the W&B config and a TensorBoard text summary. ``last_panel`` keeps what the
     pictures showed.
 
-    Keys a checkpoint callback can rely on: the first validation epoch is always explained (then every
-    ``every_n_epochs``-th), and every validation epoch in between carries the last explained scores (to
-    ``callback_metrics`` only, not to the loggers), so ``ModelCheckpoint(monitor="explain/rollout/deletion")``
-    and ``EarlyStopping`` find their key at every epoch. A score that cannot be computed (a disabled explainer, a
-    mask metric without masks, a metric that failed this epoch) is NaN: ``ModelCheckpoint`` treats it as the worst
-    value; use ``EarlyStopping(..., check_finite=False)`` so a NaN does not stop the run. A callback watching a
-    ``<name>/...`` key the monitor never logs is a configuration error at setup. Carried scores are copies, not
-    new measurements: with ``every_n_epochs > 1`` a ``ModelCheckpoint`` that keeps ``save_top_k >= 2`` must save on
-    explained epochs only (``ModelCheckpoint(..., every_n_epochs=every_n_epochs)``, which matches the monitor's
-    epochs after the first), or setup raises; an ``EarlyStopping`` counts its ``patience`` in validation epochs,
-    carried ones included (give it ``every_n_epochs`` times the explained passes you mean).
-
-    Memory: every pass over the model (the explainers, the clean forward, each metric's perturbed images unless
-    its options set ``max_batch``) takes at most ``batch_size`` images at a time, whatever ``num_samples`` is.
+    Every validation epoch carries the last explained scores to ``callback_metrics``, so ``ModelCheckpoint`` and
+    ``EarlyStopping`` find their key at every epoch; a score that cannot be computed is NaN. How to watch them
+    (``every_n_epochs``, NaN, stopping on an alert), the sanity scores and the pixel maps in detail: docs/monitor.md.
 
     Args:
         explainers: registry names, or ``{name: options}``.
@@ -96,7 +94,7 @@ class ExplainabilityMonitor(Callback):
         model_attribute: where the timm model is inside the LightningModule, a dotted path such as
             ``"nets.student"`` (found automatically when unique); a model wrapped by ``torch.compile`` is
             explained through its original module.
-        batch_size: images per explaining pass.
+        batch_size: images per pass over the model (explainers, clean forward, perturbed images): the memory bound.
         on_error: ``"warn"``: a fault at run time is skipped with one warning and the run goes on; ``"raise"``: it
             stops the run (configuration mistakes always raise, before training).
         batch_to_inputs: ``batch -> (images, labels, masks or None)`` for batches of another shape (a module-level
@@ -106,23 +104,20 @@ class ExplainabilityMonitor(Callback):
             on rank ``g % world_size``; every rank reads the loader itself (no ``DistributedSampler`` is added).
         per_map_scale: scale each drawn map to its own range; by default all maps of one explainer in one pass
             share a colour scale, shown by a colour bar, so rows and epochs compare.
-        pixel_maps: draw the maps of the explainers with a pixel map of their own (``lrp``,
-            ``transformer_attribution``, ``attnlrp``: ``X.get_info(name).pixel_map``) at the pixels, from their
-            ``pixel_relevance`` (signed, on a diverging colour scale, sharper than the patch grid), instead of their
-            patch maps upsampled (``partial_lrp``'s pixel map would be ``lrp``'s: it keeps its patch map). One more
-            pass per such explainer over the panel's samples, on global rank zero; the scores always use the patch
-            maps. An explainer whose pixel map fails is drawn from its patch map, with one warning.
-        sanity: log ``<name>/<explainer>/randomization`` (from the second explained pass on: per-sample Spearman with
-            the first pass's maps, the untrained model's when the monitor sees ``fit`` from its first step; near 1
-            after training means the maps ignore what was learned; from a pretrained start it measures how far
-            fine-tuning moved them, and the reference survives a resume) and ``<name>/<explainer>/class_sensitivity``
-            (1 - Spearman between the maps of the explained and the runner-up class on the panel's samples; 0: the
-            map is the same for every class; rollout and raw attention are 0 by construction). Costs one more
-            explanation of the ``panel_size`` samples per pass.
+        pixel_maps: draw the explainers with a pixel map of their own (``X.get_info(name).pixel_map``) at the
+            pixels, signed, instead of their patch maps upsampled; the scores always use the patch maps.
+        sanity: log ``<name>/<explainer>/randomization`` (Spearman with the first pass's maps: near 1 after
+            training means the maps ignore what was learned) and ``.../class_sensitivity`` (1 - Spearman between
+            the maps of the explained and the runner-up class). Costs one more explanation of the panel per pass.
         name: prefix of every logged key, of the picture tags and of the state key; give each monitor its own
             when a Trainer has several (two models, or two configurations).
         class_names: class index -> name, for captions and tables; by default the datamodule's or the validation
             dataset's ``classes`` attribute when there is one (torchvision's convention), else class numbers.
+        alerts: ``{score key: rule}`` (``callbacks.alerts``: ``{"below": x}``, ``{"above": x}`` or
+            ``{"worse_than_best_by": d}``, optional ``"patience": k``); a rule that fires warns, goes to W&B
+            (``wandb.alert``) and TensorBoard (text), and counts in ``<name>/alerts``.
+        save_passes: save every explained pass (maps as tensors, pictures, manifest) under
+            ``<log dir>/<name>_passes/``, for ``lightning_vitx.loggers.load_passes``.
 
     Example::
 
@@ -150,6 +145,8 @@ class ExplainabilityMonitor(Callback):
         class_names: Sequence[str] | None = None,
         pixel_maps: bool = False,
         sanity: bool = True,
+        alerts: Mapping[str, Mapping[str, Any]] | None = None,
+        save_passes: bool = False,
     ) -> None:
         self.explainer_options = named_options(explainers, X.get_info)  # unknown names fail here, with the choices
         self.metric_options = named_options(metrics, M.get_info)
@@ -170,6 +167,8 @@ class ExplainabilityMonitor(Callback):
         self.per_map_scale = bool(per_map_scale)
         self.pixel_maps = bool(pixel_maps)
         self.sanity = bool(sanity)
+        self.alerts = AlertRules(alerts or {}, partial(higher_is_better, prefix=name))  # picklable: ddp_spawn
+        self.save_passes = bool(save_passes)
         self._sanity_reference: dict[str, Tensor] = {}  # from a checkpoint, until setup builds the states
         self.class_names = None if class_names is None else list(class_names)
         self.num_samples = num_samples
@@ -222,7 +221,7 @@ class ExplainabilityMonitor(Callback):
 
     def score_keys(self) -> list[str]:
         """Every key this monitor logs (``_settings.score_keys`` lists and explains them)."""
-        return score_keys(self.name, self.explainer_names, self.metric_names, self.sanity)
+        return score_keys(self.name, self.explainer_names, self.metric_names, self.sanity, bool(self.alerts.rules))
 
     # -- setup: configuration mistakes fail here, before training -----------------------------------------------
     @override
@@ -237,6 +236,7 @@ class ExplainabilityMonitor(Callback):
         if self.sanity_scores is not None:
             self.sanity_scores.restore(self._sanity_reference)
         check_watchers(trainer.callbacks, self.name, set(self.score_keys()), self.every_n_epochs)  # type: ignore[attr-defined]
+        check_alert_keys(self.alerts, self.score_keys())
         check_setup(self, trainer)
         # one PassLogger for the monitor's life: validate() then fit() extend one W&B sample table, not two
         if getattr(self, "pass_logger", None) is None:
@@ -315,8 +315,9 @@ class ExplainabilityMonitor(Callback):
         self._failed, scores = score_pass(trainer, this, maps, failed_here, scoring=scoring, sanity=self.sanity_scores)
         self._explained_epochs += 1
         scores[f"{self.name}/time_s"] = time.perf_counter() - start
-        log_scores(pl_module, self.score_keys(), scores)
         epoch = explained_epoch(trainer)
+        raise_alerts(trainer, self.alerts, scores, epoch, self.pass_logger)
+        log_scores(pl_module, self.score_keys(), scores)
         self.history.append({"epoch": float(epoch), **finite(scores)})
         maps = {name: m for name, m in maps.items() if name not in self._failed}
         probabilities, sample_scores = scoring.probabilities, scoring.sample_scores
@@ -342,6 +343,7 @@ class ExplainabilityMonitor(Callback):
         self.last_maps, self.history = restored.last_maps, restored.history
         self._explained_epochs = restored.explained_epochs
         self._failed = set()  # tried again after a resume
+        self.alerts.load_state_dict(state_dict.get("alerts", {}))
         self._sanity_reference = restored.sanity_reference  # the first pass's maps: kept
         if self.sanity_scores is not None:
             self.sanity_scores.restore(self._sanity_reference)

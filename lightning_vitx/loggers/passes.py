@@ -9,7 +9,9 @@ The one place that knows what W&B, TensorBoard and the other Lightning loggers t
 - **TensorBoard**: scalars, one image grid per key (masks outlined; captions in a text summary of the same step) and
   the figures, all at the trainer's global step; ``define_axes`` adds a custom-scalars layout (one chart per metric,
   one line per explainer); the settings and best scores go to the HPARAMS tab (``hparams.HParamsSummary``).
-- **MLflow** (``MLFlowLogger``): the scalars through ``log_metrics``; each pass's pictures, maps and manifest (the
+- **MLflow** (``MLFlowLogger``): the scalars through ``log_metrics`` (a key that is also the folder of others, as
+  ``.../skipped`` of ``.../skipped/zero``, as ``.../skipped/all``: MLflow's file store keeps one file per key); each
+  pass's pictures, maps and manifest (the
   folder of ``bundle.save_pass``) as run artifacts under ``<prefix>/<pass>`` (``init``, ``epoch_000``, ...).
 - **Any other logger** (CSV, ...): the scalars through ``log_metrics``; the figures as PNG files.
 
@@ -136,6 +138,26 @@ class PassLogger:
                 charts = {metric: ["Multiline", list(keys)] for metric, keys in metric_keys.items()}
                 logger.experiment.add_custom_scalars({self.prefix: charts})
 
+    def alert(self, trainer: Any, messages: Sequence[str], epoch: int) -> None:
+        """Alerts that fired on a pass: W&B ``run.alert`` and a TensorBoard text entry ``<prefix>/alerts``.
+
+        W&B alerts go from online runs only: offline or disabled runs, and versions without alerts, skip them.
+        """
+        from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+        text = "\n\n".join(messages)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                run = logger.experiment
+                mode = getattr(getattr(run, "settings", None), "mode", "online")
+                if callable(getattr(run, "alert", None)) and not getattr(run, "offline", False) and mode == "online":
+                    try:
+                        run.alert(title=f"{self.prefix}: explanation alert (epoch {epoch})", text=text)
+                    except Exception:  # noqa: BLE001 - an alert W&B cannot send must not cost the run
+                        pass
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text(f"{self.prefix}/alerts", text, global_step=trainer.global_step)
+
     def log(self, trainer: Any, record: PassRecord, fallback_dir: str) -> list[str]:
         """Send one pass to every logger; with none that takes images, figures go to PNGs in ``fallback_dir``.
 
@@ -153,7 +175,8 @@ class PassLogger:
                 self.hparams.log(logger, record.scalars, record.step)
                 sent.append("tensorboard")
             elif isinstance(logger, MLFlowLogger):
-                logger.log_metrics({**record.scalars, self.epoch_key: float(record.epoch)}, step=record.step)
+                scalars = {**record.scalars, self.epoch_key: float(record.epoch)}
+                logger.log_metrics(_leaf_keys(scalars), step=record.step)
                 self._log_mlflow(logger, record)
                 sent.append("mlflow")
             else:
@@ -244,6 +267,12 @@ def _wandb_image(picture: np.ndarray, caption: str, mask: np.ndarray | None) -> 
         classes = {0: "background", 1: "object (ground truth)"}
         masks = {"ground_truth": {"mask_data": mask.astype(np.uint8), "class_labels": classes}}
     return wandb.Image(picture, caption=caption, masks=masks)
+
+
+def _leaf_keys(scalars: Mapping[str, float]) -> dict[str, float]:
+    """``scalars`` with every key that prefixes another one (``a/b`` beside ``a/b/c``) renamed ``a/b/all``."""
+    folders = {key.rsplit("/", 1)[0] for key in scalars if "/" in key}
+    return {f"{key}/all" if key in folders else key: value for key, value in scalars.items()}
 
 
 def image_grid(images: SampleImages) -> np.ndarray:
