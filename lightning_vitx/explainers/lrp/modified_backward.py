@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import torch
@@ -34,9 +35,21 @@ from torch import Tensor, nn
 from torch.nn.grad import conv2d_input
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["AttentionRule", "fused_attention", "gamma_conv", "gamma_linear", "lrp_rules"]
+__all__ = [
+    "GRADIENT",
+    "AttentionRule",
+    "AttentionRuleName",
+    "GammaRule",
+    "GradientRule",
+    "IdentityRule",
+    "LayerNormRule",
+    "fused_attention",
+    "gamma_conv",
+    "gamma_linear",
+    "lrp_rules",
+]
 
-AttentionRule = Literal["attnlrp", "cp"]
+AttentionRuleName = Literal["attnlrp", "cp"]
 
 EPSILON = 1e-6  # zennit's stabiliser of the gamma rule's denominators: d + epsilon * sign(d)
 
@@ -311,50 +324,112 @@ def fused_attention(attention: list[nn.Module]) -> Iterator[None]:
             cast(Any, module).fused_attn = flag
 
 
-@contextlib.contextmanager
-def lrp_rules(
-    model: nn.Module, attention: list[nn.Module], attention_rule: AttentionRule, gamma: float, conv_gamma: float
-) -> Iterator[None]:
-    """Forward hooks that give the model's backward the rules of the module docstring; all removed on exit.
+# --- the rules as objects: each installs its hooks on one module ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GradientRule:
+    """The plain gradient (residual sums, pooling, reshapes, windows, dropout, containers): no hook."""
+
+    def install(self, module: nn.Module) -> list[RemovableHandle]:
+        return []
+
+
+GRADIENT = GradientRule()
+
+
+@dataclass(frozen=True)
+class GammaRule:
+    """The generalised gamma rule on a Linear layer or a convolution (``gamma = 0``: epsilon, the plain gradient).
 
     Args:
-        model: the model; its ``nn.Linear``, ``nn.Conv2d``, ``nn.LayerNorm`` modules and its MLPs' activations get
-            their rules.
-        attention: the attention modules (each with a ``qkv`` Linear whose output is ``[q | k | v]``, an
-            ``attn_drop`` module that reads the attention probabilities and a ``proj`` Linear that reads the heads'
-            output).
-        attention_rule: ``"attnlrp"`` or ``"cp"``.
-        gamma: the gamma of the Linear layers' rule.
-        conv_gamma: the gamma of the convolutions' rule.
+        gamma: the rule's ``gamma`` (>= 0).
     """
-    qkvs = {cast(nn.Linear, module.qkv): module for module in attention}
-    projections = {cast(nn.Linear, module.proj) for module in attention}
+
+    gamma: float
+
+    def install(self, module: nn.Module) -> list[RemovableHandle]:
+        if self.gamma == 0:
+            return []
+        if isinstance(module, nn.Conv2d):
+            return [module.register_forward_hook(_conv_hook(self.gamma))]
+        return [module.register_forward_hook(_linear_hook(_Scaling(self.gamma)))]
+
+    def refuses(self, conv: nn.Module) -> str | None:
+        """Why the rule does not hold for ``conv`` (gamma needs numeric zero padding), or ``None``."""
+        conv = cast(nn.Conv2d, conv)
+        if self.gamma != 0 and (conv.padding_mode != "zeros" or isinstance(conv.padding, str)):
+            return (
+                f"the gamma rule needs numeric zero padding, got padding {conv.padding!r}, padding_mode "
+                f"{conv.padding_mode!r} (use conv_gamma=0)"
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class IdentityRule:
+    """The identity rule through an MLP's element-wise activation (the module's ``act``): ``R_in = R_out``."""
+
+    def install(self, module: nn.Module) -> list[RemovableHandle]:
+        return [cast(nn.Module, module.act).register_forward_hook(_identity_hook)]
+
+
+@dataclass(frozen=True)
+class LayerNormRule:
+    """A LayerNorm with its standard deviation held constant (``_LayerNorm``)."""
+
+    def install(self, module: nn.Module) -> list[RemovableHandle]:
+        return [module.register_forward_hook(_layer_norm_hook)]
+
+
+@dataclass(frozen=True)
+class AttentionRule:
+    """The attention module's rules, on its ``qkv`` and ``proj`` Linear layers (and ``attn_drop`` for CP-LRP).
+
+    ``"attnlrp"``: the uniform rule on ``A v`` and ``q k^T`` (halves folded into the gamma rule's gradient, or
+    scaling hooks when ``gamma = 0``); ``"cp"``: the attention probabilities detached, the values alone carry
+    relevance.
+
+    Args:
+        kind: ``"attnlrp"`` or ``"cp"``.
+        gamma: the gamma rule's ``gamma`` on ``qkv`` and ``proj``.
+    """
+
+    kind: AttentionRuleName
+    gamma: float
+
+    def install(self, module: nn.Module) -> list[RemovableHandle]:
+        qkv, proj = cast(nn.Linear, module.qkv), cast(nn.Linear, module.proj)
+        if self.kind == "cp":
+            handles = [cast(nn.Module, module.attn_drop).register_forward_hook(_detach_hook)]
+            if self.gamma != 0:
+                values = slice(2 * qkv.out_features // 3, qkv.out_features)
+                handles.append(qkv.register_forward_hook(_linear_hook(_Scaling(self.gamma, outputs=values))))
+                handles.append(proj.register_forward_hook(_linear_hook(_Scaling(self.gamma))))
+            return handles
+        if self.gamma == 0:
+            return [
+                qkv.register_forward_hook(_scale_hook(_query_key_halves(qkv))),
+                proj.register_forward_pre_hook(_halve_pre_hook),
+            ]
+        return [
+            qkv.register_forward_hook(_linear_hook(_Scaling(self.gamma, rows=_query_key_halves(qkv)))),
+            proj.register_forward_hook(_linear_hook(_Scaling(self.gamma, scale=0.5))),
+        ]
+
+
+@contextlib.contextmanager
+def lrp_rules(model: nn.Module, composite: Any) -> Iterator[None]:
+    """Forward hooks that give the model's backward the rules of ``composite`` (``composites.modified_backward``).
+
+    Every module not claimed by a parent's entry installs its own entry's rule; all hooks are removed on exit.
+    """
+    claimed = composite.claimed(model)
     handles: list[RemovableHandle] = []
     try:
         for module in model.modules():
-            if isinstance(module, nn.Linear) and gamma != 0:
-                rule = _Scaling(gamma)
-                if module in qkvs and attention_rule == "cp":
-                    rule.outputs = slice(2 * module.out_features // 3, module.out_features)  # the values only
-                elif module in qkvs:
-                    rule.rows = _query_key_halves(module)
-                elif module in projections and attention_rule == "attnlrp":
-                    rule.scale = 0.5
-                handles.append(module.register_forward_hook(_linear_hook(rule)))
-            elif isinstance(module, nn.Conv2d) and conv_gamma != 0:
-                handles.append(module.register_forward_hook(_conv_hook(conv_gamma)))
-            elif isinstance(module, nn.LayerNorm):
-                handles.append(module.register_forward_hook(_layer_norm_hook))
-            act = getattr(module, "act", None)
-            if isinstance(getattr(module, "fc1", None), nn.Linear) and isinstance(act, nn.Module):
-                handles.append(act.register_forward_hook(_identity_hook))  # an MLP's activation
-        for module in attention:
-            if attention_rule == "cp":
-                handles.append(cast(nn.Module, module.attn_drop).register_forward_hook(_detach_hook))
-            elif gamma == 0:  # with gamma, the gamma rule's backward carries these factors
-                qkv = cast(nn.Linear, module.qkv)
-                handles.append(qkv.register_forward_hook(_scale_hook(_query_key_halves(qkv))))
-                handles.append(cast(nn.Module, module.proj).register_forward_pre_hook(_halve_pre_hook))
+            if id(module) not in claimed:
+                handles.extend(composite.rule(module).install(module))
         yield
     finally:
         for handle in handles:
