@@ -51,8 +51,8 @@ class AttnLRP(Explainer):
     absorb. ``pixel_relevance`` gives the map at the input's pixels.
 
     Args:
-        model: a timm ViT or DeiT (class token or ``global_pool="avg"``, distilled, register tokens) or a timm Swin,
-            with timm's ``Mlp`` blocks and a Linear classifier head.
+        model: a timm ViT or DeiT (class token or ``global_pool="avg"``, distilled, register tokens, pre- or post-norm
+            blocks) or a timm Swin, with timm's ``Mlp`` blocks and a Linear classifier head.
         attention_rule: ``"attnlrp"`` (uniform rule on both attention products, softmax rule of AttnLRP) or
             ``"cp"`` (CP-LRP: attention probabilities constant, relevance through the values only; what lxt's
             torchvision-ViT recipe and hilrp use by default).

@@ -284,6 +284,7 @@ def explicit(rule_set: RuleSet) -> Composite:
 def modified_backward(attention_rule: AttentionRuleName, gamma: float, conv_gamma: float) -> Composite:
     """AttnLRP's (``"attnlrp"``) or CP-LRP's (``"cp"``) rules as hooks on the backward (``modified_backward``)."""
     from timm.layers import Mlp
+    from timm.models.vision_transformer import ResPostBlock
 
     gradient = Entry(GRADIENT)
     check_choice("attention_rule", attention_rule, AttentionRuleName)
@@ -305,6 +306,7 @@ def modified_backward(attention_rule: AttentionRuleName, gamma: float, conv_gamm
             pooling=Entry(GRADIENT, claims=("pool", "flatten")),  # the gradient of any pooling is its LRP-0
         ),
         Mlp: Entry(IdentityRule(), claims=("act",)),  # the identity rule through the MLP's activation
+        ResPostBlock: gradient,  # post-norm ViT blocks: the same operations in another order, each with its rule
     }
     return Composite(attention_rule, entries)
 
