@@ -170,10 +170,10 @@ def _linear_classifier(model: Any) -> str | None:
 def _vit_readout(model: Any) -> str | None:
     if getattr(model, "attn_pool", None) is not None or model.global_pool not in ("token", "avg"):
         return f"global_pool={model.global_pool!r} has no rule (supported: 'token', 'avg')"
-    if model.global_pool == "avg" and (
-        getattr(model, "pool_include_prefix", False) or getattr(model, "head_dist", None) is not None
-    ):
-        return "an avg-pool head that averages prefix tokens or has a distillation head has no rule"
+    if model.global_pool == "avg" and getattr(model, "pool_include_prefix", False):
+        return "an avg-pool head that averages the prefix tokens has no rule: create it with pool_include_prefix=False"
+    if model.global_pool == "avg" and getattr(model, "head_dist", None) is not None:
+        return "an avg-pool head beside a distillation head has no rule: create it with global_pool='token'"
     return _linear_classifier(model)
 
 

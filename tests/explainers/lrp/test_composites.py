@@ -164,8 +164,8 @@ REFUSED = {
             "vit_tiny_patch16_224", pretrained=False, global_pool="avg", pool_include_prefix=True, **VIT
         ),
         EXPLICIT,
-        r"the model \(VisionTransformer\): an avg-pool head that averages prefix tokens or has a distillation "
-        r"head has no rule",
+        r"the model \(VisionTransformer\): an avg-pool head that averages the prefix tokens has no rule: create it "
+        r"with pool_include_prefix=False",
     ),
     "swin_absolute_position": (
         swin_with_absolute_position,
