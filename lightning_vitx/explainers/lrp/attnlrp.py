@@ -22,12 +22,10 @@ from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters import Target, explaining_forward
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import Explainer
-from lightning_vitx.explainers.lrp.modified_backward import AttentionRule, fused_attention, lrp_rules
-from lightning_vitx.explainers.lrp.support import check_backward_supported
+from lightning_vitx.explainers.lrp.composites import modified_backward
+from lightning_vitx.explainers.lrp.modified_backward import AttentionRuleName, fused_attention, lrp_rules
 
 __all__ = ["AttnLRP"]
-
-ATTENTION_RULES = ("attnlrp", "cp")
 
 
 @register(
@@ -53,8 +51,8 @@ class AttnLRP(Explainer):
     absorb. ``pixel_relevance`` gives the map at the input's pixels.
 
     Args:
-        model: a timm ViT or DeiT (class token or ``global_pool="avg"``, distilled, register tokens) or a timm Swin,
-            with timm's ``Mlp`` blocks and a Linear classifier head.
+        model: a timm ViT or DeiT (class token or ``global_pool="avg"``, distilled, register tokens, pre- or post-norm
+            blocks) or a timm Swin, with timm's ``Mlp`` blocks and a Linear classifier head.
         attention_rule: ``"attnlrp"`` (uniform rule on both attention products, softmax rule of AttnLRP) or
             ``"cp"`` (CP-LRP: attention probabilities constant, relevance through the values only; what lxt's
             torchvision-ViT recipe and hilrp use by default).
@@ -73,16 +71,21 @@ class AttnLRP(Explainer):
     """
 
     def __init__(
-        self, model: nn.Module, attention_rule: AttentionRule = "attnlrp", gamma: float = 0.25, conv_gamma: float = 0.25
+        self,
+        model: nn.Module,
+        attention_rule: AttentionRuleName = "attnlrp",
+        gamma: float = 0.25,
+        conv_gamma: float = 0.25,
     ) -> None:
         super().__init__(model)
-        check_choice("attention_rule", attention_rule, ATTENTION_RULES)
+        check_choice("attention_rule", attention_rule, AttentionRuleName)
         for option, value in (("gamma", gamma), ("conv_gamma", conv_gamma)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{option} must be a number >= 0, got {value!r}")
-        self.attention_rule: AttentionRule = attention_rule
+        self.attention_rule: AttentionRuleName = attention_rule
         self.gamma, self.conv_gamma = float(gamma), float(conv_gamma)
-        check_backward_supported(self.model, self.adapter.attention_modules(), self.conv_gamma)
+        self.composite = modified_backward(attention_rule, self.gamma, self.conv_gamma)
+        self.composite.check(self.model, self.info.name)
 
     def __call__(self, images: Tensor, target: Target = None) -> Tensor:
         """Maps ``[B, gh, gw]``: the input relevance summed over channels and over each patch's pixels."""
@@ -107,7 +110,7 @@ class AttnLRP(Explainer):
         with explaining_forward(self.adapter, images, target, gradients=True, input_grad=True) as call:
             with (
                 fused_attention(fused),
-                lrp_rules(self.model, attention, self.attention_rule, self.gamma, self.conv_gamma),
+                lrp_rules(self.model, self.composite),
             ):
                 logits = call.forward()
             inputs, target_ids = call.inputs, call.target_ids

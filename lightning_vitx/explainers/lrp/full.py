@@ -1,6 +1,6 @@
 """LRP (the full-LRP baseline of Chefer et al. 2021): relevance of the target logit carried down to the patches.
 
-The pass of ``relevance`` with the LRP baseline rules of Chefer et al.'s code (``rules.BASELINE``:
+The pass of ``relevance`` with the LRP baseline rules of Chefer et al.'s code (``composites.explicit("baseline")``:
 ``modules/layers_lrp.py``, ``baselines/ViT/ViT_orig_LRP.py``, ``generate_LRP(method="full")``; docs/methods.md §3.4)
 runs through every block (and Swin's patch mergings) to the first block's input; the position embedding's sum
 takes the plain LRP-0 split (``passes``), and each patch's score is its embedding's relevance summed over the
@@ -18,7 +18,7 @@ from lightning_vitx.adapters.base import TokenLayout
 from lightning_vitx.adapters.geometry import AttentionGeometry
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.lrp.passes import BaselinePass, embedding_relevance
-from lightning_vitx.explainers.lrp.relevance import BASELINE, Record
+from lightning_vitx.explainers.lrp.relevance import Record
 
 __all__ = ["LRP"]
 
@@ -65,5 +65,5 @@ class LRP(BaselinePass):
     def read(
         self, record: Record, relevance: Tensor, layout: TokenLayout, geometries: list[AttentionGeometry]
     ) -> Tensor:
-        embeddings = embedding_relevance(self.model, record, relevance, BASELINE)
+        embeddings = embedding_relevance(self.model, record, relevance, self.composite)
         return embeddings.sum(dim=-1).reshape(-1, *layout.grid_size)

@@ -1,7 +1,9 @@
 """AttnLRP and CP-LRP as one modified backward over a stock timm model (Gradient x Input form).
 
-Each rule is a forward hook that returns the module's own output, unchanged, from a small custom autograd function
-whose backward is the rule's: with relevance ``R = x * dy/dx`` at every tensor (Achtibat et al. 2024,
+Each rule is an object (``GammaRule``, ``IdentityRule``, ``LayerNormRule``, ``AttentionRule``, ``GRADIENT``) that
+installs forward hooks on its module; ``composites.modified_backward`` says which module takes which. A hook returns
+the module's own output, unchanged, from a small autograd function (``autograd_rules``) whose backward is the
+rule's: with relevance ``R = x * dy/dx`` at every tensor (Achtibat et al. 2024,
 ``lxt.efficient``; docs/methods.md §9.1) the rules are:
 
 - element-wise activations (GELU): identity rule, ``R_in = R_out``: gradient ``f(x) / x``.
@@ -26,225 +28,44 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.grad import conv2d_input
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["AttentionRule", "fused_attention", "gamma_conv", "gamma_linear", "lrp_rules"]
+from lightning_vitx.explainers.lrp.autograd_rules import (
+    Scaling,
+    gamma_conv,
+    gamma_linear,
+    identity_rule,
+    layer_norm_rule,
+    scale_gradient,
+)
 
-AttentionRule = Literal["attnlrp", "cp"]
+if TYPE_CHECKING:
+    from lightning_vitx.explainers.lrp.composites import Composite
 
-EPSILON = 1e-6  # zennit's stabiliser of the gamma rule's denominators: d + epsilon * sign(d)
+__all__ = [
+    "GRADIENT",
+    "AttentionRule",
+    "AttentionRuleName",
+    "GammaRule",
+    "GradientRule",
+    "IdentityRule",
+    "LayerNormRule",
+    "fused_attention",
+    "lrp_rules",
+]
 
-
-def _gamma_factors(z: Tensor, magnitude: Tensor, grad: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
-    """``(|z| g / D, z g / D)`` of the gamma rule's gradient (``_GammaLinear``); ``magnitude`` is overwritten.
-
-    ``magnitude`` comes in as ``|x| |W|^T + |b| + 2 epsilon / gamma`` and becomes the denominator ``D`` (scaled by
-    ``2 / gamma``); the two factors are the weights of ``W`` and of ``sign(x) |W|`` in the gradient.
-    """
-    magnitude_z = z.abs()
-    denominator = magnitude.add_(magnitude_z, alpha=1 + 2 / gamma)
-    ratio = torch.div(grad, denominator, out=denominator)
-    return magnitude_z.mul_(ratio), ratio.mul_(z)
-
-
-def _offset(bias: Tensor | None, gamma: float, like: Tensor) -> Tensor:
-    """``|b| + 2 epsilon / gamma`` per output (the denominator's constant, in units of ``gamma / 2``)."""
-    if bias is None:
-        return torch.full(like.shape[:1], 2 * EPSILON / gamma, dtype=like.dtype, device=like.device)
-    return bias.abs().add_(2 * EPSILON / gamma)
-
-
-class _GammaLinear(torch.autograd.Function):
-    """Forward: the stock output ``z`` as it is; backward: the gamma rule's gradient at ``x``.
-
-    With ``p = x+ W+^T + x- W-^T = (z0 + |x| |W|^T) / 2`` (``z0 = z - b``), both of the rule's denominators, ``z +
-    g (p + b+)`` where ``z > 0`` and ``z + g (z0 - p + b-)`` where ``z < 0``, are ``sign(z) D`` with ``D = (1 + g/2)
-    |z| + (g/2) (|x| |W|^T + |b|)`` (plus the stabiliser ``epsilon``; ``D > 0``), and the rule's gradient
-    ``(z > 0) g/D_up (W + g [x>0] W+ + g [x<0] W-) + (z < 0) g/D_down (W + g [x>0] W- + g [x<0] W+)`` is ``(1 + g/2)
-    (|z| g / D) W + (g/2) sign(x) (z g / D) |W|`` (nothing where ``z = 0``, as in the rule's two masks): one extra
-    matmul in the forward direction and two back. ``_Scaling``'s factors fold into the weights and ``addmm``.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, rule: _Scaling) -> Tensor:
-        ctx.save_for_backward(x.detach(), z, weight)
-        ctx.bias, ctx.rule = None if bias is None else bias.detach(), rule
-        return z
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
-        x, z, weight = ctx.saved_tensors
-        bias, rule = ctx.bias, ctx.rule
-        if rule.outputs is not None:  # the other outputs' gradient is zero: leave them out
-            z, grad, weight = z[..., rule.outputs], grad[..., rule.outputs], weight[rule.outputs]
-            bias = None if bias is None else bias[rule.outputs]
-        gamma = rule.gamma
-        magnitude = weight.abs()
-        flat_x = x.reshape(-1, x.shape[-1])
-        denominator = F.linear(flat_x.abs(), magnitude, _offset(bias, gamma, weight))
-        factor, signed = _gamma_factors(
-            z.reshape(denominator.shape), denominator, grad.reshape(denominator.shape), gamma
-        )
-        if rule.rows is not None:  # a gradient scale per output, folded into the weights
-            weight, magnitude = weight * rule.rows[:, None], magnitude.mul_(rule.rows[:, None])
-        grad_x = (signed @ magnitude).mul_(flat_x.sign())
-        grad_x = grad_x.addmm_(factor, weight, beta=rule.scale, alpha=rule.scale * (1 + 2 / gamma))
-        return grad_x.reshape(x.shape), None, None, None, None
-
-
-class _GammaConv(torch.autograd.Function):
-    """``_GammaLinear`` for a convolution (``|x| |W|^T``: ``|x|`` convolved with ``|W|``; ``@ W``: the transpose)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, gamma: float, geometry: _Geometry
-    ) -> Tensor:
-        ctx.save_for_backward(x.detach(), z, weight)
-        ctx.bias, ctx.gamma, ctx.geometry = None if bias is None else bias.detach(), gamma, geometry
-        return z
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None, None]:
-        x, z, weight = ctx.saved_tensors
-        gamma, geometry = ctx.gamma, ctx.geometry
-        magnitude = weight.abs()
-        denominator = F.conv2d(x.abs(), magnitude, _offset(ctx.bias, gamma, weight), *geometry)
-        factor, signed = _gamma_factors(z, denominator, grad, gamma)
-        grad_x = _conv_input(signed, magnitude, x.shape, geometry).mul_(x.sign())
-        grad_x = grad_x.add_(_conv_input(factor, weight, x.shape, geometry), alpha=1 + 2 / gamma)
-        return grad_x, None, None, None, None, None
-
-
-_Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]  # stride, padding, dilation, groups
-
-
-def _conv_input(grad: Tensor, weight: Tensor, shape: torch.Size, geometry: _Geometry) -> Tensor:
-    """The gradient at a convolution's input ``[B, C, H, W]``: its transpose applied to ``grad``.
-
-    A patchifying convolution (stride = kernel, no padding, dilation or groups) as a matmul and a reshape, which
-    on the CPU is a few times faster than the general transposed convolution.
-    """
-    stride, padding, dilation, groups = geometry
-    kernel = (weight.shape[-2], weight.shape[-1])
-    if stride != kernel or padding != (0, 0) or dilation != (1, 1) or groups != 1:
-        return conv2d_input(shape, weight, grad, stride, padding, dilation, groups)
-    batch, _, rows, columns = grad.shape
-    patches = grad.flatten(2).transpose(1, 2) @ weight.flatten(1)  # [B, rows * columns, C kh kw]
-    patches = patches.reshape(batch, rows, columns, shape[1], *kernel).permute(0, 3, 1, 4, 2, 5)
-    image = patches.reshape(batch, shape[1], rows * kernel[0], columns * kernel[1])
-    return F.pad(image, (0, shape[-1] - image.shape[-1], 0, shape[-2] - image.shape[-2]))  # a remainder: no gradient
-
-
-class _Scaling:
-    """What a Linear's gamma rule needs besides the layer: ``gamma``, the uniform rules' gradient scales folded in.
-
-    ``scale`` multiplies the gradient at the input (AttnLRP's half at the heads' output), ``rows`` the gradient at
-    each output (its half at ``q`` and ``k``), and ``outputs``, where given, are the only outputs with a gradient
-    (CP-LRP's values).
-    """
-
-    def __init__(
-        self, gamma: float, scale: float = 1.0, rows: Tensor | None = None, outputs: slice | None = None
-    ) -> None:
-        self.gamma, self.scale, self.rows, self.outputs = gamma, scale, rows, outputs
-
-
-def gamma_linear(
-    x: Tensor,
-    z: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    gamma: float,
-    scale: float = 1.0,
-    rows: Tensor | None = None,
-    outputs: slice | None = None,
-) -> Tensor:
-    """``z = F.linear(x, weight, bias)`` as it is, with the gamma rule's gradient (``gamma > 0``; module docstring).
-
-    Args:
-        x: the layer's input ``[..., in]``.
-        z: its output ``[..., out]``.
-        weight: ``[out, in]``.
-        bias: ``[out]`` or ``None``.
-        gamma: the rule's ``gamma``.
-        scale: a factor on the gradient at ``x``.
-        rows: a factor ``[out]`` on the gradient at ``z`` (or ``None``).
-        outputs: the outputs whose gradient the rule reads, the others' being zero (``None``: all).
-    """
-    rule = _Scaling(gamma, scale, rows, outputs)
-    return cast(Tensor, _GammaLinear.apply(x, z.detach(), weight.detach(), bias, rule))
-
-
-def gamma_conv(x: Tensor, z: Tensor, conv: nn.Conv2d, gamma: float) -> Tensor:
-    """``z = conv(x)`` as it is, with the gamma rule's gradient (``gamma > 0``; numeric zero padding only)."""
-    geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
-    return cast(Tensor, _GammaConv.apply(x, z.detach(), conv.weight.detach(), conv.bias, gamma, geometry))
-
-
-class _Identity(torch.autograd.Function):
-    """Forward: ``f(x)`` as it is; backward: ``g f(x) / x`` (0 where ``x`` is 0), the identity rule."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, output: Tensor) -> Tensor:
-        ctx.save_for_backward(x.detach(), output)
-        return output
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        x, output = ctx.saved_tensors
-        return (grad * output).div_(x).masked_fill_(x == 0, 0.0), None
-
-
-class _LayerNorm(torch.autograd.Function):
-    """Forward: the LayerNorm's output as it is; backward: the LayerNorm's with its standard deviation constant.
-
-    The bias gets its plain gradient (it absorbs relevance, like any other bias); the weight, which multiplies,
-    none (keeping its gradient's input would cost the pass a tensor per LayerNorm that nothing reads).
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: Tensor, output: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, dims: int
-    ) -> Tensor:
-        axes = tuple(range(-dims, 0))
-        centred = x.detach() - x.detach().mean(dim=axes, keepdim=True)
-        ctx.save_for_backward(centred.square_().mean(dim=axes, keepdim=True).add_(eps).sqrt_())
-        ctx.weight, ctx.axes = None if weight is None else weight.detach(), axes
-        return output
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        (std,) = ctx.saved_tensors
-        axes, weight = ctx.axes, ctx.weight
-        grad_bias = grad.sum(dim=tuple(range(grad.ndim - len(axes)))) if ctx.needs_input_grad[3] else None
-        scaled = grad * weight if weight is not None else grad.clone()
-        grad_x = scaled.sub_(scaled.mean(dim=axes, keepdim=True)).div_(std)
-        return grad_x, None, None, grad_bias, None, None
-
-
-class _ScaleGradient(torch.autograd.Function):
-    """Forward: ``x`` as it is; backward: the gradient times ``scale`` (a number or a broadcastable tensor)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: float | Tensor) -> Tensor:
-        ctx.scale = scale
-        return x
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad * ctx.scale, None
+AttentionRuleName = Literal["attnlrp", "cp"]
 
 
 Hook = Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]
 
 
-def _linear_hook(rule: _Scaling) -> Hook:
+def _linear_hook(rule: Scaling) -> Hook:
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
         linear = cast(nn.Linear, module)
         return gamma_linear(
@@ -262,13 +83,11 @@ def _conv_hook(gamma: float) -> Hook:
 
 
 def _identity_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-    return cast(Tensor, _Identity.apply(inputs[0], output.detach()))
+    return identity_rule(inputs[0], output)
 
 
 def _layer_norm_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-    norm = cast(nn.LayerNorm, module)
-    dims = len(norm.normalized_shape)
-    return cast(Tensor, _LayerNorm.apply(inputs[0], output.detach(), norm.weight, norm.bias, norm.eps, dims))
+    return layer_norm_rule(inputs[0], output, cast(nn.LayerNorm, module))
 
 
 def _detach_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
@@ -277,13 +96,13 @@ def _detach_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) 
 
 def _scale_hook(scale: float | Tensor) -> Hook:
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-        return cast(Tensor, _ScaleGradient.apply(output, scale))
+        return scale_gradient(output, scale)
 
     return hook
 
 
 def _halve_pre_hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    return (cast(Tensor, _ScaleGradient.apply(inputs[0], 0.5)), *inputs[1:])  # uniform rule on A v
+    return (scale_gradient(inputs[0], 0.5), *inputs[1:])  # uniform rule on A v
 
 
 def _query_key_halves(qkv: nn.Linear) -> Tensor:
@@ -311,50 +130,112 @@ def fused_attention(attention: list[nn.Module]) -> Iterator[None]:
             cast(Any, module).fused_attn = flag
 
 
-@contextlib.contextmanager
-def lrp_rules(
-    model: nn.Module, attention: list[nn.Module], attention_rule: AttentionRule, gamma: float, conv_gamma: float
-) -> Iterator[None]:
-    """Forward hooks that give the model's backward the rules of the module docstring; all removed on exit.
+# --- the rules as objects: each installs its hooks on one module ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GradientRule:
+    """The plain gradient (residual sums, pooling, reshapes, windows, dropout, containers): no hook."""
+
+    def install(self, module: nn.Module) -> list[RemovableHandle]:
+        return []
+
+
+GRADIENT = GradientRule()
+
+
+@dataclass(frozen=True)
+class GammaRule:
+    """The generalised gamma rule on a Linear layer or a convolution (``gamma = 0``: epsilon, the plain gradient).
 
     Args:
-        model: the model; its ``nn.Linear``, ``nn.Conv2d``, ``nn.LayerNorm`` modules and its MLPs' activations get
-            their rules.
-        attention: the attention modules (each with a ``qkv`` Linear whose output is ``[q | k | v]``, an
-            ``attn_drop`` module that reads the attention probabilities and a ``proj`` Linear that reads the heads'
-            output).
-        attention_rule: ``"attnlrp"`` or ``"cp"``.
-        gamma: the gamma of the Linear layers' rule.
-        conv_gamma: the gamma of the convolutions' rule.
+        gamma: the rule's ``gamma`` (>= 0).
     """
-    qkvs = {cast(nn.Linear, module.qkv): module for module in attention}
-    projections = {cast(nn.Linear, module.proj) for module in attention}
+
+    gamma: float
+
+    def install(self, module: nn.Module) -> list[RemovableHandle]:
+        if self.gamma == 0:
+            return []
+        if isinstance(module, nn.Conv2d):
+            return [module.register_forward_hook(_conv_hook(self.gamma))]
+        return [module.register_forward_hook(_linear_hook(Scaling(self.gamma)))]
+
+    def refuses(self, conv: nn.Module) -> str | None:
+        """Why the rule does not hold for ``conv`` (gamma needs numeric zero padding), or ``None``."""
+        conv = cast(nn.Conv2d, conv)
+        if self.gamma != 0 and (conv.padding_mode != "zeros" or isinstance(conv.padding, str)):
+            return (
+                f"the gamma rule needs numeric zero padding, got padding {conv.padding!r}, padding_mode "
+                f"{conv.padding_mode!r} (use conv_gamma=0)"
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class IdentityRule:
+    """The identity rule through an MLP's element-wise activation (the module's ``act``): ``R_in = R_out``."""
+
+    def install(self, module: nn.Module) -> list[RemovableHandle]:
+        return [cast(nn.Module, module.act).register_forward_hook(_identity_hook)]
+
+
+@dataclass(frozen=True)
+class LayerNormRule:
+    """A LayerNorm with its standard deviation held constant (``_LayerNorm``)."""
+
+    def install(self, module: nn.Module) -> list[RemovableHandle]:
+        return [module.register_forward_hook(_layer_norm_hook)]
+
+
+@dataclass(frozen=True)
+class AttentionRule:
+    """The attention module's rules, on its ``qkv`` and ``proj`` Linear layers (and ``attn_drop`` for CP-LRP).
+
+    ``"attnlrp"``: the uniform rule on ``A v`` and ``q k^T`` (halves folded into the gamma rule's gradient, or
+    scaling hooks when ``gamma = 0``); ``"cp"``: the attention probabilities detached, the values alone carry
+    relevance.
+
+    Args:
+        kind: ``"attnlrp"`` or ``"cp"``.
+        gamma: the gamma rule's ``gamma`` on ``qkv`` and ``proj``.
+    """
+
+    kind: AttentionRuleName
+    gamma: float
+
+    def install(self, module: nn.Module) -> list[RemovableHandle]:
+        qkv, proj = cast(nn.Linear, module.qkv), cast(nn.Linear, module.proj)
+        if self.kind == "cp":
+            handles = [cast(nn.Module, module.attn_drop).register_forward_hook(_detach_hook)]
+            if self.gamma != 0:
+                values = slice(2 * qkv.out_features // 3, qkv.out_features)
+                handles.append(qkv.register_forward_hook(_linear_hook(Scaling(self.gamma, outputs=values))))
+                handles.append(proj.register_forward_hook(_linear_hook(Scaling(self.gamma))))
+            return handles
+        if self.gamma == 0:
+            return [
+                qkv.register_forward_hook(_scale_hook(_query_key_halves(qkv))),
+                proj.register_forward_pre_hook(_halve_pre_hook),
+            ]
+        return [
+            qkv.register_forward_hook(_linear_hook(Scaling(self.gamma, rows=_query_key_halves(qkv)))),
+            proj.register_forward_hook(_linear_hook(Scaling(self.gamma, scale=0.5))),
+        ]
+
+
+@contextlib.contextmanager
+def lrp_rules(model: nn.Module, composite: Composite) -> Iterator[None]:
+    """Forward hooks that give the model's backward the rules of ``composite`` (``composites.modified_backward``).
+
+    Every module not claimed by a parent's entry installs its own entry's rule; all hooks are removed on exit.
+    """
+    claimed = composite.claimed(model)
     handles: list[RemovableHandle] = []
     try:
         for module in model.modules():
-            if isinstance(module, nn.Linear) and gamma != 0:
-                rule = _Scaling(gamma)
-                if module in qkvs and attention_rule == "cp":
-                    rule.outputs = slice(2 * module.out_features // 3, module.out_features)  # the values only
-                elif module in qkvs:
-                    rule.rows = _query_key_halves(module)
-                elif module in projections and attention_rule == "attnlrp":
-                    rule.scale = 0.5
-                handles.append(module.register_forward_hook(_linear_hook(rule)))
-            elif isinstance(module, nn.Conv2d) and conv_gamma != 0:
-                handles.append(module.register_forward_hook(_conv_hook(conv_gamma)))
-            elif isinstance(module, nn.LayerNorm):
-                handles.append(module.register_forward_hook(_layer_norm_hook))
-            act = getattr(module, "act", None)
-            if isinstance(getattr(module, "fc1", None), nn.Linear) and isinstance(act, nn.Module):
-                handles.append(act.register_forward_hook(_identity_hook))  # an MLP's activation
-        for module in attention:
-            if attention_rule == "cp":
-                handles.append(cast(nn.Module, module.attn_drop).register_forward_hook(_detach_hook))
-            elif gamma == 0:  # with gamma, the gamma rule's backward carries these factors
-                qkv = cast(nn.Linear, module.qkv)
-                handles.append(qkv.register_forward_hook(_scale_hook(_query_key_halves(qkv))))
-                handles.append(cast(nn.Module, module.proj).register_forward_pre_hook(_halve_pre_hook))
+            if id(module) not in claimed:
+                handles.extend(composite.rule(module).install(module))
         yield
     finally:
         for handle in handles:

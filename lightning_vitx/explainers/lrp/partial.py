@@ -1,11 +1,11 @@
 """Partial LRP (Voita et al. 2019), the baseline of Chefer et al. 2021: LRP relevance of the last attention map.
 
 The relevance of the target logit is carried down to the last block's attention probabilities by the pass of
-``relevance`` with the LRP baseline rules of Chefer et al.'s code (``rules.BASELINE``: ``modules/layers_lrp.py``,
-``baselines/ViT/ViT_orig_LRP.py``, ``generate_LRP(method="last_layer")``; docs/methods.md §3.4); the map is that
-relevance's positive part, averaged over heads, at the readout row and the patch columns. On Swin the last block's
-relevance is windowed (``[B, windows, w, w]``), read with the readout row as ``raw_attention`` reads its attention,
-and spread from the last stage's grid to the first's; Swin's rules are listed in ``relevance``.
+``relevance`` with the LRP baseline rules of Chefer et al.'s code (``composites.explicit("baseline")``:
+``modules/layers_lrp.py``, ``baselines/ViT/ViT_orig_LRP.py``, ``generate_LRP(method="last_layer")``; docs/methods.md
+§3.4); the map is that relevance's positive part, averaged over heads, at the readout row and the patch columns. On Swin
+the last block's relevance is windowed (``[B, windows, w, w]``), read with the readout row as ``raw_attention`` reads
+its attention, and spread from the last stage's grid to the first's; Swin's rules are listed in ``relevance``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from lightning_vitx.adapters.base import TokenLayout
 from lightning_vitx.adapters.geometry import AttentionGeometry
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.lrp.passes import BaselinePass
-from lightning_vitx.explainers.lrp.relevance import BASELINE, Record, attention_relevances
+from lightning_vitx.explainers.lrp.relevance import Record, attention_relevances
 
 __all__ = ["PartialLRP"]
 
@@ -65,7 +65,9 @@ class PartialLRP(BaselinePass):
     def read(
         self, record: Record, relevance: Tensor, layout: TokenLayout, geometries: list[AttentionGeometry]
     ) -> Tensor:
-        (attention_relevance,), _ = attention_relevances(record, relevance, BASELINE, lowest=len(record.blocks) - 1)
+        (attention_relevance,), _ = attention_relevances(
+            record, relevance, self.composite, lowest=len(record.blocks) - 1
+        )
         geometry, batch = geometries[-1], relevance.shape[0]
         fused = geometry.fold(attention_relevance.clamp(min=0), batch).mean(dim=1)  # [B, N, N] or [B, windows, w, w]
         weights = layout.readout_weights(batch, device=relevance.device, grid_size=geometry.grid_size)

@@ -1,10 +1,11 @@
 """One LRP relevance pass over timm's ViT ``Block`` and Swin's ``SwinTransformerBlock``, for the LRP explainers.
 
-A forward pass with hooks records what the rules (``rules``, re-exported here) read: each sublayer's input, the
-``qkv`` output (and ViT's ``q``, ``k``), the attention probabilities ``A``, the two residual branches, Swin's patch
-merging; then the relevance of a target logit is carried down the blocks. The head: a Linear rule, then LRP-0
-through the class-token selection (ViT, DeiT) or through the mean over the patch tokens (``global_pool='avg'``,
-``mean_rule``); ``fc_norm``, the final norm and every other LayerNorm pass relevance unchanged.
+A forward pass with hooks records what the rules (``rules``, looked up in a ``composites.Composite``) read: each
+sublayer's input, the ``qkv`` output (and ViT's ``q``, ``k``), the attention probabilities ``A``, the two residual
+branches, Swin's patch merging; then the relevance of a target logit is carried down the blocks. The head: a Linear
+rule, then LRP-0 through the class-token selection (ViT, DeiT) or through the mean over the patch tokens
+(``global_pool='avg'``, ``EndsRule.mean``); ``fc_norm``, the final norm and every other LayerNorm pass relevance
+unchanged.
 
 Swin has no public Chefer-style implementation; the rules are local to each operation, so it takes these:
 
@@ -12,7 +13,7 @@ Swin has no public Chefer-style implementation; the rules are local to each oper
   ``from_windows``) and patch merging's 2x2 gather are permutations or selections: relevance passes through them.
   Relevance that reaches a padding token is dropped: timm pads with zeros after ``norm1``, and those tokens are
   keys and queries inside their windows; patch merging pads odd grids with zeros that its LayerNorm makes nonzero.
-  On padded grids the ``CHEFER`` rules therefore conserve relevance only up to what the padding takes.
+  On padded grids the method's rules therefore conserve relevance only up to what the padding takes.
 - The attention scores are ``q k^T * scale + relative position bias (+ shift mask)``. The bias and mask are treated
   like the Linear biases the rules ignore: all of the softmax input's relevance goes to the ``q k^T`` product (whose
   rule, as the authors', ignores the scale); ``q``, ``k`` are read from the ``qkv`` output.
@@ -31,43 +32,24 @@ from torch import Tensor, nn
 
 from lightning_vitx.adapters import check_attention_recorded, detect
 from lightning_vitx.adapters.geometry import WindowedAttention
-from lightning_vitx.explainers.lrp.rules import (
-    BASELINE,
-    CHEFER,
-    Rules,
-    add_rule,
-    fork_rule,
-    linear_rule,
-    matmul_rule,
-    mean_rule,
-    safe_divide,
-)
+from lightning_vitx.explainers.lrp.composites import Composite
+from lightning_vitx.explainers.lrp.rules import EndsRule, Head, LinearRule, ProductRule, ResidualRule
 
 __all__ = [
-    "BASELINE",
-    "CHEFER",
-    "Head",
     "Record",
-    "Rules",
-    "add_rule",
     "attention_relevances",
     "block_relevance",
-    "fork_rule",
-    "linear_rule",
-    "matmul_rule",
     "merging_relevance",
     "recording",
-    "safe_divide",
     "top_relevance",
 ]
-
-Head = tuple[nn.Linear, int | None]  # a classifier head and the token row it reads; None: the mean of the patch tokens
 
 
 @dataclass
 class Record:
     """What the rules read, recorded in the forward pass; ``blocks[l]["attention"]`` keeps its graph."""
 
+    model: nn.Module
     blocks: list[dict[str, Tensor]]  # per block: each sublayer's input, q, k, the qkv output, the branches
     heads: list[dict[str, Tensor]]  # per classifier head: its "input" and "output"
     modules: list[nn.Module] = field(default_factory=list)  # the blocks, in order
@@ -84,6 +66,7 @@ def recording(model: Any, heads: list[Head]) -> Iterator[Record]:
     """Forward hooks that fill a ``Record``; all removed on exit."""
     blocks: list[Any] = detect(model).blocks()
     record = Record(
+        model=model,
         blocks=[{} for _ in blocks],
         heads=[{} for _ in heads],
         modules=blocks,
@@ -166,15 +149,16 @@ def _from_windows(geometry: WindowedAttention, x: Tensor, batch: int) -> Tensor:
     return geometry.from_windows(per_channel).reshape(batch, channels, -1).transpose(1, 2)
 
 
-def _linear(linear: Any, record: dict[str, Tensor], key: str, relevance: Tensor, joint: bool) -> Tensor:
-    """The Linear rule through the layer recorded as ``key`` (its input ``<key>_input``, its output ``<key>``)."""
-    return linear_rule(relevance, record[f"{key}_input"], linear.weight, joint, record[key], linear.bias)
+def _linear(composite: Composite, linear: Any, record: dict[str, Tensor], key: str, relevance: Tensor) -> Tensor:
+    """The Linear's rule through the layer recorded as ``key`` (its input ``<key>_input``, its output ``<key>``)."""
+    rule: LinearRule = composite.rule(linear)
+    return rule(relevance, record[f"{key}_input"], linear.weight, record[key], linear.bias)
 
 
 MLP_CHUNK_ELEMENTS = 1 << 20  # the MLP rules run on token rows in chunks of about this many hidden-width elements
 
 
-def _mlp_relevance(mlp: Any, record: dict[str, Tensor], relevance: Tensor, joint: bool) -> Tensor:
+def _mlp_relevance(composite: Composite, mlp: Any, record: dict[str, Tensor], relevance: Tensor) -> Tensor:
     """The Linear rules through ``fc2`` then ``fc1``, on chunks of token rows: ``[B, N, D]`` -> ``[B, N, D]``.
 
     The rules act on each row alone, so chunking changes nothing but the size of the temporaries at the hidden
@@ -188,13 +172,13 @@ def _mlp_relevance(mlp: Any, record: dict[str, Tensor], relevance: Tensor, joint
     relevance, out = relevance.reshape(rows, width), torch.empty_like(flat["fc1_input"])
     for start in range(0, rows, step):
         part = {key: value[start : start + step] for key, value in flat.items()}
-        hidden = _linear(mlp.fc2, part, "fc2", relevance[start : start + step], joint)
-        out[start : start + step] = _linear(mlp.fc1, part, "fc1", hidden, joint)
+        hidden = _linear(composite, mlp.fc2, part, "fc2", relevance[start : start + step])
+        out[start : start + step] = _linear(composite, mlp.fc1, part, "fc1", hidden)
     return out.reshape(record["fc1_input"].shape)
 
 
 def block_relevance(
-    block: Any, recorded: dict[str, Tensor], relevance: Tensor, below: bool, rules: Rules = CHEFER
+    block: Any, recorded: dict[str, Tensor], relevance: Tensor, below: bool, composite: Composite
 ) -> tuple[Tensor, Tensor | None]:
     """Relevance ``[B, N, D]`` at a block's output -> (``R^(A)``, relevance ``[B, N, D]`` at its input).
 
@@ -203,17 +187,18 @@ def block_relevance(
     """
     record = {key: value.detach().float() for key, value in recorded.items()}
     attn = block.attn
-    joint, renormalise = rules.joint_linear, rules.renormalised_add
+    residual_rule: ResidualRule = composite.rule(block)
+    product: ProductRule = composite.rule(attn)
     # each residual add's output is recorded: the block's output, and norm2's input (``mid``)
     output = record["output"].flatten(1, -2)
-    residual, branch = add_rule(relevance, record["mid"], record["mlp_branch"], renormalise, total=output)
-    relevance = fork_rule(residual, _mlp_relevance(block.mlp, record, branch, joint), record["mid"])
+    residual, branch = residual_rule.split(relevance, record["mid"], record["mlp_branch"], total=output)
+    relevance = residual_rule.fork(residual, _mlp_relevance(composite, block.mlp, record, branch), record["mid"])
 
     inputs, windows = record["input"].flatten(1, -2), windows_of(block, record["input"])
-    residual, branch = add_rule(relevance, inputs, record["attn_branch"].flatten(1, -2), renormalise, record["mid"])
+    residual, branch = residual_rule.split(relevance, inputs, record["attn_branch"].flatten(1, -2), record["mid"])
     if windows is not None:
         branch = _to_windows(windows, branch)
-    branch = _linear(attn.proj, record, "proj", branch, joint)
+    branch = _linear(composite, attn.proj, record, "proj", branch)
     heads = int(attn.num_heads)
     head_dim = branch.shape[-1] // heads
     branch = branch.unflatten(-1, (heads, head_dim)).transpose(1, 2)  # [rows, heads, n, head_dim]
@@ -222,11 +207,11 @@ def block_relevance(
     heads_output = None
     if isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity):
         heads_output = record["proj_input"].unflatten(-1, (heads, head_dim)).transpose(1, 2)
-    attention_relevance, value_relevance = matmul_rule(branch, record["attention"], qkv[2], heads_output)
+    attention_relevance, value_relevance = product(branch, record["attention"], qkv[2], heads_output)
     if not below:
         return attention_relevance, None
     q, k = record.get("q", qkv[0]), record.get("k", qkv[1])
-    query_relevance, key_relevance = matmul_rule(attention_relevance, q, k.transpose(-2, -1))
+    query_relevance, key_relevance = product(attention_relevance, q, k.transpose(-2, -1))
     branch = torch.empty_like(record["qkv"])  # [rows, n, 3 * heads * head_dim], the qkv output's layout
     for part, part_relevance in zip(
         branch.unflatten(-1, (3, heads, head_dim)).permute(2, 0, 3, 1, 4),
@@ -234,13 +219,13 @@ def block_relevance(
         strict=True,
     ):
         part.copy_(part_relevance)
-    branch = _linear(attn.qkv, record, "qkv", branch, joint)
+    branch = _linear(composite, attn.qkv, record, "qkv", branch)
     if windows is not None:
         branch = _from_windows(windows, branch, inputs.shape[0])
-    return attention_relevance, fork_rule(residual, branch, inputs)
+    return attention_relevance, residual_rule.fork(residual, branch, inputs)
 
 
-def merging_relevance(merging: Any, recorded: dict[str, Tensor], relevance: Tensor, rules: Rules = CHEFER) -> Tensor:
+def merging_relevance(merging: Any, recorded: dict[str, Tensor], relevance: Tensor, composite: Composite) -> Tensor:
     """Relevance ``[B, H/2 * W/2, 2C]`` at a patch merging's output -> ``[B, H * W, C]`` at its input.
 
     The Linear rule through ``reduction``; its LayerNorm passes relevance; the 2x2 gather is undone (timm's order of
@@ -249,16 +234,15 @@ def merging_relevance(merging: Any, recorded: dict[str, Tensor], relevance: Tens
     """
     gathered = recorded["reduction_input"].detach().float()  # [B, H/2, W/2, 4C]
     batch, height, width, channels = recorded["input"].shape
-    at_gather = linear_rule(
-        relevance.reshape(*gathered.shape[:-1], -1), gathered, merging.reduction.weight, rules.joint_linear
-    )
+    reduction: LinearRule = composite.rule(merging.reduction)
+    at_gather = reduction(relevance.reshape(*gathered.shape[:-1], -1), gathered, merging.reduction.weight)
     grid = at_gather.unflatten(-1, (2, 2, channels)).permute(0, 1, 4, 2, 3, 5)  # [B, H/2, dy, W/2, dx, C]
     grid = grid.reshape(batch, 2 * gathered.shape[1], 2 * gathered.shape[2], channels)[:, :height, :width]
     return grid.reshape(batch, height * width, channels)
 
 
 def attention_relevances(
-    record: Record, relevance: Tensor, rules: Rules, lowest: int = 0, to_input: bool = False
+    record: Record, relevance: Tensor, composite: Composite, lowest: int = 0, to_input: bool = False
 ) -> tuple[list[Tensor], Tensor | None]:
     """From the relevance at the last block's output, down the blocks (and Swin's mergings) to block ``lowest``.
 
@@ -271,7 +255,7 @@ def attention_relevances(
     found: list[Tensor] = []
     for index in reversed(range(lowest, len(record.blocks))):
         below = index > lowest or to_input
-        attention, under = block_relevance(record.modules[index], record.blocks[index], relevance, below, rules)
+        attention, under = block_relevance(record.modules[index], record.blocks[index], relevance, below, composite)
         found.insert(0, attention)
         # release what the block recorded (its input stays for the caller): the next block's temporaries reuse it
         record.blocks[index] = {"input": record.blocks[index]["input"]}
@@ -279,25 +263,27 @@ def attention_relevances(
             relevance = under
         if index > lowest and index in record.merges:
             merging, merged = record.merges.pop(index)
-            relevance = merging_relevance(merging, merged, relevance, rules)
+            relevance = merging_relevance(merging, merged, relevance, composite)
     return found, (relevance if to_input else None)
 
 
-def top_relevance(record: Record, heads: list[Head], target: Tensor, rules: Rules = CHEFER) -> Tensor:
+def top_relevance(record: Record, heads: list[Head], target: Tensor, composite: Composite) -> Tensor:
     """Relevance ``[B, N, D]`` at the last block's output, from a one-hot relevance of 1 at the target logit."""
     if record.tokens is None or any(len(values) != 2 for values in record.heads):
         raise RuntimeError("the forward pass did not run through the model's final norm and classifier head")
+    ends: EndsRule = composite.rule(record.model)
     tokens = record.tokens.detach().float().flatten(1, -2)  # Swin's [B, H, W, D] -> [B, H*W, D]
     outputs = [values["output"].detach().float() for values in record.heads]
     start = torch.nn.functional.one_hot(target, outputs[0].shape[-1]).float()
-    # Distilled DeiT averages two heads: the residual-add rule splits the logit's relevance between them.
-    shares = [start] if len(heads) == 1 else list(add_rule(start, outputs[0], outputs[1], rules.renormalised_add))
+    # Distilled DeiT averages two heads: the residual rule splits the logit's relevance between them.
+    shares = [start] if ends.average is None else list(ends.average.split(start, outputs[0], outputs[1]))
     relevance = torch.zeros_like(tokens)
     prefix = record.num_prefix_tokens
     for (head, row), share, values in zip(heads, shares, record.heads, strict=True):
-        at_head = linear_rule(share, values["input"].detach().float(), head.weight, rules.joint_linear)
+        head_rule: LinearRule = composite.rule(head)
+        at_head = head_rule(share, values["input"].detach().float(), head.weight)
         if row is None:  # the mean over the patch tokens (fc_norm after it passes relevance)
-            relevance[:, prefix:] += mean_rule(at_head, tokens[:, prefix:])
+            relevance[:, prefix:] += ends.mean(at_head, tokens[:, prefix:])
         else:  # token selection
-            relevance[:, row] += tokens[:, row] * safe_divide(at_head, tokens[:, row])
+            relevance[:, row] += ends.select(at_head, tokens[:, row])
     return relevance

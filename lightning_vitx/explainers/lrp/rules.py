@@ -1,21 +1,23 @@
-"""The LRP rules of Chefer et al.'s code, one small function per operation (docs/methods.md §3.2, §3.4).
+"""The explicit engine's LRP rules (Chefer et al.'s code), one small class per operation (docs/methods.md §3.2, §3.4).
 
-``s(a, b) = a / (b + 1e-9)``, 0 where ``b = 0``, is the stabiliser of every rule. Two rule sets: ``CHEFER``
-(``modules/layers_ours.py``, for ``transformer_attribution``) and ``BASELINE`` (``modules/layers_lrp.py``, for the
-paper's LRP baselines). They differ in two rules only:
+Each rule is a frozen dataclass: its parameters are its fields, calling it carries relevance through one operation.
+``composites`` says which rule goes on which timm module; the passes of ``relevance`` look the rules up there.
+``s(a, b) = a / (b + 1e-9)``, 0 where ``b = 0``, is the stabiliser of every rule. The two rule sets of the
+reference differ in two rules only:
 
-- Linear (``alpha = 1``, bias ignored), ``z+ = x+ W+^T``, ``z- = x- W-^T``: ``CHEFER`` divides both sign terms by
-  their sum, ``R_x = x+ (s(R, z+ + z-) W+) + x- (s(R, z+ + z-) W-)``; ``BASELINE`` divides each term by its own
-  part, ``R_x = x+ (s(R, z+) W+) + x- (s(R, z-) W-)`` (each term carries ``R`` on its own, so the sum is not
-  conservative).
-- Residual ``a + b``: LRP-0 split ``R_a = a s(R, a + b)``, ``R_b = b s(R, a + b)``; ``CHEFER`` then rescales each
-  branch to its share ``|sum R_a| / (|sum R_a| + |sum R_b|)`` of the total (sums over one sample), ``BASELINE``
-  keeps the plain split.
+- ``LinearRule`` (``alpha = 1``, bias ignored), ``z+ = x+ W+^T``, ``z- = x- W-^T``: ``joint=True`` (the method's,
+  ``modules/layers_ours.py``) divides both sign terms by their sum, ``R_x = x+ (s(R, z+ + z-) W+) + x- (s(R, z+ +
+  z-) W-)``; ``joint=False`` (the LRP baselines', ``modules/layers_lrp.py``) divides each term by its own part,
+  ``R_x = x+ (s(R, z+) W+) + x- (s(R, z-) W-)`` (each term carries ``R`` on its own: not conservative).
+- ``ResidualRule``, ``a + b``: LRP-0 split ``R_a = a s(R, a + b)``, ``R_b = b s(R, a + b)``; ``renormalise=True``
+  (the method's) rescales each branch to its share ``|sum R_a| / (|sum R_a| + |sum R_b|)`` of the total (sums over
+  one sample), ``renormalise=False`` keeps the plain split. A fork of the residual stream adds its two branches'
+  relevance back (``ResidualRule.fork``).
 
-Shared by both: GELU, LayerNorm, softmax, dropout, layer scale pass relevance unchanged; ``A v`` and ``q k^T`` take
-LRP-0 on both operands, each result halved; a fork of the residual stream adds its two branches' relevance back;
-a token selection or a mean over tokens takes LRP-0; the patch convolution takes the z^B rule bounded by the
-image's minimum and maximum.
+Shared by both: ``PassRule`` (GELU, LayerNorm, softmax, dropout, layer scale pass relevance unchanged);
+``ProductRule`` (``A v`` and ``q k^T``: LRP-0 on both operands, each result halved); ``EndsRule`` (a token
+selection or a mean over tokens takes LRP-0); ``ZBoxRule`` (the patch convolution: z^B, bounded by the image's
+minimum and maximum).
 """
 
 from __future__ import annotations
@@ -27,34 +29,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "BASELINE",
-    "CHEFER",
-    "Rules",
-    "add_rule",
-    "fork_rule",
-    "linear_rule",
-    "matmul_rule",
-    "mean_rule",
+    "EndsRule",
+    "Head",
+    "LinearRule",
+    "PassRule",
+    "ProductRule",
+    "ResidualRule",
+    "ZBoxRule",
     "safe_divide",
-    "zb_conv_rule",
 ]
 
-
-@dataclass(frozen=True)
-class Rules:
-    """A rule set: which variant of the Linear and residual-add rules (module docstring) the pass uses.
-
-    Args:
-        joint_linear: one denominator ``z+ + z-`` for both sign terms of the Linear rule (else one per term).
-        renormalised_add: rescale the residual split to the branches' absolute shares (else plain LRP-0).
-    """
-
-    joint_linear: bool
-    renormalised_add: bool
-
-
-CHEFER = Rules(joint_linear=True, renormalised_add=True)
-BASELINE = Rules(joint_linear=False, renormalised_add=False)
+Head = tuple[nn.Linear, int | None]  # a classifier head and the token row it reads; None: the mean of the patch tokens
 
 
 def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -76,18 +61,34 @@ def _divide_into(numerator: Tensor, denominator: Tensor) -> Tensor:
     return numerator / denominator
 
 
-def linear_rule(
-    relevance: Tensor,
-    x: Tensor,
-    weight: Tensor,
-    joint: bool = True,
-    output: Tensor | None = None,
-    bias: Tensor | None = None,
-) -> Tensor:
-    """Relevance at the input ``x`` of a Linear layer (alpha-beta with alpha 1, beta 0; bias ignored).
+@dataclass(frozen=True)
+class LinearRule:
+    """LRP through a Linear layer (alpha-beta with alpha 1, beta 0; bias ignored).
 
-    ``joint``: one denominator for both sign terms (``CHEFER``), else one per term (``BASELINE``). ``output``: the
-    layer's recorded output ``x W^T + bias`` when the caller has it, which saves one matmul of the joint rule.
+    Args:
+        joint: one denominator ``z+ + z-`` for both sign terms (the method's rule), else one per term (the LRP
+            baselines').
+
+    Example::
+
+        >>> import torch
+        >>> LinearRule()(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 2.0]]), torch.eye(2))
+        tensor([[1., 0.]])
+    """
+
+    joint: bool = True
+
+    def __call__(
+        self, relevance: Tensor, x: Tensor, weight: Tensor, output: Tensor | None = None, bias: Tensor | None = None
+    ) -> Tensor:
+        """Relevance at the input ``x`` from ``relevance`` at the output; ``output`` (``x W^T + bias``) is optional."""
+        return _linear_rule(relevance, x, weight, self.joint, output, bias)
+
+
+def _linear_rule(
+    relevance: Tensor, x: Tensor, weight: Tensor, joint: bool, output: Tensor | None, bias: Tensor | None
+) -> Tensor:
+    """``LinearRule``'s arithmetic; ``output`` (the recorded ``x W^T + bias``, when given) saves a matmul.
 
     The joint rule runs on ``W`` and ``|W|``: with ``z = x W^T`` and ``u = |x| |W|^T``, the denominator is ``z+ + z-
     = (z + u) / 2`` and ``x+ (s W+) + x- (s W-) = (x (s W) + |x| (s |W|)) / 2``: three matmuls (two with ``output``
@@ -156,7 +157,7 @@ def _cancelled_rows(denominator: Tensor, output: Tensor, bias: Tensor | None) ->
 
 
 def _direct_joint_linear_rule(relevance: Tensor, x: Tensor, weight: Tensor) -> Tensor:
-    """``R_x = x+ (s W+) + x- (s W-)``, ``s = s(R, x+ W+^T + x- W-^T)``: the ``CHEFER`` rule as the reference has it."""
+    """``R_x = x+ (s W+) + x- (s W-)``, ``s = s(R, x+ W+^T + x- W-^T)``: the joint rule as the reference has it."""
     w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
     x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
     scaled = safe_divide(relevance, F.linear(x_pos, w_pos) + F.linear(x_neg, w_neg))
@@ -164,7 +165,7 @@ def _direct_joint_linear_rule(relevance: Tensor, x: Tensor, weight: Tensor) -> T
 
 
 def _per_term_linear_rule(relevance: Tensor, x: Tensor, weight: Tensor) -> Tensor:
-    """``R_x = x+ (s(R, z+) W+) + x- (s(R, z-) W-)``, the ``BASELINE`` Linear rule.
+    """``R_x = x+ (s(R, z+) W+) + x- (s(R, z-) W-)``, the per-term (baselines') Linear rule.
 
     No zero mask is needed: where ``z+`` (``z-``) is 0 every product in it is 0, so its finite ``R / 1e-9`` meets
     only zeros on the way back.
@@ -176,65 +177,146 @@ def _per_term_linear_rule(relevance: Tensor, x: Tensor, weight: Tensor) -> Tenso
     return (scaled_pos @ w_pos).mul_(x_pos).addcmul_(scaled_neg @ w_neg, x_neg)
 
 
-def matmul_rule(relevance: Tensor, a: Tensor, b: Tensor, product: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """LRP-0 through ``a @ b`` to both operands, each halved (the attention module's rule for its two products).
+@dataclass(frozen=True)
+class ProductRule:
+    """LRP-0 through a product ``a @ b`` to both operands, each result halved (``A v`` and ``q k^T``).
 
-    ``product``: ``a @ b`` when the caller has it recorded (saves the matmul).
+    Example::
+
+        >>> import torch
+        >>> ProductRule()(torch.tensor([[11.0]]), torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0], [4.0]]))
+        (tensor([[1.5000, 4.0000]]), tensor([[1.5000],
+                [4.0000]]))
     """
-    scaled = safe_divide(relevance, a @ b if product is None else product).mul_(0.5)
-    return (scaled @ b.transpose(-2, -1)).mul_(a), (a.transpose(-2, -1) @ scaled).mul_(b)
+
+    def __call__(self, relevance: Tensor, a: Tensor, b: Tensor, product: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(relevance at ``a``, at ``b``); ``product``: ``a @ b`` when the caller has it recorded (saves the matmul)."""
+        scaled = safe_divide(relevance, a @ b if product is None else product).mul_(0.5)
+        return (scaled @ b.transpose(-2, -1)).mul_(a), (a.transpose(-2, -1) @ scaled).mul_(b)
 
 
-def add_rule(
-    relevance: Tensor, a: Tensor, b: Tensor, renormalise: bool = True, total: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Split the relevance of ``a + b`` between the summands (LRP-0).
+@dataclass(frozen=True)
+class ResidualRule:
+    """LRP through a residual sum ``a + b`` (``split``) and the fork that copied the stream (``fork``).
 
-    ``renormalise``: rescale each part, per sample, to its absolute share of the total (``CHEFER``). ``total``:
-    ``a + b`` when the caller has it recorded.
+    Args:
+        renormalise: rescale each summand's part, per sample, to its absolute share of the total (the method's),
+            else the plain LRP-0 split (the LRP baselines').
+
+    Example::
+
+        >>> import torch
+        >>> ResidualRule(renormalise=False).split(torch.tensor([[2.0]]), torch.tensor([[1.0]]), torch.tensor([[3.0]]))
+        (tensor([[0.5000]]), tensor([[1.5000]]))
     """
-    scaled = safe_divide(relevance, a + b if total is None else total)
-    r_a, r_b = a * scaled, scaled.mul_(b)
-    if not renormalise:
-        return r_a, r_b
-    dims = tuple(range(1, relevance.ndim))
-    sum_a, sum_b = r_a.sum(dims, keepdim=True), r_b.sum(dims, keepdim=True)
-    total_relevance, both = relevance.sum(dims, keepdim=True), sum_a.abs() + sum_b.abs()
-    share_a = safe_divide(sum_a.abs(), both) * total_relevance
-    share_b = safe_divide(sum_b.abs(), both) * total_relevance
-    return r_a.mul_(safe_divide(share_a, sum_a)), r_b.mul_(safe_divide(share_b, sum_b))
+
+    renormalise: bool = True
+
+    def split(self, relevance: Tensor, a: Tensor, b: Tensor, total: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The relevance of ``a + b`` split between ``a`` and ``b``; ``total``: ``a + b`` when recorded."""
+        scaled = safe_divide(relevance, a + b if total is None else total)
+        r_a, r_b = a * scaled, scaled.mul_(b)
+        if not self.renormalise:
+            return r_a, r_b
+        dims = tuple(range(1, relevance.ndim))
+        sum_a, sum_b = r_a.sum(dims, keepdim=True), r_b.sum(dims, keepdim=True)
+        total_relevance, both = relevance.sum(dims, keepdim=True), sum_a.abs() + sum_b.abs()
+        share_a = safe_divide(sum_a.abs(), both) * total_relevance
+        share_b = safe_divide(sum_b.abs(), both) * total_relevance
+        return r_a.mul_(safe_divide(share_a, sum_a)), r_b.mul_(safe_divide(share_b, sum_b))
+
+    @staticmethod
+    def fork(first: Tensor, second: Tensor, x: Tensor) -> Tensor:
+        """Relevance of ``x`` from the two branches it was copied into: ``x s(first + second, x)``."""
+        return torch.add(first, second).mul_(x).div_(_shifted_(x.clone()))  # x = 0 gives 0 / 1e-9: no zero mask
 
 
-def fork_rule(first: Tensor, second: Tensor, x: Tensor) -> Tensor:
-    """Relevance of ``x`` from the two branches it was copied into: ``x s(first + second, x)``."""
-    return torch.add(first, second).mul_(x).div_(_shifted_(x.clone()))  # x = 0 gives 0 / 1e-9: no zero mask needed
+@dataclass(frozen=True)
+class PassRule:
+    """Relevance passes unchanged (element-wise activations, norms, dropout, layer scale, softmax, containers)."""
+
+    def __call__(self, relevance: Tensor) -> Tensor:
+        return relevance
 
 
-def mean_rule(relevance: Tensor, tokens: Tensor) -> Tensor:
-    """LRP-0 through a mean over tokens: ``[B, D]`` relevance of ``mean_j tokens[:, j]`` -> ``[B, N, D]``.
+@dataclass(frozen=True)
+class EndsRule:
+    """The rules at the token sequence's two ends, for the whole model.
 
-    Token ``j`` gets ``x_j s(R, sum_j x_j)`` (the ``1 / N`` of the mean cancels).
+    At the top, LRP-0 from the classifier heads' inputs to the tokens they read (``select`` one token, or ``mean``
+    over tokens); at the bottom, the split of the position embedding's sum ``x + pos``.
+
+    Args:
+        average: the rule that splits the logit between two averaged heads (distilled DeiT); ``None``: one head.
+        position: the rule of the position embedding's sum; ``None``: the model has none (Swin).
+
+    Example::
+
+        >>> import torch
+        >>> tokens = torch.tensor([[[1.0], [3.0]]])  # [B, N, D]
+        >>> EndsRule().mean(torch.tensor([[2.0]]), tokens)
+        tensor([[[0.5000],
+                 [1.5000]]])
     """
-    return tokens * safe_divide(relevance, tokens.sum(dim=1)).unsqueeze(1)
+
+    average: ResidualRule | None = None
+    position: ResidualRule | None = None
+
+    @staticmethod
+    def mean(relevance: Tensor, tokens: Tensor) -> Tensor:
+        """``[B, D]`` relevance of ``mean_j tokens[:, j]`` -> ``[B, N, D]``: token ``j`` gets ``x_j s(R, sum x)``."""
+        return tokens * safe_divide(relevance, tokens.sum(dim=1)).unsqueeze(1)
+
+    @staticmethod
+    def select(relevance: Tensor, token: Tensor) -> Tensor:
+        """``[B, D]`` relevance of one selected token ``[B, D]`` -> its share, LRP-0 (``x s(R, x)``)."""
+        return token * safe_divide(relevance, token)
 
 
-def zb_conv_rule(relevance: Tensor, x: Tensor, conv: nn.Conv2d) -> Tensor:
+@dataclass(frozen=True)
+class ZBoxRule:
     """The z^B rule through a patch convolution (kernel = stride, no padding), bounded by each image's min and max.
 
-    ``relevance``: ``[B, D, gh, gw]`` at the convolution's output; ``x``: its input ``[B, C, H, W]``. With
-    ``L``/``H`` the image's minimum/maximum (one number per image) and ``z = conv(x, W) - conv(L, W+) - conv(H, W-)``
-    (bias ignored; ``z >= 0``), the input gets ``x (s W) - L (s W+) - H (s W-)`` transposed-convolved, ``s =
-    s(R, z)``. Each output's relevance goes to its own patch's pixels, all of it up to the stabiliser.
+    With ``L``/``H`` the image's minimum/maximum (one number per image) and ``z = conv(x, W) - conv(L, W+) -
+    conv(H, W-)`` (bias ignored; ``z >= 0``), the input gets ``x (s W) - L (s W+) - H (s W-)`` transposed-convolved,
+    ``s = s(R, z)``. Each output's relevance goes to its own patch's pixels, all of it up to the stabiliser.
+
+    Example::
+
+        >>> import torch
+        >>> conv = torch.nn.Conv2d(1, 1, (1, 2), stride=(1, 2), bias=False)
+        >>> _ = conv.weight.data.copy_(torch.tensor([[[[1.0, 1.0]]]]))
+        >>> ZBoxRule()(torch.ones(1, 1, 1, 1), torch.tensor([[[[1.0, -1.0]]]]), conv).detach()  # L = -1, H = 1
+        tensor([[[[1., 0.]]]])
     """
-    weight = conv.weight.to(x.dtype)
-    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
-    low = x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x)
-    high = x.amax(dim=(1, 2, 3), keepdim=True).expand_as(x)
-    stride = conv.stride
-    z = F.conv2d(x, weight, stride=stride) - F.conv2d(low, w_pos, stride=stride) - F.conv2d(high, w_neg, stride=stride)
-    scaled = safe_divide(relevance, z)
 
-    def back(w: Tensor) -> Tensor:
-        return F.conv_transpose2d(scaled, w, stride=stride)
+    def __call__(self, relevance: Tensor, x: Tensor, conv: nn.Conv2d) -> Tensor:
+        """``relevance``: ``[B, D, gh, gw]`` at the convolution's output; ``x``: its input ``[B, C, H, W]``."""
+        weight = conv.weight.to(x.dtype)
+        w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+        low = x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x)
+        high = x.amax(dim=(1, 2, 3), keepdim=True).expand_as(x)
+        stride = conv.stride
+        z = F.conv2d(x, weight, stride=stride)
+        z = z - F.conv2d(low, w_pos, stride=stride) - F.conv2d(high, w_neg, stride=stride)
+        scaled = safe_divide(relevance, z)
 
-    return x * back(weight) - low * back(w_pos) - high * back(w_neg)
+        def back(w: Tensor) -> Tensor:
+            return F.conv_transpose2d(scaled, w, stride=stride)
+
+        return x * back(weight) - low * back(w_pos) - high * back(w_neg)
+
+    @staticmethod
+    def refuses(conv: nn.Module) -> str | None:
+        """Why the rule does not cover ``conv`` (it must patchify: stride = kernel, no padding), or ``None``."""
+        if (
+            isinstance(conv, nn.Conv2d)
+            and tuple(conv.kernel_size) == tuple(conv.stride)
+            and tuple(conv.padding) == (0, 0)
+            and tuple(conv.dilation) == (1, 1)
+            and conv.groups == 1
+        ):
+            return None
+        return (
+            f"the z^B rule needs a patch embedding convolution with stride = kernel size and no padding, got {conv!r}"
+        )

@@ -1,10 +1,10 @@
 """Transformer attribution (Chefer, Gur & Wolf 2021): LRP relevance of each attention map, weighted by its gradient.
 
-One forward pass records what the relevance rules read (each sublayer's input, ``q``, ``k``, ``v`` and the
-attention probabilities ``A``); one ``torch.autograd.grad`` gives ``dy_c/dA``; then the relevance pass of
-``relevance`` with the authors' rules (``rules.CHEFER``: ``modules/layers_ours.py``, ``baselines/ViT/ViT_LRP.py``;
-docs/methods.md §3.2) carries the relevance from the target logit down to the lowest block explained, keeping
-``R^(A)`` (the relevance of each block's attention probabilities) on the way.
+One forward pass records what the relevance rules read (each sublayer's input, ``q``, ``k``, ``v`` and the attention
+probabilities ``A``); one ``torch.autograd.grad`` gives ``dy_c/dA``; then the relevance pass of ``relevance`` with the
+authors' rules (``composites.explicit("chefer")``: ``modules/layers_ours.py``, ``baselines/ViT/ViT_LRP.py``;
+docs/methods.md §3.2) carries the relevance from the target logit down to the lowest block explained, keeping ``R^(A)``
+(the relevance of each block's attention probabilities) on the way.
 
 The map is ``w (I + Ā^L) ... (I + Ā^s)`` read at the patch columns, ``Ā = mean_h(clamp(dy_c/dA ⊙ R^(A), min=0))``.
 On Swin each ``Ā`` is the block's windowed ``[B, windows, w, w]`` matrix, carried as ``generic_attention`` carries
@@ -24,9 +24,9 @@ from lightning_vitx.adapters import Target, check_attention_recorded, explaining
 from lightning_vitx.explainers._propagation import propagate_additive
 from lightning_vitx.explainers._registry import ExplainerInfo, register
 from lightning_vitx.explainers.base import Explainer
+from lightning_vitx.explainers.lrp.composites import classifier_heads, explicit
 from lightning_vitx.explainers.lrp.passes import pixel_relevance
-from lightning_vitx.explainers.lrp.relevance import CHEFER, attention_relevances, recording, top_relevance
-from lightning_vitx.explainers.lrp.support import check_supported
+from lightning_vitx.explainers.lrp.relevance import attention_relevances, recording, top_relevance
 
 __all__ = ["TransformerAttribution"]
 
@@ -78,9 +78,12 @@ class TransformerAttribution(Explainer):
         (torch.Size([2, 14, 14]), True, torch.Size([2, 224, 224]))
     """
 
+    composite = explicit("chefer")
+
     def __init__(self, model: nn.Module, start_layer: int = 0) -> None:
         super().__init__(model)
-        self._heads = check_supported(self.model, "transformer_attribution")
+        self.composite.check(self.model, self.info.name)
+        self._heads = classifier_heads(self.model)
         self.start_layer = self._block_index(start_layer, "start_layer")
 
     def __call__(self, images: Tensor, target: Target = None) -> Tensor:
@@ -95,8 +98,8 @@ class TransformerAttribution(Explainer):
             attentions = [block["attention"] for block in record.blocks[self.start_layer :]]
             grads = torch.autograd.grad(logits.float().gather(1, target_ids[:, None]).sum(), attentions)
             with torch.no_grad():
-                relevance = top_relevance(record, self._heads, target_ids, CHEFER)
-                found, _ = attention_relevances(record, relevance, CHEFER, self.start_layer)
+                relevance = top_relevance(record, self._heads, target_ids, self.composite)
+                found, _ = attention_relevances(record, relevance, self.composite, self.start_layer)
                 batch = images.shape[0]
                 fused = [
                     geometry.fold((grad.float() * attention).clamp(min=0), batch).mean(dim=1)
@@ -109,7 +112,7 @@ class TransformerAttribution(Explainer):
     def pixel_relevance(self, images: Tensor, target: Target = None) -> Tensor:
         """Relevance of each input pixel ``[B, H, W]`` (summed over channels), float32, signed; no gradients.
 
-        The authors' rules (``CHEFER``) through every block, whatever ``start_layer``; the position embedding's sum
+        The authors' rules (``composite``) through every block, whatever ``start_layer``; the position embedding's sum
         with their renormalised residual rule, per sample; the patch convolution's z^B rule, bounded by each
         image's minimum and maximum: what the reference's ``generate_LRP(method="full")`` returns on ``ViT_LRP``,
         batched. On Swin (no position embedding) the relevance at the first block's input goes to the convolution.
@@ -118,4 +121,4 @@ class TransformerAttribution(Explainer):
             images: ``[B, 3, H, W]`` as the model takes them.
             target: ``None`` (predicted class), an ``int`` or ``LongTensor[B]``.
         """
-        return pixel_relevance(self, self._heads, images, target, CHEFER)
+        return pixel_relevance(self, self._heads, images, target, self.composite)

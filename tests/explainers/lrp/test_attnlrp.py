@@ -1,6 +1,8 @@
-"""AttnLRP / CP-LRP: against an explicit per-image LRP oracle, conservation, and the model left as found."""
+"""AttnLRP / CP-LRP: against the explicit per-image LRP oracle (oracle.py), conservation, the model as found."""
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -9,7 +11,12 @@ import torch.nn.functional as F
 
 import lightning_vitx.explainers as X
 from lightning_vitx.adapters import detect, explaining
-from lightning_vitx.explainers.lrp.modified_backward import _Identity, _LayerNorm, gamma_conv, gamma_linear, lrp_rules
+from lightning_vitx.explainers.lrp.autograd_rules import gamma_conv, gamma_linear, identity_rule, layer_norm_rule
+from lightning_vitx.explainers.lrp.composites import modified_backward
+from lightning_vitx.explainers.lrp.modified_backward import lrp_rules
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import oracle  # noqa: E402
 
 TINY_SWIN = {"embed_dim": 16, "depths": (2, 2), "num_heads": (2, 2), "window_size": 4, "num_classes": 5}
 
@@ -43,114 +50,7 @@ def images_for(case, batch, tiny_images):
     return tiny_images(batch=batch)
 
 
-# --- an explicit LRP oracle: relevance (not gradient) form, one image at a time, float64 --------------------------
-
-
-def stab(d, eps=1e-6):
-    return d + eps * torch.where(d >= 0, 1.0, -1.0).to(d)
-
-
-def eps_split(relevance, parts):
-    """Epsilon-0 rule through a sum: each summand gets its share ``part * R / sum``."""
-    total = sum(parts)
-    return [part * relevance / total for part in parts]
-
-
-def oracle_gamma(relevance, x, weight, bias, gamma):
-    """zennit's generalised Gamma rule, written out; gamma 0: the epsilon-0 rule with the bias keeping its share."""
-    z = x @ weight.T + bias
-    if gamma == 0:
-        return x * ((relevance / z) @ weight)
-    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
-    w_up, w_down = weight + gamma * weight.clamp(min=0), weight + gamma * weight.clamp(max=0)
-    b_up, b_down = bias + gamma * bias.clamp(min=0), bias + gamma * bias.clamp(max=0)
-    up = relevance * (z > 0) / stab(x_pos @ w_up.T + x_neg @ w_down.T + b_up)
-    down = relevance * (z < 0) / stab(x_pos @ w_down.T + x_neg @ w_up.T + b_down)
-    return x_pos * (up @ w_up + down @ w_down) + x_neg * (up @ w_down + down @ w_up)
-
-
-def oracle_layer_norm(relevance, x, norm):
-    """Std held constant: y = C x / std * w + b, a linear map of x; the epsilon-0 rule through it."""
-    centring = torch.eye(x.shape[-1], dtype=x.dtype) - 1.0 / x.shape[-1]
-    std = (x.var(dim=-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
-    y = (x @ centring) / std * norm.weight + norm.bias
-    return x * (((relevance / y) * norm.weight / std) @ centring)
-
-
-def oracle_attention(relevance, h, attn, rule, gamma):
-    """R at the attention's output [N, D] -> R at its input h [N, D]."""
-    tokens, width = h.shape
-    heads = attn.num_heads
-    qkv = h @ attn.qkv.weight.T + attn.qkv.bias
-    q, k, v = qkv.reshape(tokens, 3, heads, -1).permute(1, 2, 0, 3)  # [heads, N, d]
-    q = q * attn.scale
-    scores = q @ k.transpose(-2, -1)
-    probs = scores.softmax(dim=-1)
-    heads_out = probs @ v
-    o = heads_out.transpose(0, 1).reshape(tokens, width)
-    r_o = oracle_gamma(relevance, o, attn.proj.weight, attn.proj.bias, gamma)
-    r_o = r_o.reshape(tokens, heads, -1).transpose(0, 1)  # [heads, N, d]
-    if rule == "cp":  # probabilities are constant weights: the epsilon rule to v only
-        r_q = r_k = torch.zeros_like(q)
-        r_v = v * (probs.transpose(-2, -1) @ (r_o / heads_out))
-    else:  # uniform rule on A v, AttnLRP's softmax rule, uniform rule on q k^T
-        share = r_o / (2 * heads_out)
-        r_probs = probs * (share @ v.transpose(-2, -1))
-        r_v = v * (probs.transpose(-2, -1) @ share)
-        r_scores = scores * (r_probs - probs * r_probs.sum(dim=-1, keepdim=True))
-        share = r_scores / (2 * scores)
-        r_q, r_k = q * (share @ k), k * (share.transpose(-2, -1) @ q)
-    r_qkv = torch.stack([r_q, r_k, r_v]).permute(2, 0, 1, 3).reshape(tokens, 3 * width)
-    return oracle_gamma(r_qkv, h, attn.qkv.weight, attn.qkv.bias, gamma)
-
-
-@torch.no_grad()
-def oracle_pixels(model, image, target, rule, gamma, conv_gamma):
-    """Pixel relevance [H, W] of one image for a class-token ViT (DeiT distilled too), every rule written out."""
-    conv = model.patch_embed.proj
-    ph, pw = conv.kernel_size
-    patches = F.unfold(image[None], (ph, pw), stride=(ph, pw))[0].T  # [P, 3 ph pw]
-    weight = conv.weight.flatten(1)
-    embedded = patches @ weight.T + conv.bias
-    prefix = model.num_prefix_tokens
-    x = model._pos_embed(embedded[None])[0]
-    kept = []
-    for block in model.blocks:
-        h1 = block.norm1(x)
-        a = block.attn(h1[None])[0]
-        mid = x + a
-        h2 = block.norm2(mid)
-        f0 = h2 @ block.mlp.fc1.weight.T + block.mlp.fc1.bias
-        f1 = block.mlp.act(f0)
-        m = f1 @ block.mlp.fc2.weight.T + block.mlp.fc2.bias
-        kept.append(dict(x=x, h1=h1, a=a, mid=mid, h2=h2, f0=f0, f1=f1, m=m))
-        x = mid + m
-    final = model.norm(x)
-    classifiers = [model.head] + ([model.head_dist] if getattr(model, "head_dist", None) is not None else [])
-    outputs = [final[row] @ c.weight.T + c.bias for row, c in enumerate(classifiers)]
-    logits = sum(outputs) / len(outputs)
-    torch.testing.assert_close(logits, model(image[None])[0])
-
-    start = torch.zeros_like(logits)
-    start[target] = logits[target]  # Gradient x Input: the logit's own value
-    relevance = torch.zeros_like(final)
-    for row, (share, c) in enumerate(
-        zip(eps_split(start, [o / len(outputs) for o in outputs]), classifiers, strict=True)
-    ):
-        relevance[row] = oracle_gamma(share[None], final[row][None], c.weight, c.bias, gamma)[0]
-    relevance = oracle_layer_norm(relevance, x, model.norm)
-    for block, s in zip(reversed(model.blocks), reversed(kept), strict=True):
-        r_mid, r_m = eps_split(relevance, [s["mid"], s["m"]])
-        r_f = oracle_gamma(r_m, s["f1"], block.mlp.fc2.weight, block.mlp.fc2.bias, gamma)  # identity through GELU
-        r_h2 = oracle_gamma(r_f, s["h2"], block.mlp.fc1.weight, block.mlp.fc1.bias, gamma)
-        relevance = r_mid + oracle_layer_norm(r_h2, s["mid"], block.norm2)
-        r_x, r_a = eps_split(relevance, [s["x"], s["a"]])
-        r_h1 = oracle_attention(r_a, s["h1"], block.attn, rule, gamma)
-        relevance = r_x + oracle_layer_norm(r_h1, s["x"], block.norm1)
-    r_tokens = relevance[prefix:]
-    r_embedded = eps_split(r_tokens, [embedded, kept[0]["x"][prefix:] - embedded])[0]  # position embedding
-    r_patches = oracle_gamma(r_embedded, patches, weight, conv.bias, conv_gamma)  # [P, 3 ph pw]
-    return F.fold(r_patches.T[None], image.shape[-2:], (ph, pw), stride=(ph, pw))[0].sum(dim=0)
+# --- against the explicit oracle (oracle.py: relevance form, one image at a time, float64) ---------------------
 
 
 @pytest.mark.parametrize("case", ["vit", "registers", "deit_distilled"])
@@ -164,7 +64,7 @@ def test_pixel_relevance_equals_the_explicit_oracle(case, rule, gamma, conv_gamm
     maps = explainer(images, target)
     oracle_model = copy.deepcopy(model).double()
     for i in range(len(images)):
-        exact = oracle_pixels(oracle_model, images[i].double(), int(target[i]), rule, gamma, conv_gamma)
+        exact = oracle.attnlrp_pixels(oracle_model, images[i].double(), int(target[i]), rule, gamma, conv_gamma)
         scale = float(exact.abs().max())
         torch.testing.assert_close(pixels[i].double(), exact, rtol=0, atol=1e-4 * scale)
         patch_sums = exact.reshape(4, 8, 4, 8).sum(dim=(1, 3))
@@ -211,7 +111,9 @@ def test_gamma_linear_equals_the_explicit_rule(gamma, scaling):
     out = gamma_linear(x, z, weight, bias, gamma, **options)
     torch.testing.assert_close(out, z, rtol=0, atol=0)
     (grad_x,) = torch.autograd.grad(out, x, grad)
-    expected = at_x * oracle_gamma((z * grad * at_z).reshape(10, 6), x.detach().reshape(10, 7), weight, bias, gamma)
+    expected = at_x * oracle.gamma_rule(
+        (z * grad * at_z).reshape(10, 6), x.detach().reshape(10, 7), weight, bias, gamma
+    )
     torch.testing.assert_close(x.detach() * grad_x, expected.reshape(2, 5, 7), rtol=1e-10, atol=1e-12)
 
 
@@ -232,7 +134,7 @@ def test_gamma_conv_equals_the_explicit_rule(size, kernel, stride, padding):
     (grad_x,) = torch.autograd.grad(out, x, grad)
     patches = F.unfold(x.detach(), kernel, padding=padding, stride=stride).transpose(1, 2)  # [B, L, 3 k k]
     relevance = (z * grad).flatten(2).transpose(1, 2)  # [B, L, 4]
-    r_patches = oracle_gamma(relevance, patches, conv.weight.detach().flatten(1), conv.bias.detach(), 0.25)
+    r_patches = oracle.gamma_rule(relevance, patches, conv.weight.detach().flatten(1), conv.bias.detach(), 0.25)
     expected = F.fold(r_patches.transpose(1, 2), (size, size), kernel, padding=padding, stride=stride)
     torch.testing.assert_close(x.detach() * grad_x, expected, rtol=1e-10, atol=1e-12)
 
@@ -247,7 +149,7 @@ def test_layer_norm_and_identity_rules_equal_their_surrogates():
         norm.bias.normal_(generator=generator)
     x = torch.randn(3, 4, 8, dtype=torch.float64, generator=generator, requires_grad=True)
     grad = torch.randn(3, 4, 8, dtype=torch.float64, generator=generator)
-    out = _LayerNorm.apply(x, norm(x).detach(), norm.weight, norm.bias, norm.eps, 1)
+    out = layer_norm_rule(x, norm(x), norm)
     centred = x - x.mean(dim=-1, keepdim=True)
     std = (centred.detach().pow(2).mean(dim=-1, keepdim=True) + norm.eps).sqrt()
     surrogate = centred / std * norm.weight + norm.bias
@@ -260,7 +162,7 @@ def test_layer_norm_and_identity_rules_equal_their_surrogates():
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0], dtype=torch.float64, requires_grad=True)
     f = F.gelu(x)
-    (got,) = torch.autograd.grad(_Identity.apply(x, f.detach()), x, torch.full_like(x, 3.0))
+    (got,) = torch.autograd.grad(identity_rule(x, f), x, torch.full_like(x, 3.0))
     ratio = torch.where(x == 0, 0.0, f.detach() / torch.where(x == 0, 1.0, x.detach()))
     torch.testing.assert_close(got, 3.0 * ratio, rtol=1e-15, atol=0)
 
@@ -319,7 +221,7 @@ def test_relevance_balance_with_biases(case, rule, tiny_vit, tiny_kwargs, tiny_i
             handles.append(attn.attn_drop.register_forward_hook(keep))
         image = images[i : i + 1].clone().requires_grad_(True)
         try:
-            with explaining(adapter), lrp_rules(model, adapter.attention_modules(), rule, 0.0, 0.0):
+            with explaining(adapter), lrp_rules(model, modified_backward(rule, 0.0, 0.0)):
                 logit = model(image)[0, target[i]]
         finally:
             for handle in handles:
@@ -407,20 +309,6 @@ def test_group_runs_attnlrp_in_its_own_pass(tiny_vit, tiny_images):
 def test_bad_options(options, message, tiny_vit):
     with pytest.raises(ValueError, match=message):
         X.create("attnlrp", tiny_vit(), **options)
-
-
-def test_unsupported_models_raise_a_clear_type_error(tiny_kwargs):
-    from timm.layers import SwiGLUPacked
-
-    gated = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, **tiny_kwargs
-    )
-    with pytest.raises(TypeError, match="rules for timm's Mlp .*: use 'generic_attention' or 'rollout'"):
-        X.create("attnlrp", gated)
-    X.create("generic_attention", gated)  # the explainer the message names takes the model
-    headless = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**tiny_kwargs, "num_classes": 0})
-    with pytest.raises(TypeError, match="needs a Linear classifier head"):
-        X.create("attnlrp", headless)
 
 
 def test_registry_entry():

@@ -1,6 +1,8 @@
 """The LRP family on Swin and avg-pool ViTs: the window plumbing against a dense oracle, conservation, pixel maps."""
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -11,8 +13,10 @@ import lightning_vitx.explainers as X
 from lightning_vitx.adapters import detect, explaining
 from lightning_vitx.adapters.geometry import WindowedAttention
 from lightning_vitx.explainers.lrp import relevance as LRP
-from lightning_vitx.explainers.lrp.rules import zb_conv_rule
-from lightning_vitx.explainers.lrp.support import check_supported
+from lightning_vitx.explainers.lrp.composites import classifier_heads, explicit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import oracle  # noqa: E402
 
 NAMES = ["transformer_attribution", "lrp", "partial_lrp"]
 # 40 px in 4 px patches: a 10x10 grid in windows of 4 (padded to 12, shifted by 2), merged to 5x5 (padded to 8,
@@ -74,7 +78,7 @@ def test_merging_relevance_by_hand():
     merging.reduction = nn.Linear(4, 4, bias=False)
     nn.init.eye_(merging.reduction.weight)
     recorded = {"input": torch.zeros(1, 3, 2, 1), "reduction_input": torch.ones(1, 2, 1, 4)}
-    relevance = LRP.merging_relevance(merging, recorded, torch.arange(1.0, 9.0).reshape(1, 2, 4))
+    relevance = LRP.merging_relevance(merging, recorded, torch.arange(1.0, 9.0).reshape(1, 2, 4), explicit("chefer"))
     torch.testing.assert_close(relevance, torch.tensor([1.0, 3, 2, 4, 5, 7]).reshape(1, 6, 1))
 
 
@@ -94,150 +98,11 @@ def test_merging_relevance_undoes_timms_gather():
     identity.reduction = nn.Linear(12, 12, bias=False)
     nn.init.eye_(identity.reduction.weight)
     recorded = {"input": x.detach(), "reduction_input": torch.ones(1, 3, 2, 12)}
-    torch.testing.assert_close(LRP.merging_relevance(identity, recorded, relevance), expected.reshape(1, 15, 3))
+    at_input = LRP.merging_relevance(identity, recorded, relevance, explicit("chefer"))
+    torch.testing.assert_close(at_input, expected.reshape(1, 15, 3))
 
 
-# --- a dense oracle: per image, float64, the padded grid's attention as one block-diagonal matrix -------------------
-
-
-def selection(block, height, width):
-    """``P [Hp * Wp, H * W]``: the block's shifted, padded token grid from the natural one (rows of padding: 0)."""
-    (wh, ww), (sh, sw) = block.window_size, block.shift_size
-    hp, wp = -(-height // wh) * wh, -(-width // ww) * ww
-    matrix = torch.zeros(hp * wp, height * width, dtype=torch.float64)
-    window = torch.zeros(hp * wp, dtype=torch.long)
-    local = torch.zeros(hp * wp, dtype=torch.long)
-    for r in range(hp):
-        for c in range(wp):
-            if r < height and c < width:
-                matrix[r * wp + c, ((r + sh) % height) * width + (c + sw) % width] = 1.0  # roll by -shift
-            window[r * wp + c] = (r // wh) * (wp // ww) + c // ww
-            local[r * wp + c] = (r % wh) * ww + c % ww
-    return matrix, window, local
-
-
-def gathers(height, width):
-    """The four ``[H/2 * W/2, H * W]`` selections of patch merging, children in timm's order (padding: 0 rows)."""
-    h2, w2 = -(-height // 2), -(-width // 2)
-    out = []
-    for dy, dx in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        matrix = torch.zeros(h2 * w2, height * width, dtype=torch.float64)
-        for i in range(h2):
-            for j in range(w2):
-                if 2 * i + dy < height and 2 * j + dx < width:
-                    matrix[i * w2 + j, (2 * i + dy) * width + 2 * j + dx] = 1.0
-        out.append(matrix)
-    return out
-
-
-def spreading(coarse, fine):
-    """``[coarse, fine]``: each fine token a quarter of its parent (the rollout's uniform rule between stages)."""
-    matrix = torch.zeros(coarse[0] * coarse[1], fine[0] * fine[1], dtype=torch.float64)
-    for r in range(fine[0]):
-        for c in range(fine[1]):
-            matrix[(r // 2) * coarse[1] + c // 2, r * fine[1] + c] = 0.25
-    return matrix
-
-
-def dense_forward(model, image):
-    """The Swin forward per token in natural order, with each block's attention over the whole padded grid."""
-    x = model.patch_embed(image[None])[0]  # [H, W, C]
-    height, width = x.shape[:2]
-    x = x.reshape(height * width, -1)
-    steps = []
-    for stage in model.layers:
-        if not isinstance(stage.downsample, nn.Identity):
-            merge = stage.downsample
-            parts = [g.to(x.dtype) for g in gathers(height, width)]
-            n = merge.norm(torch.cat([g @ x for g in parts], dim=-1))
-            steps.append(dict(kind="merge", module=merge, parts=parts, n=n))
-            x, (height, width) = merge.reduction(n), (-(-height // 2), -(-width // 2))
-        for block in stage.blocks:
-            attn, heads = block.attn, block.attn.num_heads
-            p, window, local = selection(block, height, width)
-            p = p.to(x.dtype)
-            h1 = p @ block.norm1(x)  # [Np, C], padding rows 0 after the norm, as timm pads
-            q, k, v = attn.qkv(h1).reshape(len(h1), 3, heads, -1).permute(1, 2, 0, 3)  # [heads, Np, d]
-            table = attn.relative_position_bias_table[attn.relative_position_index]  # [w, w, heads]
-            scores = q @ k.transpose(-2, -1) * attn.scale + table[local][:, local].permute(2, 0, 1)
-            if block.attn_mask is not None:
-                scores = scores + block.attn_mask[window][torch.arange(len(h1)), local][:, local]
-            scores = scores.masked_fill(window[:, None] != window[None, :], float("-inf"))
-            attention = torch.softmax(scores, dim=-1)
-            o = (attention @ v).transpose(0, 1).reshape(len(h1), -1)
-            a = p.T @ attn.proj(o)
-            mid = x + a
-            h2 = block.norm2(mid)
-            f1 = block.mlp.act(block.mlp.fc1(h2))
-            m = block.mlp.fc2(f1)
-            steps.append(dict(kind="block", module=block, p=p, x=x, h1=h1, q=q, k=k, v=v, A=attention, o=o, a=a))
-            steps[-1].update(mid=mid, h2=h2, f1=f1, m=m, grid=(height, width))
-            x = mid + m
-    final = model.norm(x)
-    pooled = final.mean(dim=0)
-    return steps, final, pooled, model.head.fc(pooled)
-
-
-def dense_oracle(model, image, target, rules):
-    """Relevance with the library's rule functions on natural-order tensors: the maps of the three explainers."""
-    one = lambda t: t[None].detach()  # noqa: E731  (the rules take a batch of one)
-    steps, final, pooled, logits = dense_forward(model, image)
-    tolerance = 1e-9 if logits.dtype == torch.float64 else 1e-4
-    torch.testing.assert_close(logits, model(image[None])[0], rtol=tolerance, atol=tolerance)
-    blocks = [s for s in steps if s["kind"] == "block"]
-    grads = torch.autograd.grad(logits[target], [s["A"] for s in blocks])
-    start = torch.nn.functional.one_hot(torch.tensor([target]), logits.shape[-1]).to(logits.dtype)
-    at_pool = LRP.linear_rule(start, one(pooled), model.head.fc.weight.double(), rules.joint_linear)
-    relevance = LRP.mean_rule(at_pool, one(final))
-    joint, renormalise = rules.joint_linear, rules.renormalised_add
-    fused, attention_relevance, dropped = [], [], 0.0
-    for step in reversed(steps):
-        if step["kind"] == "merge":
-            at_norm = LRP.linear_rule(relevance, one(step["n"]), step["module"].reduction.weight, joint)
-            chunks = at_norm[0].chunk(4, dim=-1)
-            below = sum(g.T @ chunk for g, chunk in zip(step["parts"], chunks, strict=True))[None]
-            dropped += float((at_norm.sum() - below.sum()).detach())
-            relevance = below
-            continue
-        block, s = step["module"], {key: one(value) for key, value in step.items() if torch.is_tensor(value)}
-        residual, branch = LRP.add_rule(relevance, s["mid"], s["m"], renormalise)
-        branch = LRP.linear_rule(branch, s["f1"], block.mlp.fc2.weight, joint)
-        branch = LRP.linear_rule(branch, s["h2"], block.mlp.fc1.weight, joint)
-        relevance = LRP.fork_rule(residual, branch, s["mid"])
-        residual, branch = LRP.add_rule(relevance, s["x"], s["a"], renormalise)
-        at_o = LRP.linear_rule(step["p"] @ branch[0], s["o"], block.attn.proj.weight, joint)
-        at_o = at_o.reshape(1, len(step["p"]), block.attn.num_heads, -1).transpose(1, 2)
-        r_attention, r_v = LRP.matmul_rule(at_o, s["A"], s["v"])
-        r_q, r_k = LRP.matmul_rule(r_attention, s["q"], s["k"].transpose(-2, -1))
-        r_qkv = torch.stack([r_q, r_k.transpose(-2, -1), r_v]).permute(1, 3, 0, 2, 4).flatten(2)
-        at_h1 = LRP.linear_rule(r_qkv, s["h1"], block.attn.qkv.weight, joint)
-        dropped += float((r_qkv.sum() - at_h1.sum()).detach())  # what the padding rows (zeros) and z = 0 take
-        relevance = LRP.fork_rule(residual, (step["p"].T @ at_h1[0])[None], s["x"])
-        attention_relevance.insert(0, (step["p"].T @ r_attention[0] @ step["p"]))  # [heads, N, N] natural order
-        step["r_attention"] = r_attention[0]
-    for step, grad in zip(blocks, grads, strict=True):
-        fused.append(step["p"].T @ (grad * step["r_attention"]).clamp(min=0).mean(dim=0) @ step["p"])
-    grids = [s["grid"] for s in blocks]
-    vector = torch.full((1, grids[-1][0] * grids[-1][1]), 1.0 / (grids[-1][0] * grids[-1][1]), dtype=logits.dtype)
-    readout = vector @ attention_relevance[-1].clamp(min=0).mean(dim=0)
-    identity = vector  # the identity-only path, a constant on every patch: the map leaves it out
-    for index in reversed(range(len(blocks))):
-        vector = vector + vector @ fused[index]
-        if index and grids[index - 1] != grids[index]:
-            vector = vector @ spreading(grids[index], grids[index - 1]).to(vector.dtype)
-            identity = identity @ spreading(grids[index], grids[index - 1]).to(vector.dtype)
-    vector = vector - identity
-    for index in reversed(range(1, len(blocks))):
-        if grids[index - 1] != grids[index]:
-            readout = readout @ spreading(grids[index], grids[index - 1]).to(readout.dtype)
-    first = grids[0]
-    return dict(
-        transformer_attribution=vector.reshape(first).detach(),
-        partial_lrp=readout.reshape(first).detach(),
-        lrp=relevance[0].sum(dim=-1).reshape(first).detach(),
-        total=float(relevance.sum().detach()),
-        dropped=dropped,
-    )
+# --- against the dense oracle (oracle.py: per image, float64, each block's attention over the padded grid) ------
 
 
 @pytest.fixture(scope="module")
@@ -246,9 +111,9 @@ def oracles():
     exact = copy.deepcopy(model).double()
     batch, target = images(40, batch=2), [1, 3]
     found = {}
-    for rules in (LRP.CHEFER, LRP.BASELINE):
-        found[rules] = [dense_oracle(exact, batch[i].double(), target[i], rules) for i in range(2)]
-    in_float32 = [dense_oracle(model, batch[i], target[i], LRP.BASELINE)["lrp"] for i in range(2)]
+    for rule_set in ("chefer", "baseline"):
+        found[rule_set] = [oracle.swin_maps(exact, batch[i].double(), target[i], rule_set) for i in range(2)]
+    in_float32 = [oracle.swin_maps(model, batch[i], target[i], "baseline")["lrp"] for i in range(2)]
     return model, batch, torch.tensor(target), found, in_float32
 
 
@@ -262,9 +127,9 @@ def test_windowed_pass_equals_the_dense_oracle(name, oracles):
     """
     model, batch, target, found, in_float32 = oracles
     maps = X.create(name, model)(batch, target)
-    rules = LRP.CHEFER if name == "transformer_attribution" else LRP.BASELINE
+    rule_set = "chefer" if name == "transformer_attribution" else "baseline"
     for i in range(2):
-        expected = found[rules][i][name]
+        expected = found[rule_set][i][name]
         assert expected.std() > 0
         scale = float(expected.abs().max())
         if name == "lrp":
@@ -284,7 +149,7 @@ def test_chefer_rules_conserve_relevance_but_what_swin_padding_takes(oracles):
     """With alpha 1 and the renormalised residual rule every step keeps the relevance of 1, except what lands on
     padding tokens (window padding after norm1, patch merging's odd-grid padding), which is dropped."""
     *_, found, _ = oracles
-    for result in found[LRP.CHEFER]:
+    for result in found["chefer"]:
         assert 0.01 < result["dropped"] < 0.5  # the padding is live: its keys carry relevance
         assert result["total"] + result["dropped"] == pytest.approx(1.0, abs=1e-6)
 
@@ -296,17 +161,18 @@ def test_chefer_rules_conserve_relevance_block_by_block(family):
         model, size = make_swin(**UNPADDED_SWIN), 32
     else:
         model, size = make_avgpool(class_token=family == "avgpool_class_token"), 32
-    heads = check_supported(model, "transformer_attribution")
+    composite, heads = explicit("chefer"), classifier_heads(model)
+    composite.check(model, "transformer_attribution")
     with explaining(detect(model)), LRP.recording(model, heads) as record, torch.no_grad():
         logits = model(images(size, batch=4))
     with torch.no_grad():
-        relevance = LRP.top_relevance(record, heads, logits.argmax(dim=1))
+        relevance = LRP.top_relevance(record, heads, logits.argmax(dim=1), composite)
         sums = [relevance.sum(dim=(1, 2))]
         for index in reversed(range(len(record.blocks))):
-            _, relevance = LRP.block_relevance(record.modules[index], record.blocks[index], relevance, True)
+            _, relevance = LRP.block_relevance(record.modules[index], record.blocks[index], relevance, True, composite)
             sums.append(relevance.sum(dim=(1, 2)))
             if index in record.merges:
-                relevance = LRP.merging_relevance(*record.merges[index], relevance)
+                relevance = LRP.merging_relevance(*record.merges[index], relevance, composite)
                 sums.append(relevance.sum(dim=(1, 2)))
     assert len(sums) == len(record.blocks) + len(record.merges) + 1
     torch.testing.assert_close(torch.stack(sums), torch.ones(len(sums), 4), rtol=0, atol=1e-4)
@@ -346,26 +212,6 @@ def test_swin_maps_at_the_first_stage_grid_of_swin_tiny():
 # --- pixel relevance (the z^B rule through the patch convolution) ---------------------------------------------------
 
 
-def test_zb_rule_by_hand():
-    # One channel, a 1x2 kernel with stride 2: x = [1, -1], so L = -1, H = 1; W = [2, -1], W+ = [2, 0], W- = [0, -1].
-    # z = x.W - L sum(W+) - H sum(W-) = 3 + 2 + 1 = 6; R = 1: s = 1/6;
-    # R_x = x (s W) - L (s W+) - H (s W-) = [2/6, 1/6] + [2/6, 0] + [0, 1/6] = [2/3, 1/3].
-    conv = nn.Conv2d(1, 1, kernel_size=(1, 2), stride=(1, 2), bias=False)
-    with torch.no_grad():
-        conv.weight.copy_(torch.tensor([[[[2.0, -1.0]]]]))
-    relevance = zb_conv_rule(torch.ones(1, 1, 1, 1), torch.tensor([[[[1.0, -1.0]]]]), conv)
-    torch.testing.assert_close(relevance, torch.tensor([[[[2 / 3, 1 / 3]]]]))
-
-
-def test_zb_rule_bounds_are_per_image():
-    conv = nn.Conv2d(3, 4, kernel_size=2, stride=2)
-    x, relevance = torch.randn(2, 3, 4, 4), torch.randn(2, 4, 2, 2)
-    both = zb_conv_rule(relevance, x, conv)
-    torch.testing.assert_close(both[1:], zb_conv_rule(relevance[1:], x[1:], conv))
-    x[1] *= 10
-    torch.testing.assert_close(zb_conv_rule(relevance, x, conv)[0], both[0])
-
-
 @pytest.mark.parametrize("family", ["vit", "swin", "avgpool"])
 def test_pixel_relevance_summed_per_patch_is_the_lrp_map(family, tiny_vit):
     model = {"vit": tiny_vit, "swin": make_swin, "avgpool": make_avgpool}[family]()
@@ -391,8 +237,8 @@ def test_transformer_attribution_pixel_map_on_swin_against_the_dense_oracle(orac
     assert pixels.shape == (2, 40, 40) and pixels.dtype == torch.float32
     per_patch = pixels.reshape(2, 10, 4, 10, 4).sum(dim=(2, 4)).double()
     for i in range(2):
-        expected = found[LRP.CHEFER][i]["lrp"]
-        in_float32 = dense_oracle(model, batch[i], int(target[i]), LRP.CHEFER)["lrp"].double()
+        expected = found["chefer"][i]["lrp"]
+        in_float32 = oracle.swin_maps(model, batch[i], int(target[i]), "chefer")["lrp"].double()
         assert expected.std() > 0
         # below the attention maps float32 rounding moves the relevance by ~1% of its largest value, the oracle's too
         error, oracle_error = (per_patch[i] - expected).abs().max(), (in_float32 - expected).abs().max()
@@ -407,46 +253,19 @@ def test_transformer_attribution_pixel_map_on_swin_against_the_dense_oracle(orac
     torch.testing.assert_close(pixels, single, rtol=0, atol=1e-5 * float(single.abs().max()))
 
 
-def test_zb_rule_equals_the_reference_written_with_autograd():
-    """``layers_lrp.Conv2d.relprop`` for 3-channel input, its transposed convolutions as autograd VJPs."""
-    conv = nn.Conv2d(3, 6, kernel_size=4, stride=4)
-    x, relevance = torch.randn(2, 3, 8, 12), torch.randn(2, 6, 2, 3)
-    low = x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x).clone().requires_grad_(True)
-    high = x.amax(dim=(1, 2, 3), keepdim=True).expand_as(x).clone().requires_grad_(True)
-    inputs = x.clone().requires_grad_(True)
-    w_pos, w_neg = conv.weight.clamp(min=0).detach(), conv.weight.clamp(max=0).detach()
-    z_x = torch.conv2d(inputs, conv.weight.detach(), stride=4)
-    z_low, z_high = torch.conv2d(low, w_pos, stride=4), torch.conv2d(high, w_neg, stride=4)
-    scaled = relevance / (z_x - z_low - z_high + 1e-9).detach()
-    (g_x,), (g_low,), (g_high,) = (
-        torch.autograd.grad(z, t, scaled) for z, t in ((z_x, inputs), (z_low, low), (z_high, high))
-    )
-    expected = x * g_x - low.detach() * g_low - high.detach() * g_high
-    torch.testing.assert_close(zb_conv_rule(relevance, x, conv), expected, rtol=1e-5, atol=1e-6)
+# --- the pixel map's refusal (the models' refusals: test_composites.py) ------------------------------------------
 
 
-# --- what stays refused --------------------------------------------------------------------------------------------
-
-
-def test_refusals_say_what_to_do(tiny_kwargs):
-    kwargs = {**tiny_kwargs}
-    gated = timm.create_model("vit_tiny_patch16_224", pretrained=False, mlp_layer=timm.layers.SwiGLU, **kwargs)
-    for name in NAMES:
-        with pytest.raises(TypeError, match=r"has rules for timm's Mlp .*SwiGLU.*use 'generic_attention'"):
-            X.create(name, gated)
-    prefix_pool = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, global_pool="avg", pool_include_prefix=True, **kwargs
-    )
-    with pytest.raises(TypeError, match="pool_include_prefix=False"):
-        X.create("transformer_attribution", prefix_pool)
+def test_pixel_map_refuses_an_overlapping_patch_embedding_and_the_patch_map_works():
     padded_embedding = make_avgpool()  # the z^B rule needs non-overlapping patches: the patch map still works
     padded_embedding.patch_embed.proj = nn.Conv2d(3, 64, kernel_size=10, stride=8, padding=1)
     for name in NAMES:
         explainer = X.create(name, padded_embedding)
         assert explainer(images(32, batch=1), 0).shape == (1, 4, 4)
-        with pytest.raises(TypeError, match=rf"{name}'s pixel map needs .* stride = kernel size and no padding"):
+        with pytest.raises(
+            TypeError,
+            match=rf"{name}'s pixel map: the z\^B rule needs a patch embedding convolution with stride = kernel size "
+            r"and no padding, got Conv2d\(3, 64, kernel_size=\(10, 10\), stride=\(8, 8\), padding=\(1, 1\)\); "
+            r"its patch map \(calling the explainer\) works on this model",
+        ):
             explainer.pixel_relevance(images(32, batch=1), 0)
-    swin = make_swin()
-    swin.absolute_pos_embed = nn.Parameter(torch.zeros(1, 10, 10, 16))
-    with pytest.raises(TypeError, match="absolute position embedding"):
-        X.create("lrp", swin)
