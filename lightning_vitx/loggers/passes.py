@@ -6,8 +6,9 @@ The one place that knows what W&B, TensorBoard and the other Lightning loggers t
   the x-axis of every ``<prefix>/*`` key; per-sample images are captioned ``wandb.Image`` lists with the
   ground-truth mask as a toggleable overlay; the table is one incremental table across passes; curves are W&B
   line plots (overlayable across runs) and a figure.
-- **TensorBoard**: scalars, one image grid per key (masks outlined; captions in a text summary of the same step) and
-  the figures, all at the trainer's global step; ``define_axes`` adds a custom-scalars layout (one chart per metric,
+- **TensorBoard**: scalars at the trainer's global step; one image grid per key (masks outlined; captions in a text
+  summary of the same step) and the figures at step = epochs trained (``epoch + 1``: 0 before training), so the
+  image slider reads epochs; ``define_axes`` adds a custom-scalars layout (one chart per metric,
   one line per explainer); the settings and best scores go to the HPARAMS tab (``hparams.HParamsSummary``).
 - **MLflow** (``MLFlowLogger``): the scalars through ``log_metrics`` (a key that is also the folder of others, as
   ``.../skipped`` of ``.../skipped/zero``, as ``.../skipped/all``: MLflow's file store keeps one file per key); each
@@ -231,14 +232,17 @@ class PassLogger:
         for key, value in record.scalars.items():
             writer.add_scalar(key, value, global_step=record.step)
         writer.add_scalar(self.epoch_key, record.epoch, global_step=record.step)
+        trained = record.epoch + 1  # the pictures' step: epochs trained, what the image slider shows
         for key, images in record.images.items():
-            writer.add_image(key, image_grid(images), global_step=record.step, dataformats="HWC")
+            writer.add_image(key, image_grid(images), global_step=trained, dataformats="HWC")
         captions = next(iter(record.images.values())).captions if record.images else []
         if captions:
-            lines = [f"epoch {record.epoch}, left to right:", ""] + [f"{i + 1}. {c}" for i, c in enumerate(captions)]
-            writer.add_text(f"{self.prefix}/captions", "\n".join(lines), global_step=record.step)
+            when = "before training" if trained == 0 else f"after {trained} epoch{'s' if trained > 1 else ''}"
+            lines = [f"epoch {record.epoch} ({when}; global step {record.step}), left to right:", ""]
+            lines += [f"{i + 1}. {c}" for i, c in enumerate(captions)]
+            writer.add_text(f"{self.prefix}/captions", "\n".join(lines), global_step=trained)
         for key, figure in record.figures.items():
-            writer.add_image(key, figure_to_array(figure), global_step=record.step, dataformats="HWC")
+            writer.add_image(key, figure_to_array(figure), global_step=trained, dataformats="HWC")
         writer.flush()
 
     def _write_pngs(self, record: PassRecord, folder: str) -> list[str]:

@@ -124,9 +124,12 @@ def test_tensorboard_gets_scores_and_pictures_of_a_pass_at_one_step_a_layout_and
     events.Reload()
     steps = {int(s.step) for s in events.Scalars("explain/rollout/deletion")}
     assert len(steps) == 2 and 0 not in steps
-    for tag in ["explain/rollout/maps", "explain/gmar/maps", "explain/inputs", "explain/curves"]:
-        assert {int(image.step) for image in events.Images(tag)} == steps, tag
     assert [s.value for s in events.Scalars("explain/epoch")] == [0.0, 1.0]
+    for tag in ["explain/rollout/maps", "explain/gmar/maps", "explain/inputs", "explain/curves"]:
+        assert [int(image.step) for image in events.Images(tag)] == [1, 2], tag  # epochs trained: the slider
+    captions = [t.tensor_proto.string_val[0].decode() for t in events.Tensors("explain/captions/text_summary")]
+    assert [int(t.step) for t in events.Tensors("explain/captions/text_summary")] == [1, 2]
+    assert captions[0].startswith("epoch 0 (after 1 epoch; global step ")
     grid = np.asarray(Image.open(io.BytesIO(events.Images("explain/inputs")[0].encoded_image_string)).convert("RGB"))
     outline = np.round(np.array(MASK_COLOUR) * 255)
     assert (np.abs(grid.astype(float) - outline).max(axis=-1) < 1).sum() > 50  # the objects' outlines are drawn
