@@ -56,7 +56,7 @@ def overlay(
     maps: Tensor,
     mean: Sequence[float],
     std: Sequence[float],
-    alpha: float = 0.7,
+    alpha: float | None = None,
     cmap: str | None = None,
     scale: MapScale | Sequence[MapScale] | None = None,
     signed: bool = False,
@@ -64,14 +64,16 @@ def overlay(
     """Blend each map, upsampled bilinearly to the image size, over the image, on a stated colour scale.
 
     The heat's opacity grows with its strength (``alpha`` times the square root of the colour position, or of its
-    distance from the middle for signed maps), so the image stays visible where there is little relevance.
+    distance from the middle for signed maps), so the image stays visible where there is little relevance. Signed
+    maps (sparse, thin, on a blue-white-red scale) are drawn over a light grey copy of the image, fully opaque at
+    the scale's ends: over the image's own colours their faint ends could not be told apart.
 
     Args:
         images: ``[B, 3, H, W]`` normalised as the model takes them.
         maps: ``[B, gh, gw]`` relevance at the patch grid.
         mean: per-channel mean the images were normalised with (see ``model_mean_std``).
         std: per-channel std.
-        alpha: weight of the strongest heat.
+        alpha: weight of the strongest heat (default 0.7, signed maps 1.0).
         cmap: a matplotlib colormap name; default ``inferno``, or ``RdBu_r`` for signed maps.
         scale: one ``MapScale`` for all maps, one per map, or None: one scale shared by the batch
             (``shared_scale(maps, signed)``), so the maps compare.
@@ -91,9 +93,15 @@ def overlay(
     upsampled = F.interpolate(maps[:, None].float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
     positions = torch.stack([s.apply(m) for s, m in zip(scales, upsampled[:, 0], strict=True)])
     heat = colorize(positions, cmap or scales[0].cmap)
-    strength = (2 * positions - 1).abs() if scales[0].signed else positions
+    is_signed = scales[0].signed
+    strength = (2 * positions - 1).abs() if is_signed else positions
+    alpha = (1.0 if is_signed else 0.7) if alpha is None else alpha
     weight = alpha * strength.sqrt()[:, None]  # opacity only: the colour still encodes the value linearly
-    return (1 - weight) * denormalize(images.float(), mean, std) + weight * heat
+    base = denormalize(images.float(), mean, std)
+    if is_signed:  # a light grey copy: luminance (ITU-R 601 weights), half-way to white
+        luminance = torch.tensor([0.299, 0.587, 0.114], device=base.device)[None, :, None, None]
+        base = (0.5 + 0.5 * (base * luminance).sum(dim=1, keepdim=True)).expand_as(base)
+    return (1 - weight) * base + weight * heat
 
 
 BAR_SHARE = 0.08  # the colour-bar strip's height, as a share of the picture's (at least 3 rows)
@@ -224,9 +232,33 @@ def _colour_bar(figure: Any, axes: Any, scale: MapScale | list[MapScale]) -> Non
         mappable, ax=axes, orientation="horizontal", fraction=0.04, pad=0.02, aspect=15, extend=extend
     )
     bar.ax.tick_params(labelsize=6)
+    _few_ticks(bar, [reference.low] if reference.flat and not isinstance(scale, list) else None, reference.signed)
     if clipped:
         bar.set_label(f"clipped at ±{reference.high:.3g} (largest |R| {reference.clipped_from:.3g})", fontsize=6)
     if isinstance(scale, list):
         bar.set_label("each map's own range", fontsize=6)
     elif reference.flat:
         bar.set_label(f"flat: every map {reference.low:.3g}", fontsize=6)
+
+
+def _few_ticks(bar: Any, ticks: list[float] | None, signed: bool) -> None:
+    """At most four short tick labels (``.2g``), so a bar under a narrow column never has colliding labels."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
+
+    axis = bar.ax.xaxis
+    if ticks is None and signed:  # the two ends and zero
+        high = float(bar.ax.get_xlim()[1])
+        ticks = [-high, 0.0, high]
+    axis.set_major_locator(FixedLocator(ticks) if ticks is not None else MaxNLocator(nbins=3))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: _short(value)))
+    axis.get_offset_text().set_visible(False)
+
+
+def _short(value: float) -> str:
+    """A short tick label: two significant digits, exponents as ``1.5e-5`` outside ``[1e-3, 1e4)``."""
+    if value == 0:
+        return "0"
+    if 1e-3 <= abs(value) < 1e4:
+        return f"{value:.2g}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"

@@ -103,7 +103,9 @@ def test_a_signed_map_is_centred_at_zero_on_a_diverging_colormap():
     figure = panel_figure(torch.zeros(1, 3, 8, 8), {"lrp": maps}, (0.5,) * 3, (0.5,) * 3, signed={"lrp": True})
     assert colour_bars(figure)[0].get_xlim() == (-3.0, 3.0)
     zero_pixel = overlay(torch.zeros(1, 3, 8, 8), torch.zeros(1, 2, 2), (0.5,) * 3, (0.5,) * 3, signed=True)
-    torch.testing.assert_close(zero_pixel, torch.full((1, 3, 8, 8), 0.5))  # zero relevance: the image untouched
+    torch.testing.assert_close(zero_pixel, torch.full((1, 3, 8, 8), 0.75))  # zero relevance: the light grey image
+    end = overlay(torch.zeros(1, 3, 8, 8), torch.tensor([[[-1.0, 1.0]]]), (0.5,) * 3, (0.5,) * 3, signed=True)
+    torch.testing.assert_close(end[0, :, 0, 0], colorize(torch.zeros(1, 1, 1), "RdBu_r")[0, :, 0, 0])  # opaque ends
 
 
 def test_non_finite_values_do_not_stretch_or_break_the_scale():
@@ -129,3 +131,21 @@ def test_one_signed_map_far_above_the_rest_does_not_blank_them():
     figure = panel_figure(torch.zeros(8, 3, 56, 56), {"lrp": maps}, (0.5,) * 3, (0.5,) * 3, signed={"lrp": True})
     bar = colour_bars(figure)[0]
     assert "clipped at" in bar.get_xlabel() and bar.get_xlim()[1] == pytest.approx(scale.high)
+
+
+@pytest.mark.parametrize(("peak", "signed"), [(1.46e-5, False), (0.0146, False), (123456.0, False), (3e-4, True)])
+def test_colour_bar_labels_stay_few_and_short_on_any_range(peak, signed):
+    import matplotlib.pyplot as plt
+
+    maps = torch.linspace(-peak if signed else 0.0, peak, 16).reshape(1, 4, 4)
+    figure = panel_figure(torch.zeros(1, 3, 8, 8), {"m": maps}, (0.5,) * 3, (0.5,) * 3, signed={"m": signed})
+    try:
+        figure.canvas.draw()
+        (bar,) = colour_bars(figure)
+        low, high = bar.get_xlim()
+        ticks = zip(bar.get_xticks(), bar.get_xticklabels(), strict=True)
+        labels = [label.get_text() for tick, label in ticks if low - 1e-12 <= tick <= high + 1e-12]
+        assert 2 <= len(labels) <= 4 and all(len(label) <= 6 for label in labels), labels
+        assert not bar.xaxis.get_offset_text().get_visible()
+    finally:
+        plt.close(figure)
