@@ -8,8 +8,9 @@ The one place that knows what W&B, TensorBoard and the other Lightning loggers t
   line plots (overlayable across runs) and a figure.
 - **TensorBoard**: scalars at the trainer's global step; one image grid per key (masks outlined; captions in a text
   summary of the same step) and the figures at step = epochs trained (``epoch + 1``: 0 before training), so the
-  image slider reads epochs; ``define_axes`` adds a custom-scalars layout (one chart per metric,
-  one line per explainer); the settings and best scores go to the HPARAMS tab (``hparams.HParamsSummary``).
+  image slider reads epochs; ``define_axes`` adds a custom-scalars layout (one chart per metric, one line and
+  colour per explainer: ``explainer_runs.ExplainerRuns``); the settings and best scores go to the HPARAMS tab
+  (``hparams.HParamsSummary``).
 - **MLflow** (``MLFlowLogger``): the scalars through ``log_metrics`` (a key that is also the folder of others, as
   ``.../skipped`` of ``.../skipped/zero``, as ``.../skipped/all``: MLflow's file store keeps one file per key); each
   pass's pictures, maps and manifest (the
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_vitx.loggers.explainer_runs import ExplainerRuns
 from lightning_vitx.loggers.figures import close_figures, figure_to_array
 from lightning_vitx.loggers.hparams import HParamsSummary
 
@@ -88,10 +90,11 @@ class PassLogger:
         self.prefix = prefix
         self._tables: dict[str, Any] = {}  # W&B run id -> the incremental table of that run
         self.hparams = HParamsSummary(prefix)  # TensorBoard's HPARAMS tab: settings and best scores
+        self.explainer_runs = ExplainerRuns(prefix)  # TensorBoard's Custom Scalars: one run (colour) per explainer
         self.settings: dict[str, Any] = {}  # as recorded, for the saved passes' manifests
 
     def __getstate__(self) -> dict[str, Any]:  # a W&B table does not travel to spawned processes
-        return {"prefix": self.prefix, "_tables": {}, "hparams": self.hparams, "settings": self.settings}
+        return {**self.__dict__, "_tables": {}}
 
     @property
     def epoch_key(self) -> str:
@@ -122,7 +125,7 @@ class PassLogger:
 
         W&B: ``<prefix>/epoch`` is the x-axis of every ``<prefix>/*`` key, and each score's summary is its best value
         (``max`` or ``min`` by ``higher_is_better``). TensorBoard: a custom-scalars layout with one chart per metric
-        and one line per explainer.
+        and one line, in its own colour, per explainer (``ExplainerRuns``).
         """
         from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
@@ -136,8 +139,8 @@ class PassLogger:
                         run.define_metric(key, step_metric=self.epoch_key, summary="max" if higher else "min")
             elif isinstance(logger, TensorBoardLogger):
                 self.hparams.directions = {key: higher for keys in metric_keys.values() for key, higher in keys.items()}
-                charts = {metric: ["Multiline", list(keys)] for metric, keys in metric_keys.items()}
-                logger.experiment.add_custom_scalars({self.prefix: charts})
+                self.explainer_runs.series = self.explainer_runs.series_of(metric_keys)
+                logger.experiment.add_custom_scalars(self.explainer_runs.layout(metric_keys))
 
     def alert(self, trainer: Any, messages: Sequence[str], epoch: int) -> None:
         """Alerts that fired on a pass: W&B ``run.alert`` and a TensorBoard text entry ``<prefix>/alerts``.
@@ -174,6 +177,7 @@ class PassLogger:
             elif isinstance(logger, TensorBoardLogger):
                 self._log_tensorboard(logger.experiment, record)
                 self.hparams.log(logger, record.scalars, record.step)
+                self.explainer_runs.log(logger.log_dir, record.scalars, record.step)
                 sent.append("tensorboard")
             elif isinstance(logger, MLFlowLogger):
                 scalars = {**record.scalars, self.epoch_key: float(record.epoch)}

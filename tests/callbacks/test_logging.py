@@ -135,6 +135,16 @@ def test_tensorboard_gets_scores_and_pictures_of_a_pass_at_one_step_a_layout_and
     assert (np.abs(grid.astype(float) - outline).max(axis=-1) < 1).sum() > 50  # the objects' outlines are drawn
     tensors = set(events.Tags()["tensors"])
     assert "custom_scalars__config__" in tensors  # one chart per metric, one line per explainer
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout.FromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert charts["deletion"] == ["^explain/deletion$"]
+    for explainer in ("rollout", "gmar"):  # each explainer its own run: TensorBoard gives each run its own colour
+        run = EventAccumulator(f"{trainer.logger.log_dir}/explain_by_explainer/{explainer}", {SCALARS: 0})
+        run.Reload()
+        mine = [(s.step, s.value) for s in run.Scalars("explain/deletion")]
+        assert mine == [(s.step, s.value) for s in events.Scalars(f"explain/{explainer}/deletion")]
     settings = events.Tensors("explain/settings/text_summary")[0].tensor_proto.string_val[0].decode()
     assert '"explainers": [' in settings and '"start_layer": 0' in settings
     captions = events.Tensors("explain/captions/text_summary")[0].tensor_proto.string_val[0].decode()
