@@ -19,21 +19,25 @@ from lightning_vitx.analysis.patch_interactions import (
     receptive_fields,
     sample_pairs,
 )
+from lightning_vitx.analysis.patch_removal import PatchRemovalCurve, interaction_windows, patch_removal_curve
 from lightning_vitx.analysis.randomization import RandomizationResult, randomization_check
 from lightning_vitx.analysis.ranks import rank_correlation
 
 __all__ = [
     "FOCUS_STATISTICS",
     "PatchInteractions",
+    "PatchRemovalCurve",
     "RandomizationResult",
     "attention_sharpness",
     "corner_region",
     "corner_share",
     "edge_ablation_effects",
     "focus_statistics",
+    "interaction_windows",
     "interaction_matrices",
     "object_share",
     "patch_interactions",
+    "patch_removal_curve",
     "randomization_check",
     "rank_correlation",
     "receptive_fields",
