@@ -14,10 +14,12 @@ from lightning_vitx.adapters.eva import EvaAdapter
 from lightning_vitx.adapters.forward import (
     ExplainingCall,
     Target,
+    TargetFn,
     check_inputs,
     check_target,
     explaining,
     explaining_forward,
+    is_target_fn,
     resolve_target,
 )
 from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention, WindowedAttention
@@ -38,6 +40,7 @@ __all__ = [
     "RelPosViTAdapter",
     "SwinTransformerAdapter",
     "Target",
+    "TargetFn",
     "TokenLayout",
     "TokenStats",
     "VisionTransformerAdapter",
@@ -50,6 +53,7 @@ __all__ = [
     "detect",
     "explaining",
     "explaining_forward",
+    "is_target_fn",
     "model_mean_std",
     "qualified_name",
     "register_adapter",

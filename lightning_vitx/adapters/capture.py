@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from lightning_vitx._checks import check_choice
 from lightning_vitx.adapters.base import Adapter, TokenLayout, qualified_name
-from lightning_vitx.adapters.forward import Target, explaining_forward
+from lightning_vitx.adapters.forward import Target, TargetFn, explaining_forward
 from lightning_vitx.adapters.geometry import AttentionGeometry
 
 __all__ = [
@@ -89,13 +89,15 @@ class Capture:
     Attributes:
         layout: token layout of this input (prefix tokens, patch grid, readout rows).
         logits: ``[B, num_classes]``.
-        target: ``[B]`` class explained per sample.
+        target: ``[B]`` class explained per sample; ``-1`` for every sample when a callable target (``target_fn``)
+            chose the scalar.
         attentions: per block, ``[B, heads, N, N]``; row = query token, column = key token, rows sum to 1.
             Window attention (Swin): ``[B, heads, windows, w, w]``, per window.
         geometries: per block, how its attention connects tokens; ``geometries[l].times(v, fused)`` multiplies a
             row vector over the block's tokens by its head-fused attention.
         attention_grads: per block, ``d(sum_b logits[b, target[b]]) / dA``, same shapes; ``None`` unless asked.
-            With ``objective="probability"``: ``d(sum_b softmax(logits)[b, target[b]]) / dA``.
+            With ``objective="probability"``: ``d(sum_b softmax(logits)[b, target[b]]) / dA``; with a callable
+            target: ``d(sum_b target_fn(logits)[b]) / dA``.
         head_outputs: per block, ``[B, heads, N, head_dim]`` attention output before the output projection
             (``[B, heads, windows, w, head_dim]`` for window attention).
         head_output_grads: their gradients with respect to the target logits.
@@ -106,6 +108,7 @@ class Capture:
         norm_stats: per block, ``TokenStats`` of the LayerNorms over the block's tokens: ``norm1`` (feeds the
             attention), ``norm2`` (feeds the MLP) and, for the first block after a Swin patch merging, ``merge``
             (the merging norm, over the merged tokens the block receives).
+        target_fn: the callable target ``f(outputs) -> Tensor[B]`` the pass explained, or ``None`` for classes.
     """
 
     layout: TokenLayout
@@ -119,6 +122,7 @@ class Capture:
     token_states: list[dict[str, Tensor]] | None = None
     objective: Objective = "logit"
     norm_stats: list[dict[str, TokenStats]] | None = None
+    target_fn: TargetFn | None = None
     _gradient_weighted: list[Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -312,7 +316,8 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
     Args:
         adapter: from ``lightning_vitx.adapters.detect(model)``.
         images: ``[B, 3, H, W]`` as the model takes them, on the model's device.
-        target: ``None`` (the predicted class), an ``int`` for all samples, or ``LongTensor[B]``.
+        target: ``None`` (the predicted class), an ``int`` for all samples, ``LongTensor[B]``, or a callable
+            ``f(logits) -> Tensor[B]``: the scalar whose gradients are recorded.
         needs: what to record beyond the attention probabilities, and what the gradients differentiate.
 
     Example::
@@ -332,7 +337,9 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
     norm_stats: list[dict[str, TokenStats]] = []
     handles: list[torch.utils.hooks.RemovableHandle] = []
     # gradients reach the attention through the inputs, also when the parameters are frozen
-    with explaining_forward(adapter, images, target, needs.gradients, input_grad=needs.gradients) as call:
+    with explaining_forward(
+        adapter, images, target, needs.gradients, input_grad=needs.gradients, callable_target=True
+    ) as call:
         layout = adapter.layout(images)
         geometries = adapter.attention_geometries(images)
         try:
@@ -342,8 +349,8 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
             for handle in handles:
                 handle.remove()
         check_attention_recorded(len(attentions), len(adapter.blocks()))
-        target_ids = call.target_ids
         batch = images.shape[0]
+        target_ids = call.target if call.target is not None else torch.full((batch,), -1, device=logits.device)
         _check_attention_shapes(attentions, geometries, batch)
 
         def per_sample(tensors: list[Tensor]) -> list[Tensor]:
@@ -361,12 +368,12 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
             attentions=per_sample(attentions),
             geometries=geometries,
             objective=needs.objective,
+            target_fn=call.target_fn,
         )
         if needs.head_outputs:
             record.head_outputs = split_heads(head_outputs)
         if needs.gradients:
-            scores = logits.float().softmax(dim=1) if needs.objective == "probability" else logits.float()
-            score = scores.gather(1, target_ids[:, None]).sum()
+            score = call.score(logits, needs.objective).sum()
             wrt = attentions + (head_outputs if needs.head_outputs else [])
             grads = torch.autograd.grad(score, wrt)
             record.attention_grads = per_sample(list(grads[: len(attentions)]))

@@ -6,14 +6,20 @@ exit), leaves inference mode, turns autocast off and yields an :class:`Explainin
 model on a detached copy of the images and resolves the predicted class. The capture pass, the LRP family's passes,
 AttnLRP's modified backward and the edge ablation all run through it; the metrics check targets with
 :func:`check_target`.
+
+A target is ``None`` (the predicted class), a class (``int`` or ``LongTensor[B]``), or a callable
+``f(outputs) -> Tensor[B]`` that computes the scalar to explain per sample from the model's outputs (a regression
+output, a sum of classes, the similarity of a headless model's features to a reference). A pass that differentiates
+``call.score(outputs)`` takes callables (``explaining_forward(..., callable_target=True)``); one that seeds a class
+(the LRP family's one-hot relevance) refuses them with a ``TypeError`` before the forward.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeGuard
 
 import torch
 from torch import Tensor
@@ -25,26 +31,45 @@ __all__ = [
     "LOW_PRECISION",
     "ExplainingCall",
     "Target",
+    "TargetFn",
     "check_inputs",
     "check_target",
     "explaining",
     "explaining_forward",
+    "is_target_fn",
     "resolve_target",
 ]
 
-Target = int | Tensor | None
+TargetFn = Callable[[Tensor], Tensor]
+Target = int | Tensor | TargetFn | None
 
 
-def check_target(target: Target, batch_size: int, num_classes: int | None, who: str = "") -> None:
+def is_target_fn(target: object) -> TypeGuard[TargetFn]:
+    """Whether ``target`` is a callable target ``f(outputs) -> Tensor[B]`` (not a class, not ``None``)."""
+    return callable(target) and not isinstance(target, (Tensor, int))
+
+
+def check_target(
+    target: Target, batch_size: int, num_classes: int | None, who: str = "", allow_callable: bool = False
+) -> None:
     """Raise ``TypeError``/``ValueError`` for a target that is not a valid class choice for ``batch_size`` images.
 
     Valid: ``None``, an int, or an integer tensor ``[B]`` (or 0-d) of classes in ``[0, num_classes)`` (any class
-    >= 0 when ``num_classes`` is None). ``who`` prefixes the message.
+    >= 0 when ``num_classes`` is None); with ``allow_callable``, also a callable ``f(outputs) -> Tensor[B]`` (its
+    value is checked when it is called, :meth:`ExplainingCall.score`). ``who`` prefixes the message.
     """
     prefix = f"{who}: " if who else ""
     expected = f"expected target as None (the predicted class), an int or an integer tensor of shape [{batch_size}]"
     if target is None:
         return
+    if is_target_fn(target):
+        if allow_callable:
+            return
+        raise TypeError(
+            f"{prefix}{expected}, got a callable ({getattr(target, '__name__', type(target).__name__)}): this pass "
+            "explains a class (its relevance starts from the class's one-hot or logit). Pass the class, or use an "
+            "explainer that takes callable targets (lightning_vitx.explainers.get_info(name).callable_target)"
+        )
     if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
         raise TypeError(f"{prefix}{expected}, got {type(target).__name__}")
     if isinstance(target, Tensor):
@@ -63,13 +88,16 @@ def check_target(target: Target, batch_size: int, num_classes: int | None, who: 
 
 
 def resolve_target(target: Target, batch_size: int, num_classes: int, device: torch.device) -> Tensor | None:
-    """Check ``target`` and return it as ``LongTensor[B]`` on ``device`` (``None`` stays: the predicted class)."""
+    """Check a class ``target`` and return it as ``LongTensor[B]`` on ``device`` (``None`` stays: the predicted class).
+
+    A callable raises the ``TypeError`` of :func:`check_target`: it has no classes to resolve.
+    """
     check_target(target, batch_size, num_classes)
-    if target is None:
-        return None
     if isinstance(target, Tensor):
         return target.detach().to(device=device, dtype=torch.long).expand(batch_size).clone()
-    return torch.full((batch_size,), target, dtype=torch.long, device=device)
+    if isinstance(target, int):
+        return torch.full((batch_size,), target, dtype=torch.long, device=device)
+    return None  # None: the predicted class (a callable has raised above)
 
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -145,37 +173,76 @@ class ExplainingCall:
 
     ``inputs`` is a detached copy of the images in the dtype the model is explained in (it requires grad when the
     call was opened with ``input_grad``); ``target`` is the checked ``LongTensor[B]``, or ``None`` until
-    ``forward()`` fills in the predicted class.
+    ``forward()`` fills in the predicted class; ``target_fn`` is the callable target (then ``target`` stays
+    ``None``).
     """
 
     adapter: Adapter
     inputs: Tensor
     target: Tensor | None
+    target_fn: TargetFn | None = None
 
     def forward(self) -> Tensor:
         """The model's logits on ``inputs`` (run inside whatever hooks or rule contexts the caller opened)."""
         model: Any = self.adapter.model
         logits: Tensor = model(self.inputs)
-        if self.target is None:
+        if self.target is None and self.target_fn is None:
             self.target = logits.detach().argmax(dim=1)
         return logits
 
     @property
     def target_ids(self) -> Tensor:
         """The target classes; only after ``forward()`` when the predicted class was asked for."""
+        if self.target_fn is not None:
+            raise TypeError("a callable target has no class indices; differentiate call.score(outputs) instead")
         if self.target is None:
             raise RuntimeError("the predicted class is known after forward(); call it first")
         return self.target
 
+    def score(self, outputs: Tensor, objective: Literal["logit", "probability"] = "logit") -> Tensor:
+        """``[B]``: the scalar explained per sample, float32: ``outputs[b, target[b]]`` or ``target_fn(outputs)``.
+
+        ``outputs`` are the model's (or, for a per-block score, its head's on that block's tokens). With
+        ``objective="probability"`` the class's softmax probability; a callable target is its own scalar and
+        refuses it.
+        """
+        if self.target_fn is None:
+            scores = outputs.float().softmax(dim=1) if objective == "probability" else outputs.float()
+            return scores.gather(1, self.target_ids[:, None])[:, 0]
+        if objective != "logit":
+            raise ValueError(
+                f"a callable target is the scalar to explain itself; it has no softmax {objective}: explain it with "
+                "the logit objective (e.g. tokentm(score='logit')) or pass a class as the target"
+            )
+        batch = self.inputs.shape[0]
+        value = self.target_fn(outputs.float())
+        if not isinstance(value, Tensor) or not value.is_floating_point() or value.shape != (batch,):
+            found = f"a {value.dtype} tensor of shape {list(value.shape)}" if isinstance(value, Tensor) else value
+            raise ValueError(
+                f"expected target(outputs) to return a float tensor of shape [{batch}] (the scalar to explain per "
+                f"sample, e.g. lambda out: out[:, 0]), got {found}"
+            )
+        if torch.is_grad_enabled() and not value.requires_grad:
+            raise ValueError(
+                "target(outputs) does not depend on the outputs (it carries no gradient); compute it from them"
+            )
+        return value.float()
+
 
 @contextlib.contextmanager
 def explaining_forward(
-    adapter: Adapter, images: Tensor, target: Target = None, gradients: bool = False, input_grad: bool = False
+    adapter: Adapter,
+    images: Tensor,
+    target: Target = None,
+    gradients: bool = False,
+    input_grad: bool = False,
+    callable_target: bool = False,
 ) -> Iterator[ExplainingCall]:
     """Check ``images`` and ``target``, enter the explaining state, and yield the call (module docstring).
 
     ``gradients``: autograd on inside (off otherwise). ``input_grad``: the inputs require grad, so gradients reach
-    the model's activations even when its parameters are frozen.
+    the model's activations even when its parameters are frozen. ``callable_target``: the caller differentiates
+    ``call.score(outputs)``, so a callable target is taken; otherwise it raises a ``TypeError`` here.
 
     Example::
 
@@ -190,8 +257,12 @@ def explaining_forward(
     dtype, device = check_inputs(adapter, images)
     autocast_off = torch.autocast(device_type=device.type, enabled=False)
     with explaining(adapter), torch.inference_mode(False), torch.set_grad_enabled(gradients), autocast_off:
-        target_ids = resolve_target(target, images.shape[0], adapter.num_classes, images.device)
+        if is_target_fn(target):
+            check_target(target, images.shape[0], adapter.num_classes, allow_callable=callable_target)
+            target_ids, target_fn = None, target
+        else:
+            target_ids, target_fn = resolve_target(target, images.shape[0], adapter.num_classes, images.device), None
         inputs = images.detach().clone().to(dtype)
         if input_grad:
             inputs.requires_grad_(True)
-        yield ExplainingCall(adapter, inputs, target_ids)
+        yield ExplainingCall(adapter, inputs, target_ids, target_fn)

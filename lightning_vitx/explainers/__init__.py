@@ -11,6 +11,7 @@ Example::
     gmar
     gradcam
     layernorm_stats
+    legrad
     lrp
     partial_lrp
     patch_interaction
@@ -29,6 +30,7 @@ from lightning_vitx.explainers.generic_attention import GenericAttention
 from lightning_vitx.explainers.gmar import GMAR
 from lightning_vitx.explainers.gradcam import AttentionGradCAM
 from lightning_vitx.explainers.layernorm_stats import LayerNormStats
+from lightning_vitx.explainers.legrad import LeGrad
 from lightning_vitx.explainers.lrp import LRP
 from lightning_vitx.explainers.lrp.attnlrp import AttnLRP
 from lightning_vitx.explainers.lrp.partial import PartialLRP
@@ -49,6 +51,7 @@ __all__ = [
     "ExplainerInfo",
     "GenericAttention",
     "LayerNormStats",
+    "LeGrad",
     "PartialLRP",
     "PatchInteraction",
     "RawAttention",

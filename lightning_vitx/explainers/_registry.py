@@ -46,6 +46,10 @@ class ExplainerInfo:
             monitor draws with ``pixel_maps=True`` (``partial_lrp``'s would be ``lrp``'s map: False).
         receptive_field_figures: True when the monitor also draws the patch interactions behind the map (each
             patch's receptive field and its size per block).
+        callable_target: True when ``target`` may be a callable ``f(outputs) -> Tensor[B]`` (the scalar to explain
+            per sample: a regression output, a sum of classes, a feature similarity): the gradient explainers, which
+            differentiate that scalar, and those that read no target. False where the method seeds a class (the
+            LRP family's one-hot relevance): a callable raises a ``TypeError`` at call.
     """
 
     name: str
@@ -59,6 +63,7 @@ class ExplainerInfo:
     relevance_seed: Literal["logit", "one"] | None = None
     pixel_map: bool = False
     receptive_field_figures: bool = False
+    callable_target: bool = False
 
 
 _EXPLAINERS: Registry[ExplainerInfo] = Registry("explainer")

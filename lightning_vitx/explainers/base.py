@@ -21,8 +21,10 @@ class Explainer:
     Maps are float32 ``[B, gh, gw]`` at the model's patch grid, higher = more relevant, not normalised, on the
     images' device.
 
-    ``target`` is ``None`` (the predicted class), an ``int`` for all samples, or ``LongTensor[B]``. Subclasses
-    register with ``@register(ExplainerInfo(...))`` and are built with ``lightning_vitx.explainers.create``.
+    ``target`` is ``None`` (the predicted class), an ``int`` for all samples, ``LongTensor[B]``, or, for the
+    explainers whose ``info.callable_target`` is True, a callable ``f(outputs) -> Tensor[B]`` giving the scalar to
+    explain per sample (the others raise a ``TypeError``). Subclasses register with
+    ``@register(ExplainerInfo(...))`` and are built with ``lightning_vitx.explainers.create``.
     """
 
     info: ClassVar[ExplainerInfo]
@@ -113,7 +115,7 @@ class ExplainerGroup:
         for names, needs in self._passes(readouts):
             record = capture_pass(self.adapter, images, resolved, needs)
             maps.update({name: readouts[name].from_capture(record) for name in names})
-            resolved = record.target
+            resolved = record.target_fn if record.target_fn is not None else record.target
         for name, explainer in self.explainers.items():
             if name not in maps:
                 maps[name] = explainer(images, resolved)

@@ -20,6 +20,7 @@ __all__ = ["GenericAttention"]
         families=READOUT_FAMILIES,
         description="R <- R + mean_h((grad A * A)^+) R over all blocks",
         reference="Chefer, Gur & Wolf 2021b, Generic Attention-model Explainability (arXiv 2103.15679)",
+        callable_target=True,
     )
 )
 class GenericAttention(ReadoutExplainer):

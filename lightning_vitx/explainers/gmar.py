@@ -24,6 +24,7 @@ __all__ = ["GMAR"]
         families=READOUT_FAMILIES,
         description="rollout with heads weighted by the L1/L2 norm of their attention gradients",
         reference="Jo et al. 2025, GMAR: Gradient-Driven Multi-Head Attention Rollout (arXiv 2504.19414)",
+        callable_target=True,
     )
 )
 class GMAR(ReadoutExplainer):

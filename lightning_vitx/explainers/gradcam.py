@@ -19,6 +19,7 @@ __all__ = ["AttentionGradCAM"]
         families=READOUT_FAMILIES,
         description="Grad-CAM with heads as channels and the readout row of the attention as the feature map",
         reference="Selvaraju et al. 2017, as adapted to ViT by Chefer, Gur & Wolf 2021 (arXiv 2012.09838)",
+        callable_target=True,
     )
 )
 class AttentionGradCAM(ReadoutExplainer):

@@ -67,6 +67,7 @@ def token_weights(stats: TokenStats, rule: Rule, outlier_z: float = 2.0) -> Tens
         "per-layer key weightings as options",
         reference="Nguyen, Lee & Kim 2023, Inspecting Explainability of Transformer Models with Additional "
         "Statistical Information (arXiv 2311.11378); our reconstruction, see docs/methods.md §7",
+        callable_target=True,
     )
 )
 class LayerNormStats(ReadoutExplainer):

@@ -39,6 +39,7 @@ def fused_indicators(record: Capture, indicator: str) -> list[Tensor]:
         description="the patch-to-patch interaction mass (grad A * A)^+ each patch takes in, summed over blocks",
         reference="after Ma et al. 2022, Visualizing and Understanding Patch Interactions in ViT (arXiv 2203.05922)",
         receptive_field_figures=True,
+        callable_target=True,
     )
 )
 class PatchInteraction(ReadoutExplainer):

@@ -20,6 +20,7 @@ __all__ = ["RawAttention"]
         description="attention of the readout token(s) to the patches in the last block, mean over heads",
         reference="baseline in Chefer, Gur & Wolf 2021 (arXiv 2012.09838)",
         class_sensitive=False,
+        callable_target=True,
     )
 )
 class RawAttention(ReadoutExplainer):

@@ -28,6 +28,7 @@ __all__ = ["AttentionRollout"]
         description="product of the head-fused attention of every block, with the residual as identity",
         reference="Abnar & Zuidema 2020, Quantifying Attention Flow in Transformers (arXiv 2005.00928)",
         class_sensitive=False,
+        callable_target=True,
     )
 )
 class AttentionRollout(ReadoutExplainer):

@@ -49,6 +49,7 @@ def transformation_weights(before: Tensor, after: Tensor, necc: Literal["softmax
         families=READOUT_FAMILIES,
         description="C0 = diag|E0|, C <- (I + W_mlp)(I + (mean_h A W_attn) * mean_h (grad A)^+) C over all blocks",
         reference="Wu, Duan, Kang, Tang & Yan 2024, Token Transformation Matters (CVPR 2024, arXiv 2403.14552)",
+        callable_target=True,
     )
 )
 class TokenTM(ReadoutExplainer):

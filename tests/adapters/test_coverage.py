@@ -24,7 +24,8 @@ def _load_coverage():
 
 
 coverage = _load_coverage()
-READOUTS = [name for name in X.available() if X.get_info(name).readout]
+# the readouts and legrad (its own pass, through the same attention record): every attention family
+READOUTS = [name for name in X.available() if X.get_info(name).readout or name == "legrad"]
 NEW = ["eva", "eva02", "beit", "vit_relpos", "vit_relpos_rpn"]  # the families of issue 26's first slice
 # Checked here only where CPU time is small: the existing families' cells are the contract tests' business.
 CHECKED = [*NEW, "swinv2", "cait", "vit_map", "vit_hybrid"]

@@ -14,6 +14,7 @@ def test_available_names():
         "gmar",
         "gradcam",
         "layernorm_stats",
+        "legrad",
         "lrp",
         "partial_lrp",
         "patch_interaction",
