@@ -40,6 +40,7 @@ __all__ = ["AttnLRP"]
         signed=True,
         relevance_seed="logit",
         pixel_map=True,
+        callable_target=True,
     )
 )
 class AttnLRP(Explainer):
@@ -100,19 +101,21 @@ class AttnLRP(Explainer):
 
         Args:
             images: ``[B, 3, H, W]`` as the model takes them.
-            target: ``None`` (predicted class), an ``int`` or ``LongTensor[B]``.
+            target: ``None`` (predicted class), an ``int``, ``LongTensor[B]`` or ``f(outputs) -> Tensor[B]``.
         """
         attention = self.adapter.attention_modules()
         # the uniform rule needs nothing from inside the attention: the fused kernel, where the model used it (the
         # probabilities and the q, k, v copies of the explicit path are then not kept for the backward)
         fused = [module for module in attention if getattr(module, "fused_attn", False)]
         fused = fused if self.attention_rule == "attnlrp" else []
-        with explaining_forward(self.adapter, images, target, gradients=True, input_grad=True) as call:
+        with explaining_forward(
+            self.adapter, images, target, gradients=True, input_grad=True, callable_target=True
+        ) as call:
             with (
                 fused_attention(fused),
                 lrp_rules(self.model, self.composite),
             ):
                 logits = call.forward()
-            inputs, target_ids = call.inputs, call.target_ids
-            (grad,) = torch.autograd.grad(logits.gather(1, target_ids[:, None]).sum(), inputs)
+            (grad,) = torch.autograd.grad(call.score(logits).sum(), call.inputs)
+            inputs = call.inputs
             return (inputs.detach() * grad).float().sum(dim=1)

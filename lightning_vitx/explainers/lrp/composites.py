@@ -292,14 +292,10 @@ def modified_backward(attention_rule: AttentionRuleName, gamma: float, conv_gamm
     entries = {
         **shared_map(Entry(GammaRule(gamma)), Entry(LayerNormRule()), gradient),
         nn.Conv2d: Entry(GammaRule(conv_gamma), requires=GammaRule(conv_gamma).refuses),
-        **vit_map(
-            readout=Entry(GRADIENT, requires=_linear_classifier),
-            distilled=Entry(GRADIENT, requires=_linear_classifier),
-            block=gradient,
-            attention=attention,
-        ),
+        # any head made of modules with rules: a Linear classifier, or none (a headless model with a callable target)
+        **vit_map(readout=gradient, distilled=gradient, block=gradient, attention=attention),
         **swin_map(
-            readout=Entry(GRADIENT, requires=_linear_classifier),
+            readout=gradient,
             block=gradient,
             attention=attention,
             passing=gradient,

@@ -145,7 +145,7 @@ REFUSED = {
     ),
     "headless": (
         lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**VIT, "num_classes": 0}),
-        ALL,
+        EXPLICIT,  # attnlrp explains a headless model's callable target (tests/explainers/test_callable_targets.py)
         r"the model \(VisionTransformer\): needs a Linear classifier head, got Identity; "
         r"create it with num_classes > 0",
     ),
