@@ -88,3 +88,9 @@ def test_the_model_is_left_as_found(family):
     assert _hooks(model) == hooks
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+
+
+def test_the_readme_coverage_table_is_what_the_script_prints():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- coverage:begin -->\n", 1)[1].split("\n<!-- coverage:end -->", 1)[0]
+    assert block == coverage.table(coverage.coverage_cells()), "rerun benchmarks/coverage.py and paste its table"
