@@ -11,8 +11,9 @@ monitor and prints:
   same model (``--val-size`` times the median batched forward per image: a long epoch's cost, without the fixed
   overhead that dominates a 256-image validation);
 - the images the model saw per held-out sample (counted by a forward hook) against the floor for the same work:
-  one clean forward and one fully perturbed image per sample, each perturbation metric's interior curve points once
-  per explainer and for the random-order reference, each explainer's own pass (the readouts share one capture),
+  one clean forward per sample and one per baseline a curve ends at, each perturbation metric's interior curve
+  points (fractions strictly between 0 and 1) once per explainer and for the random-order reference (unless
+  ``reference_curves=False``), each explainer's own pass (the readouts share one capture),
   and, with ``sanity``, the runner-up class's pass over the panel's samples (maps the metrics skip as degenerate,
   such as Grad-CAM's all-zero ones, take no curve: the count can fall below the floor);
 - the monitor's own pass (``<name>/time_s``: explaining and scoring) with the sanity scores against without them.
@@ -63,15 +64,19 @@ def validate(module: L.LightningModule, data: L.LightningDataModule, callbacks: 
     return time.perf_counter() - start, sum(seen), float(trainer.callback_metrics.get("explain/time_s", 0.0))
 
 
-def floor_per_sample(explainers: Sequence[str], metrics: Sequence[str], sanity: bool, panel_share: float) -> float:
+def floor_per_sample(
+    explainers: Sequence[str], metrics: Sequence[str], sanity: bool, panel_share: float, reference: bool = True
+) -> float:
     """The fewest images per held-out sample for the same scores (module docstring)."""
-    interior = 0
+    interior, baselines = 0, set()
     for name in metrics:
         metric = M.create(name)
         fractions = getattr(metric, "fractions", None)
         if fractions is not None:
-            interior += int(fractions.numel()) - 2  # the clean and fully perturbed ends are shared
-    curves = (len(explainers) + 1) * interior  # every explainer's curves and the random-order reference
+            interior += int(((fractions > 0) & (fractions < 1)).sum())  # the clean and fully perturbed ends are shared
+            if bool((fractions == (0 if metric.insert else 1)).any()):
+                baselines.add(metric.baseline)  # a curve ends at the baseline image: one forward per baseline
+    curves = (len(explainers) + int(reference)) * interior  # every explainer's curves and the random-order one
     readouts = [name for name in explainers if X.get_info(name).readout]
     passes = (1 if readouts else 0) + len(explainers) - len(readouts)
     sensitive = [name for name in explainers if X.get_info(name).class_sensitive]
@@ -79,7 +84,7 @@ def floor_per_sample(explainers: Sequence[str], metrics: Sequence[str], sanity: 
         not X.get_info(n).readout for n in sensitive
     )
     runner_up = sensitive_passes * panel_share if sanity else 0.0
-    return 2 + curves + passes + runner_up
+    return 1 + len(baselines) + curves + passes + runner_up
 
 
 def forward_seconds_per_image(model: torch.nn.Module, batch: int = 64, repeats: int = 20) -> float:
@@ -109,6 +114,7 @@ def main() -> None:
     per_image = forward_seconds_per_image(module.model)
     configurations = {
         "defaults": {},
+        "defaults, no reference curves": {"reference_curves": False},
         "every explainer": {"explainers": X.available()},
     }
     print(
@@ -127,7 +133,8 @@ def main() -> None:
         added = statistics.median(seconds for seconds, _, _ in runs) - plain
         images = (runs[-1][1] - VALIDATION_IMAGES) / monitor.num_samples
         panel_share = min(monitor.panel_size, monitor.num_samples) / monitor.num_samples
-        floor = floor_per_sample(monitor.explainer_names, monitor.metric_names, monitor.sanity, panel_share)
+        names, metrics, reference = monitor.explainer_names, monitor.metric_names, monitor.reference_curves
+        floor = floor_per_sample(names, metrics, monitor.sanity, panel_share, reference)
         share = added / (args.val_size * per_image)
         print(
             f"| {label} | {len(monitor.explainer_names)} | {share:.3f} | {images:.0f} | {floor:.0f} | "

@@ -11,7 +11,17 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["Restored", "monitor_state", "restore", "state_key_parts", "state_settings", "unclaimed_state"]
+from lightning_vitx.callbacks._held_out import HeldOut
+
+__all__ = [
+    "Restored",
+    "load_monitor_state",
+    "monitor_state",
+    "restore",
+    "state_key_parts",
+    "state_settings",
+    "unclaimed_state",
+]
 
 
 @dataclass
@@ -59,6 +69,19 @@ def monitor_state(monitor: Any) -> dict[str, Any]:
         "sanity_reference": dict(sanity.reference_maps) if sanity is not None else {},
         "alerts": monitor.alerts.state_dict(),
     }
+
+
+def load_monitor_state(monitor: Any, state: Mapping[str, Any]) -> None:
+    """Put a checkpointed ``state`` back into an ``ExplainabilityMonitor``, reconciled with its settings."""
+    restored = restore(state, state_settings(monitor), monitor.name, monitor._warn_once)
+    monitor.held_out = HeldOut(restored.samples, strict=monitor.on_error == "raise")
+    monitor.last_maps, monitor.history = restored.last_maps, restored.history
+    monitor._explained_epochs = restored.explained_epochs
+    monitor._failed = set()  # tried again after a resume
+    monitor.alerts.load_state_dict(state.get("alerts", {}))
+    monitor._sanity_reference = restored.sanity_reference  # the first pass's maps: kept
+    if monitor.sanity_scores is not None:
+        monitor.sanity_scores.restore(monitor._sanity_reference)
 
 
 def restore(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MeanMetric, Metric
 
 import lightning_vitx.explainers as X
@@ -16,6 +16,7 @@ import lightning_vitx.metrics as M
 from lightning_vitx._batching import chunks
 from lightning_vitx._state import eval_mode
 from lightning_vitx.analysis import FOCUS_STATISTICS, focus_statistics, rank_correlation
+from lightning_vitx.callbacks._curves import stream_curves
 from lightning_vitx.callbacks._explaining import ExplainingRun
 from lightning_vitx.metrics import DEGENERATE_KINDS, degenerate_maps
 
@@ -37,9 +38,11 @@ def _create(name: str, options: Mapping[str, Any], batch_size: int) -> Metric:
 class Scoring:
     """Metric and stability states of one monitor; what the last update saw (probabilities, per-sample scores).
 
-    ``update`` runs every pass over the model ``batch_size`` images at a time (the clean forward, each metric's
-    update, and its perturbed images unless its options set ``max_batch``), so the monitor's memory follows
-    ``batch_size``, not the held-out set's size.
+    ``update`` runs every pass over the model ``batch_size`` images at a time, so the monitor's memory follows
+    ``batch_size``, not the held-out set's size: the clean forward, each baseline once, then the perturbed images
+    of every explainer's curves and of the random order's in one stream (``_curves.stream_curves``; a metric whose
+    options set its own ``max_batch`` keeps its own stream). The curves' ends come from the clean and baseline
+    forwards, shared by every explainer. ``reference=False``: no random-order curves.
     """
 
     def __init__(
@@ -48,6 +51,8 @@ class Scoring:
         metric_options: Mapping[str, Mapping[str, Any]],
         device: torch.device,
         batch_size: int,
+        *,
+        reference: bool = True,
     ) -> None:
         self.metrics: dict[str, dict[str, Metric]] = {
             explainer: {name: _create(name, options, batch_size).to(device) for name, options in metric_options.items()}
@@ -65,7 +70,7 @@ class Scoring:
         self.conservation = {explainer: MeanMetric(nan_strategy="ignore").to(device) for explainer in self.seeds}
         # The curves of a random patch order (per sample, seeded by its id: the same on every rank and epoch), the
         # reference line of the curve plots.
-        probes = {name: _create(name, options, batch_size) for name, options in metric_options.items()}
+        probes = {name: _create(name, options, batch_size) for name, options in metric_options.items() if reference}
         curves = {name: m for name, m in probes.items() if isinstance(getattr(m, "fractions", None), Tensor)}
         self.reference = {name: metric.to(device) for name, metric in curves.items()}
         self.reference_curves: dict[str, Any] = {}  # metric -> (fractions, mean curve) of the random order
@@ -112,6 +117,10 @@ class Scoring:
                 total = maps[explainer].to(device).flatten(1).double().sum(dim=1)
                 start = logits.gather(1, target.to(device)[:, None])[:, 0].double() if seed == "logit" else 1.0
                 self.conservation[explainer].update((total / start).float())
+        random_maps = self._random_maps(samples, maps)
+        streamed = stream_curves(
+            model, images, maps, random_maps, target, logits, self._curve_metrics(), self.batch_size
+        )
         for explainer, explanation in maps.items():
             for stat, values in focus_statistics(explanation).items():
                 self.focus[explainer][stat].update(values.to(device))
@@ -120,11 +129,16 @@ class Scoring:
                     continue  # NaN on every rank: no masks to score against
                 key, per_sample = f"{explainer}/{name}", []
                 try:
-                    for image, expl, tgt, mask in chunks(self.batch_size, images, explanation, target, masks):
+                    batches = chunks(self.batch_size, images, explanation, target, masks)
+                    for index, (image, expl, tgt, mask) in enumerate(batches):
                         mask = None if mask is None else mask.to(device)
+                        given = streamed.get((explainer, name, index))
                         with warnings.catch_warnings():
                             warnings.filterwarnings("ignore", message=_METRIC_DEGENERATE_WARNING)
-                            metric.update(model, image.to(device), expl.to(device), tgt.to(device), mask)
+                            if given is None:
+                                metric.update(model, image.to(device), expl.to(device), tgt.to(device), mask)
+                            else:
+                                metric.update(model, image.to(device), expl.to(device), tgt.to(device), curves=given)
                         scores = getattr(metric, "last_sample_scores", None)
                         if isinstance(scores, Tensor):
                             per_sample.append(scores.cpu())
@@ -143,9 +157,36 @@ class Scoring:
                 rho = rho[rho.isfinite()]  # a constant map has no ranking to compare
                 if rho.numel():
                     self.stability[explainer].update(rho.to(device))
-        if maps and self.reference:
-            self._update_reference(model, samples, next(iter(maps.values())).shape[1:], target, device, warn)
+        if random_maps is not None:
+            for name, metric in self.reference.items():
+                try:
+                    for index, (image, expl, tgt) in enumerate(chunks(self.batch_size, images, random_maps, target)):
+                        given = streamed.get((None, name, index))
+                        metric.update(model, image.to(device), expl.to(device), tgt.to(device), curves=given)
+                except Exception as error:  # noqa: BLE001 - the reference line is not worth a run
+                    warn(f"reference/{name}", f"the random-order reference of {name!r} failed: {error!r}")
         return failed
+
+    def _random_maps(self, samples: Mapping[str, Tensor | None], maps: Mapping[str, Tensor]) -> Tensor | None:
+        """The reference's maps ``[N, gh, gw]``: a random patch order per sample, seeded by its id; None without."""
+        images, ids = samples["images"], samples.get("ids")
+        if not maps or not self.reference or images is None:
+            return None
+        grid = next(iter(maps.values())).shape[1:]
+        ids = torch.arange(images.shape[0]) if ids is None else ids
+        return torch.stack([torch.rand(grid, generator=torch.Generator().manual_seed(int(i))) for i in ids])
+
+    def _curve_metrics(self) -> dict[str | None, dict[str, Metric]]:
+        """The metrics whose curves go through the shared stream, per explainer (None: the reference).
+
+        Those whose options set their own ``max_batch`` keep their own stream.
+        """
+        owners: dict[str | None, dict[str, Metric]] = {None: self.reference}
+        owners.update(self.metrics)
+        return {
+            owner: {name: m for name, m in metrics.items() if getattr(m, "max_batch", None) == self.batch_size}
+            for owner, metrics in owners.items()
+        }
 
     def fault_counts(self, explainers: Sequence[str]) -> list[float]:
         """Per explainer, this rank's ``[nonfinite, zero, flat, maps]`` of the last update, flat: to sum over ranks."""
@@ -174,26 +215,6 @@ class Scoring:
                 scores[f"{prefix}/{name}/skipped/{kind}"] = float(count)
             scores[f"{prefix}/{name}/degenerate"] = float(sum(counts)) / explained if explained else math.nan
         return scores
-
-    def _update_reference(
-        self,
-        model: nn.Module,
-        samples: Mapping[str, Tensor | None],
-        grid: torch.Size,
-        target: Tensor,
-        device: torch.device,
-        warn: Callable[[str, str], None],
-    ) -> None:
-        images, ids = samples["images"], samples.get("ids")
-        assert images is not None
-        ids = torch.arange(images.shape[0]) if ids is None else ids
-        random_maps = torch.stack([torch.rand(grid, generator=torch.Generator().manual_seed(int(i))) for i in ids])
-        for name, metric in self.reference.items():
-            try:
-                for image, expl, tgt in chunks(self.batch_size, images, random_maps, target):
-                    metric.update(model, image.to(device), expl.to(device), tgt.to(device))
-            except Exception as error:  # noqa: BLE001 - the reference line is not worth a run
-                warn(f"reference/{name}", f"the random-order reference of {name!r} failed: {error!r}")
 
     def compute(self, prefix: str, disabled: set[str], failed: set[str], with_stability: bool) -> dict[str, float]:
         """``{prefix/explainer/metric: score}`` for every pair, computed or NaN; stability where asked.

@@ -45,7 +45,7 @@ from lightning_vitx.callbacks._held_out import (
 from lightning_vitx.callbacks._model import find_model
 from lightning_vitx.callbacks._panel import PanelRows, gather_panel
 from lightning_vitx.callbacks._pass import WarnOnce, finite, log_pass, log_scores, raise_alerts, score_pass
-from lightning_vitx.callbacks._resume import monitor_state, restore, state_key_parts, state_settings, unclaimed_state
+from lightning_vitx.callbacks._resume import load_monitor_state, monitor_state, state_key_parts, unclaimed_state
 from lightning_vitx.callbacks._sanity import SanityScores
 from lightning_vitx.callbacks._scoring import Scoring
 from lightning_vitx.callbacks._settings import (
@@ -118,6 +118,8 @@ class ExplainabilityMonitor(Callback):
             (``wandb.alert``) and TensorBoard (text), and counts in ``<name>/alerts``.
         save_passes: save every explained pass (maps as tensors, pictures, manifest) under
             ``<log dir>/<name>_passes/``, for ``lightning_vitx.loggers.load_passes``.
+        reference_curves: draw a random patch order's curve (dashed) beside the explainers' perturbation curves;
+            ``False`` saves its forwards (one curve per sample and perturbation metric).
 
     Example::
 
@@ -147,6 +149,7 @@ class ExplainabilityMonitor(Callback):
         sanity: bool = True,
         alerts: Mapping[str, Mapping[str, Any]] | None = None,
         save_passes: bool = False,
+        reference_curves: bool = True,
     ) -> None:
         self.explainer_options = named_options(explainers, X.get_info)  # unknown names fail here, with the choices
         self.metric_options = named_options(metrics, M.get_info)
@@ -169,6 +172,7 @@ class ExplainabilityMonitor(Callback):
         self.sanity = bool(sanity)
         self.alerts = AlertRules(alerts or {}, partial(higher_is_better, prefix=name))  # picklable: ddp_spawn
         self.save_passes = bool(save_passes)
+        self.reference_curves = bool(reference_curves)
         self._sanity_reference: dict[str, Tensor] = {}  # from a checkpoint, until setup builds the states
         self.class_names = None if class_names is None else list(class_names)
         self.num_samples = num_samples
@@ -231,7 +235,8 @@ class ExplainabilityMonitor(Callback):
             X.create_many(self.explainer_options, self.model)  # unsupported models and bad options fail here
         except (TypeError, ValueError) as error:
             raise MonitorConfigError(f"ExplainabilityMonitor(explainers=...): {error}") from None
-        self.scoring = Scoring(self.explainer_names, self.metric_options, pl_module.device, self.batch_size)
+        options, device = self.metric_options, pl_module.device
+        self.scoring = Scoring(self.explainer_names, options, device, self.batch_size, reference=self.reference_curves)
         self.sanity_scores = SanityScores(self.explainer_names, pl_module.device) if self.sanity else None
         if self.sanity_scores is not None:
             self.sanity_scores.restore(self._sanity_reference)
@@ -338,12 +343,4 @@ class ExplainabilityMonitor(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the held-out set, last maps and history, reconciled with this monitor's settings (``restore``)."""
-        restored = restore(state_dict, state_settings(self), self.name, self._warn_once)
-        self.held_out = HeldOut(restored.samples, strict=self.on_error == "raise")
-        self.last_maps, self.history = restored.last_maps, restored.history
-        self._explained_epochs = restored.explained_epochs
-        self._failed = set()  # tried again after a resume
-        self.alerts.load_state_dict(state_dict.get("alerts", {}))
-        self._sanity_reference = restored.sanity_reference  # the first pass's maps: kept
-        if self.sanity_scores is not None:
-            self.sanity_scores.restore(self._sanity_reference)
+        load_monitor_state(self, state_dict)

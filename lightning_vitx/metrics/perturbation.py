@@ -7,6 +7,7 @@ these classes sum them over a data set.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -14,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_vitx._checks import check_choice
-from lightning_vitx.metrics._common import CheckedBatch, register_metric, warn_if_empty
+from lightning_vitx.metrics._common import CheckedBatch, check_batch, register_metric, warn_if_empty
+from lightning_vitx.metrics._curve_stream import CurveJob, curve_job
 from lightning_vitx.metrics.base import PerImageMetric
 from lightning_vitx.metrics.functional.perturbation import (
     CHEFER_FRACTIONS,
@@ -70,8 +72,64 @@ class _PerturbationMetric(PerImageMetric):
         self.score_fn = score
         self.max_batch = max_batch
         self.add_state("curve_sum", torch.zeros(values.numel()), dist_reduce_fx="sum")
+        self._given_curves: Tensor | None = None
+
+    def update(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        maps: Tensor,
+        target: Tensor | int | None = None,
+        masks: Tensor | None = None,
+        *,
+        curves: Tensor | None = None,
+    ) -> None:
+        """Add a batch (``PerImageMetric.update``); ``curves [n, S]``: its usable samples' curves, evaluated already.
+
+        The monitor evaluates every explainer's curves in one stream (:meth:`curve_job`); without ``curves`` the
+        metric evaluates its own.
+        """
+        self._given_curves = curves
+        try:
+            super().update(model, images, maps, target, masks)
+        finally:
+            self._given_curves = None
+
+    def curve_job(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        maps: Tensor,
+        target: Tensor | int | None = None,
+        substrate: Tensor | None = None,
+    ) -> tuple[Tensor, CurveJob | None]:
+        """What ``update`` would evaluate, to evaluate elsewhere: the usable samples ``keep [B]`` and their job.
+
+        ``substrate [B, C, H, W]``: the batch's baseline images, when made already. The job is None when no
+        sample is usable. Warnings about skipped samples are left to ``update``.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            batch = check_batch(type(self).__name__, maps, model=model, images=images, target=target)
+        if batch.maps.shape[0] == 0:
+            return batch.keep, None
+        keep = batch.keep.to(images.device)
+        shared = None if substrate is None else substrate[keep]
+        job = curve_job(
+            model, batch, self.fractions, self.baseline, self.insert, self.most_relevant_first, self.score_fn, shared
+        )
+        return batch.keep, job
 
     def score_batch(self, model: nn.Module, batch: CheckedBatch) -> Tensor:
+        given = self._given_curves
+        if given is not None:
+            if given.shape != (batch.maps.shape[0], self.fractions.numel()):
+                raise ValueError(
+                    f"expected curves of the {batch.maps.shape[0]} usable samples at {self.fractions.numel()} "
+                    f"steps, got {tuple(given.shape)}"
+                )
+            self.curve_sum += given.sum(dim=0).to(self.curve_sum)
+            return _area(given, self.fractions)
         curves = _perturbation_update(
             model,
             batch,

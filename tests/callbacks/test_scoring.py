@@ -1,6 +1,9 @@
 """The monitor's scoring: the random-order reference curves drawn beside the explainers' curves."""
 
+import warnings
+
 import numpy as np
+import pytest
 import torch
 
 import lightning_vitx.metrics as M
@@ -33,3 +36,42 @@ def test_the_reference_curve_is_the_metric_of_random_maps_seeded_by_sample_id():
     np.testing.assert_allclose(x, result["fractions"].numpy())
     np.testing.assert_allclose(y, result["curve"].numpy(), rtol=1e-5)
     assert not np.allclose(y, scoring.curves["deletion"]["rollout"][1])  # not the explainer's own curve
+
+
+def test_without_reference_curves_no_random_order_is_scored():
+    model = tiny_vit_for_shapes(32, seed=0).eval()
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    scoring = Scoring(["rollout"], {"deletion": {"steps": 4}}, torch.device("cpu"), 4, reference=False)
+    assert scoring.reference == {}
+    scoring.update(
+        ExplainingRun(model, torch.device("cpu"), 4, raise_errors=True),
+        {"images": images},
+        {"rollout": torch.rand(3, 4, 4)},
+        {},
+    )
+    scores = scoring.compute("explain", set(), set(), False)
+    assert scoring.reference_curves == {} and 0 <= scores["explain/rollout/deletion"] <= 1
+
+
+@pytest.mark.parametrize("name", ["deletion", "insertion", "positive_perturbation", "negative_perturbation"])
+def test_a_metric_given_the_shared_curves_scores_as_it_does_alone(name):
+    from lightning_vitx.callbacks._curves import stream_curves
+
+    model = tiny_vit_for_shapes(32, seed=0).eval()
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    maps = {"a": torch.rand(5, 4, 4), "b": torch.rand(5, 4, 4)}
+    maps["b"][1] = 0.0  # skipped: no curve for it
+    with torch.no_grad():
+        logits = model(images).float()
+    target = logits.argmax(1)
+    metrics = {owner: {name: M.create(name, max_batch=5)} for owner in maps}
+    curves = stream_curves(model, images, maps, None, target, logits, metrics, 5)
+    for owner, m in maps.items():
+        alone = M.create(name, max_batch=5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            alone.update(model, images, m, target)
+            metrics[owner][name].update(model, images, m, target, curves=curves[owner, name, 0])
+        torch.testing.assert_close(metrics[owner][name].compute(), alone.compute(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="expected curves of the 5 usable samples"):
+        alone.update(model, images, maps["a"], target, curves=torch.zeros(4, 11))

@@ -107,19 +107,40 @@ def perturbation_curves(
     batch, num_patches = order.shape
     steps = fractions.numel()
     counts = (fractions.to(images.device) * num_patches).round().long()
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(num_patches, device=order.device).expand(batch, -1))
+    ranks = _ranks(order)
     scores = torch.empty(batch * steps, device=images.device)
     with torch.no_grad():
         for start in range(0, batch * steps, max_batch):
             index = torch.arange(start, min(start + max_batch, batch * steps), device=images.device)
             sample, step = index // steps, index % steps
-            chosen = ranks[sample] < counts[step][:, None]  # [n, P]: patches removed (or inserted) at this step
-            pixels = expand_patches(chosen.view(-1, *geometry.grid), geometry)[:, None]
-            keep, other = (baseline, images) if insert else (images, baseline)
-            perturbed = torch.where(pixels, other[sample], keep[sample])
+            perturbed = _perturb(images, baseline, ranks, counts, geometry, insert, sample, step)
             scores[start : start + index.numel()] = score(model(perturbed), target[sample])
     return scores.view(batch, steps)
+
+
+def _ranks(order: Tensor) -> Tensor:
+    """Each patch's place ``[B, P]`` in ``order`` (``relevance_order``'s patch indices)."""
+    batch, num_patches = order.shape
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(num_patches, device=order.device).expand(batch, -1))
+    return ranks
+
+
+def _perturb(
+    images: Tensor,
+    baseline: Tensor,
+    ranks: Tensor,
+    counts: Tensor,
+    geometry: PatchGeometry,
+    insert: bool,
+    sample: Tensor,
+    step: Tensor,
+) -> Tensor:
+    """The perturbed images ``[n, C, H, W]`` of samples ``sample [n]`` at steps ``step [n]``."""
+    chosen = ranks[sample] < counts[step][:, None]  # [n, P]: patches removed (or inserted) at this step
+    pixels = expand_patches(chosen.view(-1, *geometry.grid), geometry)[:, None]
+    keep, other = (baseline, images) if insert else (images, baseline)
+    return torch.where(pixels, other[sample], keep[sample])
 
 
 def steps_to_fractions(steps: int) -> list[float]:
