@@ -3,7 +3,7 @@
 The ends of a perturbation curve do not depend on the map (no patch perturbed: the image or the baseline as they
 are; every patch: the other one), so they come once per sample: the clean images from the scoring's clean forward,
 each baseline from one forward. The interior points of every explainer, metric and the reference then go through
-the model ``batch_size`` images per forward (:func:`lightning_vitx.metrics._curve_stream.stream_logits`).
+the model ``batch_size`` images per forward (:func:`lightning_vitx.metrics.curve_stream.stream_logits`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from lightning_vitx._batching import chunks
 from lightning_vitx._state import eval_mode
-from lightning_vitx.metrics._curve_stream import CurveJob, Source, stream_logits
+from lightning_vitx.metrics.curve_stream import CurveJob, Source, stream_logits
 from lightning_vitx.metrics.functional.perturbation import make_baseline
 
 __all__ = ["stream_curves"]

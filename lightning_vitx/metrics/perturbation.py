@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from lightning_vitx._checks import check_choice
 from lightning_vitx.metrics._common import CheckedBatch, check_batch, register_metric, warn_if_empty
-from lightning_vitx.metrics._curve_stream import CurveJob, curve_job
 from lightning_vitx.metrics.base import PerImageMetric
+from lightning_vitx.metrics.curve_stream import CurveJob, curve_job
 from lightning_vitx.metrics.functional.perturbation import (
     CHEFER_FRACTIONS,
     Baseline,
