@@ -63,6 +63,9 @@ def monitor_settings(monitor: Any, model: nn.Module | None) -> dict[str, Any]:
         "class_sensitive": {n: X.get_info(n).class_sensitive for n in monitor.explainer_names},
         "class_names": monitor.class_names,
         "on_error": monitor.on_error,
+        "reference_curves": monitor.reference_curves,
+        "alerts": {rule.key: {rule.kind: rule.threshold, "patience": rule.patience} for rule in monitor.alerts.rules},
+        "save_passes": monitor.save_passes,
     }
 
 
