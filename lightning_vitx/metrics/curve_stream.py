@@ -18,14 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from lightning_vitx._state import eval_mode
-from lightning_vitx.metrics._common import CheckedBatch, PatchGeometry, resolve_metric_target
+from lightning_vitx.metrics._common import CheckedBatch, PatchGeometry
 from lightning_vitx.metrics.functional.perturbation import (
     Baseline,
     Score,
     _perturb,
+    _prepare,
     _ranks,
-    make_baseline,
-    relevance_order,
 )
 
 __all__ = ["CurveJob", "Source", "curve_job", "stream_logits"]
@@ -108,13 +107,7 @@ def curve_job(
     substrate: Tensor | None = None,
 ) -> CurveJob:
     """The job of a checked batch's usable samples; ``substrate [n, ...]``: their baseline images, if made already."""
-    images = batch.images
-    if images is None:
-        raise ValueError("the perturbation metrics need the images; pass images=...")
-    with eval_mode(model), torch.no_grad():
-        target = resolve_metric_target(batch.target, lambda: model(images), images.shape[0], images.device)
-        order = relevance_order(batch.maps.to(images.device), most_relevant_first)
-        substrate = make_baseline(images, baseline, model) if substrate is None else substrate
+    images, target, order, substrate = _prepare(model, batch, baseline, most_relevant_first, substrate)
     counts = (fractions.to(images.device) * order.shape[1]).round().long()
     return CurveJob(images, substrate, _ranks(order), counts, batch.geometry, target, score, insert)
 

@@ -172,16 +172,32 @@ def _perturbation_update(
     max_batch: int,
 ) -> Tensor:
     """The curves ``[n, S]`` of a checked batch's usable samples (at least one)."""
+    images, target, order, substrate = _prepare(model, batch, baseline, most_relevant_first)
+    with eval_mode(model), torch.no_grad():
+        return perturbation_curves(
+            model, images, substrate, order, fractions, batch.geometry, target, score, insert, max_batch
+        )
+
+
+def _prepare(
+    model: nn.Module,
+    batch: CheckedBatch,
+    baseline: Baseline,
+    most_relevant_first: bool,
+    substrate: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(images, target, order, substrate)`` of a checked batch: what every perturbation curve starts from.
+
+    ``substrate``: the baseline images when made already (the monitor makes each baseline once per batch).
+    """
     images = batch.images
     if images is None:
         raise ValueError("the perturbation metrics need the images; pass images=...")
     with eval_mode(model), torch.no_grad():
         target = resolve_metric_target(batch.target, lambda: model(images), images.shape[0], images.device)
         order = relevance_order(batch.maps.to(images.device), most_relevant_first)
-        substrate = make_baseline(images, baseline, model)
-        return perturbation_curves(
-            model, images, substrate, order, fractions, batch.geometry, target, score, insert, max_batch
-        )
+        substrate = make_baseline(images, baseline, model) if substrate is None else substrate
+    return images, target, order, substrate
 
 
 def _area(curves: Tensor, fractions: Tensor) -> Tensor:
