@@ -57,3 +57,11 @@ def peak(model: nn.Module, seed: int = 1) -> nn.Module:
             if name.endswith(("relative_position_bias_table", "q_bias", "v_bias")):
                 param.normal_(0.0, 1.0, generator=generator)
     return model.eval()
+
+
+def assert_attention_equals(recorded: list[Tensor], expected: list[Tensor], blocks: int = 2) -> None:
+    """Each block's recorded attention equals the dense oracle's (1e-5), and the oracle is peaked enough to tell."""
+    assert len(recorded) == len(expected) == blocks
+    for attention, dense in zip(recorded, expected, strict=True):
+        assert dense.std() > 0.05, "the oracle's attention is near uniform: the comparison would be weak"
+        torch.testing.assert_close(attention, dense, rtol=0, atol=1e-5)
