@@ -41,7 +41,7 @@ FAMILIES: dict[str, tuple[str, dict, Literal["supported", "refused"]]] = {
     "beit": ("beit_base_patch16_224", TINY, "supported"),
     "vit_relpos": ("vit_relpos_small_patch16_224", TINY, "supported"),
     "vit_relpos_rpn": ("vit_relpos_small_patch16_rpn_224", TINY, "supported"),  # post-norm blocks
-    "swinv2": ("swinv2_tiny_window8_256", {**TINY_SWIN, "depths": (2,), "num_heads": (2,)}, "refused"),
+    "swinv2": ("swinv2_tiny_window8_256", TINY_SWIN, "supported"),  # post-norm blocks, cosine attention
     "cait": ("cait_xxs24_224", {**TINY, "depth_token_only": 1}, "refused"),
     "vit_map": ("vit_tiny_patch16_224", {**TINY, "class_token": False, "global_pool": "map"}, "refused"),
     "vit_hybrid": ("vit_tiny_r_s16_p8_224", {"img_size": IMAGE_SIZE, "depth": 2}, "refused"),
@@ -105,6 +105,8 @@ def build(family: str, seed: int = 0) -> nn.Module:
         for key, param in model.named_parameters():
             if key.endswith("relative_position_bias_table"):  # zeros at init in BEiT: give them values
                 param.normal_(0.0, 1.0, generator=generator)
+            if key.endswith(("norm1.weight", "norm2.weight")) and not param.any():  # SwinV2's post-norms start at 0
+                param.normal_(1.0, 0.1, generator=generator)
     return model.eval()
 
 
@@ -124,7 +126,7 @@ def run_cell(family: str, model: nn.Module, name: str, batch: torch.Tensor) -> C
         single = torch.cat([explainer(batch[i : i + 1], target[i : i + 1]) for i in range(batch.shape[0])])
     except Exception as error:  # noqa: BLE001 - a call-time error is what the table reports
         return Cell(family, name, "failed", f"{type(error).__name__}: {error}")
-    patch = 4 if family == "swin" else 8
+    patch = 4 if family in ("swin", "swinv2") else 8
     grid = (IMAGE_SIZE // patch, IMAGE_SIZE // patch)
     if maps.shape != (batch.shape[0], *grid) or not torch.isfinite(maps).all():
         return Cell(family, name, "failed", f"maps of shape {list(maps.shape)}, finite: {bool(maps.isfinite().all())}")

@@ -25,6 +25,7 @@ from lightning_vitx.adapters.forward import (
 from lightning_vitx.adapters.geometry import AttentionGeometry, DenseAttention, WindowedAttention
 from lightning_vitx.adapters.normalization import model_mean_std
 from lightning_vitx.adapters.swin import SwinTransformerAdapter
+from lightning_vitx.adapters.swinv2 import SwinTransformerV2Adapter
 from lightning_vitx.adapters.vit import VisionTransformerAdapter
 from lightning_vitx.adapters.vit_relpos import RelPosViTAdapter
 
@@ -39,6 +40,7 @@ __all__ = [
     "ExplainingCall",
     "RelPosViTAdapter",
     "SwinTransformerAdapter",
+    "SwinTransformerV2Adapter",
     "Target",
     "TargetFn",
     "TokenLayout",

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 from torch import Tensor, nn
 
-from lightning_vitx.adapters.base import TokenLayout, check_patch_embed_input, register_adapter
+from lightning_vitx.adapters.base import TokenLayout, check_patch_embed_input, qualified_name, register_adapter
 from lightning_vitx.adapters.geometry import WindowedAttention
 
 __all__ = ["SwinTransformerAdapter"]
@@ -41,12 +41,13 @@ class SwinTransformerAdapter:
 
     def __init__(self, model: nn.Module) -> None:
         if not self.supports(model):
-            raise TypeError(f"expected a timm SwinTransformer, got {type(model).__name__}")
+            raise TypeError(f"expected a {self.description}, got {qualified_name(model)}")
         self.model = model
         self._swin: Any = cast(Any, model)
         if self._swin.global_pool != "avg":
             raise ValueError(
-                f"global_pool={self._swin.global_pool!r} is not supported: the explainers read the head as the mean "
+                f"lightning-vitx cannot explain this {qualified_name(model)}: global_pool={self._swin.global_pool!r} "
+                "is not supported, the explainers read the head as the mean "
                 "of the last stage's tokens. Create the model with global_pool='avg' (timm's default)."
             )
         for index, block in enumerate(self.blocks()):

@@ -33,11 +33,14 @@ class Explainer:
         self.adapter = detect(model)
         self.model = self.adapter.model
         if self.adapter.family not in self.info.families:
-            working = [name for name in available() if self.adapter.family in get_info(name).families]
+            # an adapter may name the explainers its model cannot take, with the reason (SwinV2: the LRP family)
+            refusals: dict[str, str] = getattr(self.adapter, "refusals", {})
+            working = [n for n in available() if self.adapter.family in get_info(n).families and n not in refusals]
+            why = refusals.get(self.info.name)
             raise TypeError(
                 f"{self.info.name} cannot explain this {qualified_name(self.model)}: it supports "
-                f"{list(self.info.families)} models, got a {self.adapter.family!r} model. Use one of {working} "
-                "for this model."
+                f"{list(self.info.families)} models, got a {self.adapter.family!r} model"
+                f"{f' ({why})' if why else ''}. Use one of {working} for this model."
             )
 
     def __call__(self, images: Tensor, target: Target = None) -> Tensor:

@@ -83,7 +83,7 @@ class LeGrad(Explainer):
     def _first_head_block(self) -> int:
         """The first block whose output the final norm and head can read (Swin: its last stage's first block)."""
         stages = getattr(self.model, "layers", None)
-        if self.adapter.family != "swin" or stages is None:
+        if self.adapter.family not in ("swin", "swinv2") or stages is None:
             return 0
         return len(self.adapter.blocks()) - len(cast(Any, stages)[-1].blocks)
 
