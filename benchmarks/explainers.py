@@ -49,6 +49,18 @@ def build(model_name: str, size: int, batch: int, device: str) -> tuple[torch.nn
     return model, images
 
 
+def accepted(names: list[str], model: torch.nn.Module) -> list[str]:
+    """The ``names`` that ``create`` accepts for ``model`` (SwinV2 refuses tokentm, layernorm_stats, the LRP family)."""
+    kept = []
+    for name in names:
+        try:
+            X.create(name, model)
+        except (TypeError, ValueError):
+            continue
+        kept.append(name)
+    return kept
+
+
 def runner(row: str, model: torch.nn.Module):  # type: ignore[no-untyped-def]
     if row == "forward":
         return lambda x: model(x)
@@ -61,7 +73,7 @@ def runner(row: str, model: torch.nn.Module):  # type: ignore[no-untyped-def]
 
         return forward_backward
     if row == ALL:
-        return X.create_many(READOUTS, model)
+        return X.create_many(accepted(READOUTS, model), model)
     if row == ALL_BUT_TOKENTM:
         return X.create_many([name for name in READOUTS if name != "tokentm"], model)
     if row == WITHOUT_LN:
@@ -118,11 +130,14 @@ def main() -> None:
         print(json.dumps(measure(args.worker, args.model, args.size, args.batch, args.device, args.repeats)))
         return
 
-    family = detect(timm.create_model(args.model, pretrained=False)).family
-    explainers = [name for name in X.available() if family in X.get_info(name).families]
+    model = timm.create_model(args.model, pretrained=False)
+    family = detect(model).family
+    explainers = accepted([name for name in X.available() if family in X.get_info(name).families], model)
     variants = [ATTNLRP_CP] if "attnlrp" in explainers else []
     variants += [name + PIXELS for name in PIXEL_MAPS if name in explainers]
-    rows = ["forward", "forward+backward", *explainers, *variants, ALL_BUT_TOKENTM, WITHOUT_LN, ALL]
+    variants += [ALL_BUT_TOKENTM] if "tokentm" in explainers else []
+    variants += [WITHOUT_LN] if "layernorm_stats" in explainers else []
+    rows = ["forward", "forward+backward", *explainers, *variants, ALL]
     if args.rows:
         unknown = sorted(set(args.rows) - set(rows))
         if unknown:
