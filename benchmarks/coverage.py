@@ -43,7 +43,7 @@ FAMILIES: dict[str, tuple[str, dict, Literal["supported", "refused"]]] = {
     "vit_relpos_rpn": ("vit_relpos_small_patch16_rpn_224", TINY, "supported"),  # post-norm blocks
     "swinv2": ("swinv2_tiny_window8_256", TINY_SWIN, "supported"),  # post-norm blocks, cosine attention
     "cait": ("cait_xxs24_224", {**TINY, "depth_token_only": 1}, "refused"),
-    "vit_map": ("vit_tiny_patch16_224", {**TINY, "class_token": False, "global_pool": "map"}, "refused"),
+    "vit_map": ("vit_tiny_patch16_224", {**TINY, "class_token": False, "global_pool": "map"}, "supported"),
     "vit_hybrid": ("vit_tiny_r_s16_p8_224", {"img_size": IMAGE_SIZE, "depth": 2}, "refused"),
 }
 

@@ -27,11 +27,13 @@ from lightning_vitx.adapters.normalization import model_mean_std
 from lightning_vitx.adapters.swin import SwinTransformerAdapter
 from lightning_vitx.adapters.swinv2 import SwinTransformerV2Adapter
 from lightning_vitx.adapters.vit import VisionTransformerAdapter
+from lightning_vitx.adapters.vit_map import AttentionPoolViTAdapter
 from lightning_vitx.adapters.vit_relpos import RelPosViTAdapter
 
 __all__ = [
     "Adapter",
     "AttentionGeometry",
+    "AttentionPoolViTAdapter",
     "BeitAdapter",
     "Capture",
     "CaptureNeeds",

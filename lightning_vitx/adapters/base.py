@@ -21,7 +21,8 @@ class TokenLayout:
         num_prefix_tokens: tokens before the patch tokens (class, distillation and register tokens).
         grid_size: patch grid ``(gh, gw)`` of this input; the patch tokens follow the prefix in row-major order.
         readout: ``"token"`` when the head reads the rows in ``readout_tokens``; ``"avg"`` when it averages the
-            patch tokens.
+            patch tokens; ``"map"`` when an attention-pool head (a learned query) weighs the tokens by its attention,
+            a row that depends on the input (``Capture.readout_weights`` reads it off the pass).
         readout_tokens: indices of the prefix tokens the head reads (``(0,)`` for ViT, ``(0, 1)`` for distilled
             DeiT, whose logits are the mean of the class and distillation heads). Empty for ``"avg"``.
         readout_grid_size: grid of the tokens the head averages when the model merges patches on the way (Swin's
@@ -38,7 +39,7 @@ class TokenLayout:
 
     num_prefix_tokens: int
     grid_size: tuple[int, int]
-    readout: Literal["token", "avg"]
+    readout: Literal["token", "avg", "map"]
     readout_tokens: tuple[int, ...] = ()
     readout_grid_size: tuple[int, int] | None = None
 
@@ -61,6 +62,11 @@ class TokenLayout:
         if self.readout_grid_size is not None:
             rows, cols = grid_size or self.readout_grid_size
             return torch.full((batch_size, rows * cols), 1.0 / (rows * cols), device=device)
+        if self.readout == "map":
+            raise ValueError(
+                "an attention-pool head weighs the tokens by its own attention, which depends on the input: read "
+                "its readout row off a capture pass (Capture.readout_weights)"
+            )
         weights = torch.zeros(self.num_tokens, device=device)
         if self.readout == "token":
             weights[list(self.readout_tokens)] = 1.0 / len(self.readout_tokens)

@@ -109,6 +109,8 @@ class Capture:
             attention), ``norm2`` (feeds the MLP) and, for the first block after a Swin patch merging, ``merge``
             (the merging norm, over the merged tokens the block receives).
         target_fn: the callable target ``f(outputs) -> Tensor[B]`` the pass explained, or ``None`` for classes.
+        readout_attention: for an attention-pool head (``layout.readout == "map"``), the pool's attention of its
+            query over the last block's tokens, ``[B, heads, N]`` (0 on tokens the pool does not read); else ``None``.
     """
 
     layout: TokenLayout
@@ -123,6 +125,7 @@ class Capture:
     objective: Objective = "logit"
     norm_stats: list[dict[str, TokenStats]] | None = None
     target_fn: TargetFn | None = None
+    readout_attention: Tensor | None = None
     _gradient_weighted: list[Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -130,7 +133,14 @@ class Capture:
         return int(self.logits.shape[0])
 
     def readout_weights(self, block: int = -1) -> Tensor:
-        """``[B, N]`` weights of the token rows the classifier head reads, over block ``block``'s tokens."""
+        """``[B, N]`` weights of the token rows the classifier head reads, over block ``block``'s tokens.
+
+        An attention-pool head reads the tokens by its attention: the pool's row, mean over heads, per sample.
+        """
+        if self.layout.readout == "map":
+            if self.readout_attention is None:
+                raise ValueError("an attention-pool head's readout row was not recorded (Capture.readout_attention)")
+            return self.readout_attention.mean(dim=1)
         grid = self.geometries[block].grid_size
         return self.layout.readout_weights(self.batch_size, device=self.logits.device, grid_size=grid)
 
@@ -335,6 +345,7 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
     head_outputs: list[Tensor] = []
     token_states: list[dict[str, Tensor]] = []
     norm_stats: list[dict[str, TokenStats]] = []
+    readouts: list[Tensor] = []
     handles: list[torch.utils.hooks.RemovableHandle] = []
     # gradients reach the attention through the inputs, also when the parameters are frozen
     with explaining_forward(
@@ -344,6 +355,8 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
         geometries = adapter.attention_geometries(images)
         try:
             handles = _register_hooks(adapter, needs, attentions, head_outputs, token_states, norm_stats)
+            if layout.readout == "map":  # an attention-pool head: its adapter records the pool's attention
+                handles += cast(Any, adapter).readout_attention_hooks(readouts)
             logits = call.forward()
         finally:
             for handle in handles:
@@ -370,6 +383,11 @@ def capture_pass(adapter: Adapter, images: Tensor, target: Target = None, needs:
             objective=needs.objective,
             target_fn=call.target_fn,
         )
+        if layout.readout == "map":
+            if len(readouts) != 1:
+                raise RuntimeError(f"recorded the attention pool {len(readouts)} times in one forward, expected once")
+            skipped = layout.num_tokens - readouts[0].shape[-1]  # the prefix tokens, when the pool skips them
+            record.readout_attention = torch.nn.functional.pad(readouts[0], (skipped, 0))
         if needs.head_outputs:
             record.head_outputs = split_heads(head_outputs)
         if needs.gradients:

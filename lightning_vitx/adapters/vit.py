@@ -53,12 +53,7 @@ class VisionTransformerAdapter:
             raise TypeError(f"expected a timm VisionTransformer, got {type(model).__name__}")
         self.model = model
         self._vit: Any = cast(Any, model)  # timm attributes, read without nn.Module's __getattr__ typing
-        pool = getattr(model, "global_pool", "token")
-        if getattr(model, "attn_pool", None) is not None or pool not in ("token", "avg"):
-            raise ValueError(
-                f"global_pool={pool!r} is not supported yet ({qualified_name(model)}): expected 'token' (class "
-                "token) or 'avg' (mean of patch tokens). Create the model with global_pool='token' or 'avg'."
-            )
+        self._check_head()
         if not _is_timm_patch_embed(self._vit.patch_embed):
             raise TypeError(
                 f"lightning-vitx cannot explain this {qualified_name(model)}: its patch embedding is a "
@@ -74,9 +69,17 @@ class VisionTransformerAdapter:
                     "so its attention probabilities cannot be recorded; use a model built from timm's Block."
                 )
 
+    def _check_head(self) -> None:
+        pool = getattr(self.model, "global_pool", "token")
+        if pool not in ("token", "avg"):
+            raise ValueError(
+                f"global_pool={pool!r} is not supported yet ({qualified_name(self.model)}): expected 'token' (class "
+                "token), 'avg' (mean of patch tokens) or 'map' (attention pool). Create the model with one of them."
+            )
+
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
-        return _is_timm_vit(model)
+        return _is_timm_vit(model) and getattr(model, "attn_pool", None) is None  # attention pools: vit_map.py
 
     @property
     def num_classes(self) -> int:

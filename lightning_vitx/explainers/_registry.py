@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 __all__ = ["READOUT_FAMILIES", "ExplainerInfo", "available", "create", "get_class", "get_info", "register"]
 
 # The adapter families the readout explainers cover: every family whose adapter the shared capture pass reads
-# (dense attention: ViT, EVA, BEiT, relpos ViT; windows: Swin, SwinV2). A readout that needs more of the blocks
-# (token states, LayerNorm statistics) refuses the models without it at create (adapters.check_capture_supported).
-READOUT_FAMILIES = ("vit", "swin", "swinv2", "eva", "beit", "vit_relpos")
+# (dense attention: ViT incl. attention-pool heads, EVA, BEiT, relpos ViT; windows: Swin, SwinV2). A readout that
+# needs more of the blocks (token states, LayerNorm statistics) refuses the models without it at create
+# (adapters.check_capture_supported).
+READOUT_FAMILIES = ("vit", "swin", "swinv2", "eva", "beit", "vit_relpos", "vit_map")
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def _hooks(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("family", [*NEW, "swinv2"])
+@pytest.mark.parametrize("family", [*NEW, "vit_map", "swinv2"])
 def test_the_model_is_left_as_found(family):
     model = coverage.build(family).train()
     fused = [m for m in model.modules() if hasattr(m, "fused_attn")]

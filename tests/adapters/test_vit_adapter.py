@@ -58,9 +58,9 @@ def test_not_a_module():
         detect("vit_tiny_patch16_224")
 
 
-def test_attention_pool_head_is_refused():
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, class_token=False, global_pool="map")
-    with pytest.raises(ValueError, match="global_pool='map' is not supported"):
+def test_other_pools_are_refused():  # 'map' has its adapter (tests/adapters/test_map_pool.py)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, global_pool="max")
+    with pytest.raises(ValueError, match="global_pool='max' is not supported"):
         detect(model)
 
 
