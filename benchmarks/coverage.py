@@ -42,7 +42,7 @@ FAMILIES: dict[str, tuple[str, dict, Literal["supported", "refused"]]] = {
     "vit_relpos": ("vit_relpos_small_patch16_224", TINY, "supported"),
     "vit_relpos_rpn": ("vit_relpos_small_patch16_rpn_224", TINY, "supported"),  # post-norm blocks
     "swinv2": ("swinv2_tiny_window8_256", TINY_SWIN, "supported"),  # post-norm blocks, cosine attention
-    "cait": ("cait_xxs24_224", {**TINY, "depth_token_only": 1}, "refused"),
+    "cait": ("cait_xxs24_224", {**TINY, "depth_token_only": 1}, "supported"),
     "vit_map": ("vit_tiny_patch16_224", {**TINY, "class_token": False, "global_pool": "map"}, "supported"),
     "vit_hybrid": ("vit_tiny_r_s16_p8_224", {"img_size": IMAGE_SIZE, "depth": 2}, "refused"),
 }
@@ -57,6 +57,7 @@ REASONS = [
     (r"supports \[.*\] models, got", "family outside its rules"),
     (r"post-norm", "post-norm blocks"),
     (r"statistics of LayerNorm", "no LayerNorm norm1/norm2"),
+    (r"token states around each block are not read", "no token states (class attention)"),
     (r"global_pool='(\w*)' is not supported", "global_pool='{0}'"),
     (r"patch embedding is a (\w+)", "hybrid stem ({0})"),
 ]

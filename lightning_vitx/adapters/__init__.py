@@ -2,6 +2,7 @@
 
 from lightning_vitx.adapters.base import Adapter, TokenLayout, detect, qualified_name, register_adapter
 from lightning_vitx.adapters.beit import BeitAdapter
+from lightning_vitx.adapters.cait import CaitAdapter
 from lightning_vitx.adapters.capture import (
     Capture,
     CaptureNeeds,
@@ -35,6 +36,7 @@ __all__ = [
     "AttentionGeometry",
     "AttentionPoolViTAdapter",
     "BeitAdapter",
+    "CaitAdapter",
     "Capture",
     "CaptureNeeds",
     "DenseAttention",

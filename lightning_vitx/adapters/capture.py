@@ -191,8 +191,14 @@ def _register_hooks(
     # the per-head attention outputs enter the output projection, unless the adapter names another module (EVA's
     # inner norm and gate sit between them)
     head_inputs: list[Any] = getattr(adapter, "head_output_modules", lambda: [a.proj for a in attention])()
+    # the probabilities pass through attn_drop, unless the adapter records them elsewhere (CaiT's talking heads mix
+    # them after the softmax: its adapter records the softmax's output)
+    recorder = getattr(adapter, "attention_hooks", None)
+    if recorder is not None:
+        handles += recorder(attentions)
     for attn, head_input in zip(attention, head_inputs, strict=True):
-        handles.append(attn.attn_drop.register_forward_hook(keep_output(attentions)))
+        if recorder is None:
+            handles.append(attn.attn_drop.register_forward_hook(keep_output(attentions)))
         if needs.head_outputs:
             handles.append(head_input.register_forward_pre_hook(lambda module, inputs: head_outputs.append(inputs[0])))
     if needs.token_states:
@@ -239,6 +245,9 @@ def check_capture_supported(adapter: Adapter, needs: CaptureNeeds, who: str) -> 
         return
     blocks: list[Any] = adapter.blocks()
     model = qualified_name(adapter.model)
+    reason = getattr(adapter, "token_states_refusal", None)  # an adapter whose blocks have no token states to read
+    if reason:
+        raise TypeError(f"{who} cannot explain this {model}: {reason}. Use 'generic_attention' or 'rollout' for it.")
     if not getattr(adapter, "pre_norm", True):
         raise TypeError(
             f"{who} cannot explain this {model}: its blocks ({type(blocks[0]).__name__}) normalise each branch's "
@@ -298,7 +307,8 @@ def _tokens(state: Tensor) -> Tensor:
 def _check_attention_shapes(attentions: list[Tensor], geometries: list[AttentionGeometry], batch: int) -> None:
     for index, (attention, geometry) in enumerate(zip(attentions, geometries, strict=True)):
         rows, tokens = geometry.captured_shape(batch)
-        if attention.shape[0] != rows or tuple(attention.shape[-2:]) != (tokens, tokens):
+        matrix = getattr(geometry, "captured_matrix", (tokens, tokens))  # (queries, keys) when not square (CaiT)
+        if attention.shape[0] != rows or tuple(attention.shape[-2:]) != tuple(matrix):
             raise RuntimeError(
                 f"block {index} recorded attention of shape {list(attention.shape)}, expected [{rows}, heads, "
                 f"{tokens}, {tokens}] for {geometry}; the model's layout differs from what its adapter reads"

@@ -19,7 +19,7 @@ __all__ = ["READOUT_FAMILIES", "ExplainerInfo", "available", "create", "get_clas
 # (dense attention: ViT incl. attention-pool heads, EVA, BEiT, relpos ViT; windows: Swin, SwinV2). A readout that
 # needs more of the blocks (token states, LayerNorm statistics) refuses the models without it at create
 # (adapters.check_capture_supported).
-READOUT_FAMILIES = ("vit", "swin", "swinv2", "eva", "beit", "vit_relpos", "vit_map")
+READOUT_FAMILIES = ("vit", "swin", "swinv2", "eva", "beit", "vit_relpos", "vit_map", "cait")
 
 
 @dataclass(frozen=True)

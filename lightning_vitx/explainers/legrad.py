@@ -81,7 +81,13 @@ class LeGrad(Explainer):
             )
 
     def _first_head_block(self) -> int:
-        """The first block whose output the final norm and head can read (Swin: its last stage's first block)."""
+        """The first block whose output the final norm and head can read.
+
+        Swin: its last stage's first block; CaiT: its first class-attention block (the adapter's ``first_head_block``).
+        """
+        first = getattr(self.adapter, "first_head_block", None)
+        if first is not None:
+            return int(first)
         stages = getattr(self.model, "layers", None)
         if self.adapter.family not in ("swin", "swinv2") or stages is None:
             return 0
@@ -102,8 +108,9 @@ class LeGrad(Explainer):
         attentions: list[Tensor] = []
         outputs: list[Tensor] = []
 
-        def cut(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:  # a leaf: no gradient reaches below
-            return (args[0].detach().requires_grad_(True), *args[1:])
+        def cut(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:  # leaves: no gradient reaches below
+            # every tensor input (CaiT's class-attention blocks take the patches and the class token apart)
+            return tuple(a.detach().requires_grad_(True) if isinstance(a, Tensor) else a for a in args)
 
         with explaining_forward(self.adapter, images, target, gradients=True, callable_target=True) as call:
             layout = self.adapter.layout(images)
