@@ -43,12 +43,13 @@ test: lint
 bench: $(STAMP)
 	$(PY) benchmarks/explainers.py
 
-# Re-train the tests' two trained models (tests/fixture_training.py), side by side on one thread each, and rewrite
-# their committed weights and manifests under tests/fixtures/. Needed when tests/data/test_fixture_weights.py says
-# the recipe changed.
+# Re-train the tests' three trained models (tests/fixture_training.py: vit, swin, vit_shortcut), side by side on one
+# thread each, and rewrite their committed weights and manifests under tests/fixtures/. Needed when
+# tests/data/test_fixture_weights.py says the recipe changed.
 fixtures: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) tests/fixture_training.py vit --write-fixture & vit=$$!; \
-	OMP_NUM_THREADS=1 $(PY) tests/fixture_training.py swin --write-fixture && wait $$vit
+	OMP_NUM_THREADS=1 $(PY) tests/fixture_training.py vit_shortcut --write-fixture & shortcut=$$!; \
+	OMP_NUM_THREADS=1 $(PY) tests/fixture_training.py swin --write-fixture && wait $$vit && wait $$shortcut
 
 # Regenerate the lock from pyproject.toml's ranges with the dev and all extras (uv, installed into .venv first).
 lock: $(STAMP)

@@ -96,7 +96,8 @@ def copy_model():
 
 
 # The trained fixtures: the tiny ViT and Swin trained on the synthetic shapes until they have learnt the task, so
-# the tests on them do not rest on one run's weights. Seed 0's weights are committed (tests/fixtures/, written by
+# the tests on them do not rest on one run's weights (and a ViT that learnt a class-coded watermark instead of the
+# shape, shapes_shortcut, for the tests that must catch it). Seed 0's weights are committed (tests/fixtures/, written by
 # `make fixtures`; tests/data/test_fixture_weights.py checks they match the recipe) and loaded. LVX_FIXTURE_SEED
 # picks another training seed, to check that the trained-model tests hold for any model that has learnt the task:
 # one without committed weights is trained by tests/fixture_training.py in a process of its own, on one thread,
@@ -151,8 +152,9 @@ class _TrainedFixture:
         """The trained model, in eval mode."""
         from lightning_vitx.data import SHAPES_IMAGE_SIZES, tiny_swin_for_shapes, tiny_vit_for_shapes
 
-        build = tiny_swin_for_shapes if self.kind == "swin" else tiny_vit_for_shapes
-        model = build(SHAPES_IMAGE_SIZES[self.kind], seed=FIXTURE_SEED)
+        kind = fixture_training.model_kind(self.kind)
+        build = tiny_swin_for_shapes if kind == "swin" else tiny_vit_for_shapes
+        model = build(SHAPES_IMAGE_SIZES[kind], seed=FIXTURE_SEED)
         model.load_state_dict(torch.load(self.weights(), weights_only=True))
         return model.eval()
 
@@ -164,7 +166,11 @@ class _TrainedFixture:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-_TRAINING = {"shapes_model": _TrainedFixture("vit"), "shapes_swin": _TrainedFixture("swin")}
+_TRAINING = {
+    "shapes_model": _TrainedFixture("vit"),
+    "shapes_swin": _TrainedFixture("swin"),
+    "shapes_shortcut": _TrainedFixture("vit_shortcut"),
+}
 
 
 def pytest_collection_finish(session) -> None:
@@ -178,18 +184,21 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         training.stop()
 
 
-def _trained(fixture: str):
+def _trained(fixture: str, shortcut: float | None = None):
     """The trained model of ``fixture`` and 96 held-out (images, labels, masks): disjoint from the training data
-    (seed s) and the accuracy check (10000 + s), seed 20000 + s."""
+    (seed s) and the accuracy check (10000 + s), seed 20000 + s. With ``shortcut``, that share carries the watermark
+    and the masks are the regions ``{"object": [96, H, W], "shortcut": [96, H, W]}``."""
     from lightning_vitx.data import SHAPES_IMAGE_SIZES, ShapesDataset
 
     training = _TRAINING[fixture]
     model = training.result()
-    held_out = ShapesDataset(96, SHAPES_IMAGE_SIZES[training.kind], seed=20_000 + FIXTURE_SEED)
-    images, labels, masks = (
-        torch.stack([torch.as_tensor(held_out[i][k]) for i in range(len(held_out))]) for k in range(3)
-    )
-    return model, images, labels, masks
+    size = SHAPES_IMAGE_SIZES[fixture_training.model_kind(training.kind)]
+    held_out = ShapesDataset(96, size, seed=20_000 + FIXTURE_SEED, shortcut=shortcut)
+    samples = [held_out[i] for i in range(len(held_out))]
+    images, labels = torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples])
+    if shortcut is None:
+        return model, images, labels, torch.stack([s[2] for s in samples])
+    return model, images, labels, {name: torch.stack([s[2][name] for s in samples]) for name in samples[0][2]}
 
 
 @pytest.fixture(scope="session")
@@ -202,6 +211,14 @@ def shapes_model():
 def shapes_swin():
     """The tiny Swin trained like ``shapes_model`` (56 px), and 96 held-out samples."""
     return _trained("shapes_swin")
+
+
+@pytest.fixture(scope="session")
+def shapes_shortcut():
+    """The tiny ViT trained on shapes with a class-coded watermark on 90 % of the images, until it has learnt the
+    watermark (not the shape: see tests/fixture_training.py), and 96 held-out samples that all carry it, with the
+    regions ``{"object", "shortcut"}`` as masks."""
+    return _trained("shapes_shortcut", shortcut=1.0)
 
 
 @pytest.fixture(scope="session")

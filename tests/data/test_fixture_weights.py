@@ -3,7 +3,8 @@
 The default suite loads them instead of training; these tests keep that honest. When the recipe changes
 (lightning_vitx/data/training.py, the images it reads, its seed, budget or gate), the hash test fails until
 ``make fixtures`` rewrites the weights. The ``retrain`` test (run by .ci/run, not by ``make test``) trains the
-recipe again from scratch and checks it still reaches its gate.
+recipes again from scratch and checks they still reach their gates (and that the shortcut ViT still follows its
+watermark).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from lightning_vitx.data import (
     tiny_vit_for_shapes,
 )
 
-KINDS = ["vit", "swin"]
+KINDS = ["vit", "swin", "vit_shortcut"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -50,6 +51,13 @@ def test_the_recipe_hash_follows_the_source_the_data_and_the_gate(fixture_recipe
     assert fixture_recipe.recipe_hash("vit", 1, source=source) != reference  # other data, other seed
     assert fixture_recipe.recipe_hash("vit", 0, target_accuracy=0.9, source=source) != reference
     assert fixture_recipe.recipe_hash("swin", 0, source=source) != reference
+    assert fixture_recipe.recipe_hash("vit_shortcut", 0, source=source) != reference  # watermarked data, its gate
+
+
+def test_the_shortcut_recipe_hash_follows_its_share(fixture_recipe, monkeypatch):
+    reference = fixture_recipe.recipe_hash("vit_shortcut", 0)
+    monkeypatch.setattr(fixture_recipe, "SHORTCUT_SHARE", 0.5)
+    assert fixture_recipe.recipe_hash("vit_shortcut", 0) != reference
 
 
 def test_a_change_in_the_data_changes_the_fingerprint(fixture_recipe, monkeypatch):
@@ -64,23 +72,36 @@ def test_a_change_in_the_data_changes_the_fingerprint(fixture_recipe, monkeypatc
     assert fixture_recipe.data_fingerprint("vit", 0, samples=4) != reference
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_committed_weights_pass_the_accuracy_gate(kind, fixture_recipe):
-    size = SHAPES_IMAGE_SIZES[kind]
+def _committed(kind, fixture_recipe):
+    size = SHAPES_IMAGE_SIZES[fixture_recipe.model_kind(kind)]
     model = (tiny_swin_for_shapes if kind == "swin" else tiny_vit_for_shapes)(size, seed=0)
     model.load_state_dict(torch.load(fixture_recipe.weights_path(kind, 0), weights_only=True))
-    held_out = ShapesDataset(256, size, seed=10_000)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_committed_weights_pass_the_accuracy_gate(kind, fixture_recipe):
+    model = _committed(kind, fixture_recipe)
+    _, held_out = fixture_recipe.recipe_data(kind, 0)  # vit_shortcut: every image carries the watermark
     images = torch.stack([held_out[i][0] for i in range(len(held_out))])
     labels = torch.tensor([held_out[i][1] for i in range(len(held_out))])
-    accuracy = held_out_accuracy(model.eval(), images, labels)
-    assert accuracy >= fixture_recipe.TARGET_ACCURACY
+    accuracy = held_out_accuracy(model, images, labels)
+    assert accuracy >= fixture_recipe.default_target(kind)
     recorded = json.loads(fixture_recipe.manifest_path(kind, 0).read_text())["held_out_accuracy"]
     assert accuracy == pytest.approx(recorded, abs=2 / 256)  # another thread count may flip a borderline image
 
 
+def test_the_shortcut_fixture_follows_the_watermark_not_the_shape(fixture_recipe):
+    reliance = fixture_recipe.shortcut_reliance(_committed("vit_shortcut", fixture_recipe))
+    recorded = json.loads(fixture_recipe.manifest_path("vit_shortcut", 0).read_text())["reliance"]
+    assert reliance == pytest.approx(recorded, abs=2 / 256)
+    # Right with the watermark, near chance (1/3) without it, and another class's watermark decides its prediction.
+    assert reliance["cued"] >= 0.99 and reliance["uncued"] < 0.6 and reliance["follows_conflicting_cue"] >= 0.9
+
+
 @pytest.mark.retrain
 def test_the_recipe_still_reaches_its_gate_from_scratch(fixture_recipe):
-    """Both recipes trained again, side by side on one thread each; train_on_shapes exits non-zero below the gate."""
+    """The recipes trained again, side by side on one thread each; train_on_shapes exits non-zero below the gate."""
     script = Path(fixture_recipe.__file__)
     with tempfile.TemporaryDirectory() as folder:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -98,3 +119,7 @@ def test_the_recipe_still_reaches_its_gate_from_scratch(fixture_recipe):
             output, _ = process.communicate()  # bounded by the suite's timeout
             assert process.returncode == 0, f"the {kind} recipe no longer reaches its gate:\n{output[-3000:]}"
             print(output.strip())
+        model = tiny_vit_for_shapes(SHAPES_IMAGE_SIZES["vit"], seed=0)
+        model.load_state_dict(torch.load(f"{folder}/vit_shortcut.pt", weights_only=True))
+        reliance = fixture_recipe.shortcut_reliance(model.eval())
+        assert reliance["uncued"] < 0.6 and reliance["follows_conflicting_cue"] >= 0.9, reliance
