@@ -16,7 +16,9 @@ monitor and prints:
   ``reference_curves=False``), each explainer's own pass (the readouts share one capture),
   and, with ``sanity``, the runner-up class's pass over the panel's samples (maps the metrics skip as degenerate,
   such as Grad-CAM's all-zero ones, take no curve: the count can fall below the floor);
-- the monitor's own pass (``<name>/time_s``: explaining and scoring) with the sanity scores against without them.
+- the monitor's own pass (``<name>/time_s``: explaining and scoring) with the sanity scores against without them;
+- the drawing per pass (the pictures and the logging, ``log_pass``, PNGs here as no logger is attached) as a
+  share of the whole pass (the monitor's ``on_validation_epoch_end``).
 
 Quote the ratios, not the seconds.
 """
@@ -24,14 +26,16 @@ Quote the ratios, not the seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import lightning as L
 import torch
 
+import lightning_vitx.callbacks.monitor as monitor_module
 import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
 from lightning_vitx.callbacks import ExplainabilityMonitor
@@ -41,6 +45,31 @@ from lightning_vitx.data import ShapesDataModule
 MODEL_KWARGS = {"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3}
 VALIDATION_IMAGES = 256
 DEFAULTS = ExplainabilityMonitor()  # its explainers, metrics, num_samples and panel_size are the defaults'
+
+
+@contextlib.contextmanager
+def timed_passes() -> Iterator[dict[str, list[float]]]:
+    """Seconds of each monitor pass (``on_validation_epoch_end``) and of its drawing (``log_pass``), while open."""
+    seconds: dict[str, list[float]] = {"pass": [], "drawing": []}
+    log_pass, epoch_end = monitor_module.log_pass, ExplainabilityMonitor.on_validation_epoch_end
+
+    def timed(key: str, function):  # type: ignore[no-untyped-def]
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[key].append(time.perf_counter() - start)
+
+        return call
+
+    monitor_module.log_pass = timed("drawing", log_pass)
+    ExplainabilityMonitor.on_validation_epoch_end = timed("pass", epoch_end)  # type: ignore[method-assign]
+    try:
+        yield seconds
+    finally:
+        monitor_module.log_pass = log_pass
+        ExplainabilityMonitor.on_validation_epoch_end = epoch_end  # type: ignore[method-assign]
 
 
 def validate(module: L.LightningModule, data: L.LightningDataModule, callbacks: list) -> tuple[float, int, float]:
@@ -123,12 +152,15 @@ def main() -> None:
     )
     print("| monitor | explainers | added time / validation epoch | images per sample | floor | x floor |")
     print("|---|---|---|---|---|---|")
-    passes = {}
+    passes, drawing = {}, {}
     for label, options in configurations.items():
         runs = []
-        for _ in range(args.repeats):
-            runs.append(validate(module, data, [ExplainabilityMonitor(**options)]))
+        with timed_passes() as seconds:
+            for _ in range(args.repeats):
+                runs.append(validate(module, data, [ExplainabilityMonitor(**options)]))
         passes[label] = statistics.median(time_s for _, _, time_s in runs)
+        shares = [draw / whole for draw, whole in zip(seconds["drawing"], seconds["pass"], strict=True)]
+        drawing[label] = statistics.median(shares)
         monitor = ExplainabilityMonitor(**options)
         added = statistics.median(seconds for seconds, _, _ in runs) - plain
         images = (runs[-1][1] - VALIDATION_IMAGES) / monitor.num_samples
@@ -147,6 +179,8 @@ def main() -> None:
         f"the monitor's pass (explain and score) with the sanity scores / without, defaults: "
         f"{passes['defaults'] / without:.2f} (target <= 1.10)"
     )
+    shares = ", ".join(f"{label} {share:.2f}" for label, share in drawing.items())
+    print(f"drawing and logging the pictures (log_pass, PNGs) / the monitor's whole pass, median: {shares}")
 
 
 if __name__ == "__main__":

@@ -146,8 +146,9 @@ def pass_record(
     explainer -> (fractions, mean curve), with the random order's ``reference_curves``), ``<prefix>/samples`` (the
     table), with ``patch_interaction`` among the explainers ``<prefix>/patch_interaction/erf`` (each patch's
     receptive-field tendency and size) and ``.../erf_size`` (per block), and for the PNG fallback
-    ``<prefix>/panel``. ``pixel_maps`` (``{explainer: [P, H, W]}``, signed relevance) are drawn in place of those
-    explainers' patch maps, on a signed scale.
+    ``<prefix>/panel`` (drawn only when written). Figures are kept as pixels (``rendering.Picture``), drawn once.
+    ``pixel_maps`` (``{explainer: [P, H, W]}``, signed relevance) are drawn in place of those explainers' patch maps,
+    on a signed scale.
     """
     import lightning_vitx.explainers as X
     from lightning_vitx.rendering import (
@@ -158,6 +159,7 @@ def pass_record(
         overlay,
         panel_figure,
         per_map_scales,
+        rasterize,
         shared_scale,
         with_colour_bar,
     )
@@ -218,7 +220,8 @@ def pass_record(
     )  # fmt: skip
     if curves:
         lines = {metric: dict(per_explainer) for metric, per_explainer in curves.items()}
-        record.figures[f"{prefix}/curves"] = curves_figure(lines, reference_curves, title=title)
+        # drawn once here: every logger, the PNG fallback and a saved pass read the same pixels
+        record.figures[f"{prefix}/curves"] = rasterize(curves_figure(lines, reference_curves, title=title))
         record.curves = {
             m: {**lines[m], **({"random order": reference_curves[m]} if m in reference_curves else {})} for m in lines
         }
@@ -249,18 +252,19 @@ def pass_record(
 def interaction_figures(
     model: nn.Module, images: Tensor, target: Target = None, captions: Sequence[str] | None = None
 ) -> dict[str, Any]:
-    """The patch-interaction pictures a monitor logs for a batch: ``{"erf": ..., "erf_size": ...}``.
+    """The patch-interaction pictures a monitor logs for a batch: ``{"erf": ..., "erf_size": ...}``, as ``Picture``.
 
     One capture pass (``patch_interactions``, its default indicator and mass); the images are shown as the model's
-    normalisation undoes them. The arrows are the block before the last: with a class-token head the last block's
-    patch rows do not reach the logits, so their gradient indicator is zero there.
+    normalisation undoes them; the size curve is drawn once (``rasterize``). The fields are the block before the
+    last: with a class-token head the last block's patch rows do not reach the logits, so their gradient indicator
+    is zero there.
     """
     from lightning_vitx.analysis import patch_interactions
-    from lightning_vitx.rendering import erf_figure, erf_size_figure
+    from lightning_vitx.rendering import erf_figure, erf_size_figure, rasterize
 
     mean, std = model_mean_std(model)
     result = patch_interactions(model, images, target)
     return {
         "erf": erf_figure(images, result, mean, std, layer=-2, captions=captions),
-        "erf_size": erf_size_figure(result, captions=captions),
+        "erf_size": rasterize(erf_size_figure(result, captions=captions)),
     }

@@ -8,14 +8,16 @@ from lightning_vitx.rendering.heatmap import (
     normalize_maps,
     outline_masks,
     overlay,
-    panel_figure,
     with_colour_bar,
 )
 from lightning_vitx.rendering.interactions import erf_figure, erf_size_figure
+from lightning_vitx.rendering.panel import panel_figure
+from lightning_vitx.rendering.picture import Picture, rasterize
 from lightning_vitx.rendering.scale import MapScale, describe, flat_maps, map_states, per_map_scales, shared_scale
 
 __all__ = [
     "MapScale",
+    "Picture",
     "colorize",
     "curve_auc",
     "curves_figure",
@@ -31,6 +33,7 @@ __all__ = [
     "overlay",
     "panel_figure",
     "per_map_scales",
+    "rasterize",
     "shared_scale",
     "with_colour_bar",
 ]

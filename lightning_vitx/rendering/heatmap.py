@@ -1,16 +1,15 @@
-"""Relevance map -> RGB: upsampling, colormaps, overlays on the model's own view of the image, panels."""
+"""Relevance map -> RGB: upsampling, colormaps, overlays on the model's own view of the image, colour strips."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_vitx.adapters.normalization import model_mean_std
-from lightning_vitx.rendering.scale import UNSIGNED_CMAP, MapScale, flat_maps, per_map_scales, shared_scale
+from lightning_vitx.rendering.scale import UNSIGNED_CMAP, MapScale, per_map_scales, shared_scale
 
 __all__ = [
     "colorize",
@@ -19,7 +18,6 @@ __all__ = [
     "normalize_maps",
     "outline_masks",
     "overlay",
-    "panel_figure",
     "with_colour_bar",
 ]
 
@@ -148,117 +146,3 @@ def outline_masks(rgb: Tensor, masks: Tensor, colour: Sequence[float] = MASK_COL
     edge = (inside - eroded).clamp(0, 1)
     paint = torch.as_tensor(colour, dtype=rgb.dtype, device=rgb.device)[None, :, None, None]
     return rgb * (1 - edge) + paint * edge
-
-
-def panel_figure(
-    images: Tensor,
-    maps: Mapping[str, Tensor],
-    mean: Sequence[float],
-    std: Sequence[float],
-    captions: Sequence[str] | None = None,
-    signed: Mapping[str, bool] | None = None,
-    per_map: bool = False,
-    title: str | None = None,
-    masks: Tensor | None = None,
-) -> Any:
-    """A matplotlib figure: one row per sample, the image then one overlay per explainer, with colour bars.
-
-    Each explainer column has one colour scale for all its rows (``shared_scale``), shown by a colour bar under
-    the column; ``per_map=True`` scales each map to its own range instead (the bar then reads 0..1 of each map's
-    range). Flat maps (constant, or all zero) are drawn flat and marked in their cell. ``signed`` names the
-    explainers whose maps have a sign (diverging colormap centred at zero). ``masks`` (``[B, H, W]``, the
-    ground-truth objects) are outlined in every cell of their row.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    signed = signed or {}
-    rows, columns = images.shape[0], 1 + len(maps)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.0 * rows + 0.6), squeeze=False)
-    pictures = [denormalize(images.float(), mean, std)]
-    scales: list[MapScale | list[MapScale]] = []
-    for name, explanation in maps.items():
-        is_signed = bool(signed.get(name, False))
-        scale = per_map_scales(explanation, is_signed) if per_map else shared_scale(explanation, is_signed)
-        pictures.append(overlay(images, explanation, mean, std, scale=scale, signed=is_signed))
-        scales.append(scale)
-    if masks is not None:
-        pictures = [outline_masks(picture, masks.to(picture.device)) for picture in pictures]
-    for row in range(rows):
-        for column in range(columns):
-            axis = axes[row][column]
-            axis.imshow(pictures[column][row].permute(1, 2, 0).cpu().numpy())
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.set_title(["image", *maps][column], fontsize=9)
-        if captions is not None:
-            axes[row][0].set_ylabel(captions[row], fontsize=8)
-    for column, (explanation, scale) in enumerate(zip(maps.values(), scales, strict=True), start=1):
-        _mark_flat(axes[:, column], explanation)
-        _colour_bar(figure, axes[:, column], scale)
-    if title:
-        figure.suptitle(title, fontsize=9)
-    return figure
-
-
-def _mark_flat(axes: Any, maps: Tensor) -> None:
-    """Write "NaN" (a map with NaN or inf), "all zero" or "flat <value>" in the cells of maps that rank nothing."""
-    constant, zero = flat_maps(maps)
-    nonfinite = ~torch.isfinite(maps.float()).flatten(1).all(dim=1)
-    cells = zip(axes, maps, constant.tolist(), zero.tolist(), nonfinite.tolist(), strict=True)
-    for axis, single, is_flat, is_zero, is_nan in cells:
-        if is_flat or is_nan:
-            mark = "NaN" if is_nan else "all zero" if is_zero else f"flat {float(single.flatten()[0]):.3g}"
-            box = {"facecolor": "black", "alpha": 0.6, "pad": 1.5, "linewidth": 0}
-            axis.text(0.03, 0.97, mark, transform=axis.transAxes, fontsize=7, va="top", color="white", bbox=box)
-
-
-def _colour_bar(figure: Any, axes: Any, scale: MapScale | list[MapScale]) -> None:
-    """A horizontal colour bar under a column, showing its scale's range (0..1 of each map's own for per-map)."""
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    reference = scale[0] if isinstance(scale, list) else scale
-    low, high = (0.0, 1.0) if isinstance(scale, list) else (reference.low, reference.high)
-    if high <= low:  # a flat column: a bar of zero width would not draw
-        low, high = low - 0.5, high + 0.5
-    mappable = ScalarMappable(Normalize(low, high), reference.cmap)
-    clipped = not isinstance(scale, list) and reference.clipped_from is not None
-    extend = "both" if clipped else "neither"
-    bar = figure.colorbar(
-        mappable, ax=axes, orientation="horizontal", fraction=0.04, pad=0.02, aspect=15, extend=extend
-    )
-    bar.ax.tick_params(labelsize=6)
-    _few_ticks(bar, [reference.low] if reference.flat and not isinstance(scale, list) else None, reference.signed)
-    if clipped:
-        bar.set_label(f"clipped at ±{reference.high:.3g} (largest |R| {reference.clipped_from:.3g})", fontsize=6)
-    if isinstance(scale, list):
-        bar.set_label("each map's own range", fontsize=6)
-    elif reference.flat:
-        bar.set_label(f"flat: every map {reference.low:.3g}", fontsize=6)
-
-
-def _few_ticks(bar: Any, ticks: list[float] | None, signed: bool) -> None:
-    """At most four short tick labels (``.2g``), so a bar under a narrow column never has colliding labels."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
-
-    axis = bar.ax.xaxis
-    if ticks is None and signed:  # the two ends and zero
-        high = float(bar.ax.get_xlim()[1])
-        ticks = [-high, 0.0, high]
-    axis.set_major_locator(FixedLocator(ticks) if ticks is not None else MaxNLocator(nbins=3))
-    axis.set_major_formatter(FuncFormatter(lambda value, _: _short(value)))
-    axis.get_offset_text().set_visible(False)
-
-
-def _short(value: float) -> str:
-    """A short tick label: two significant digits, exponents as ``1.5e-5`` outside ``[1e-3, 1e4)``."""
-    if value == 0:
-        return "0"
-    if 1e-3 <= abs(value) < 1e4:
-        return f"{value:.2g}"
-    mantissa, exponent = f"{value:.1e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
