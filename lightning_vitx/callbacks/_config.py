@@ -7,13 +7,14 @@ loader), ``check_watchers`` (checkpoint and early-stopping callbacks watching th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 
 from lightning_vitx._checks import check_choice
-from lightning_vitx.callbacks._settings import is_name_list
+from lightning_vitx.callbacks._settings import is_name_list, maybe_region_key
 from lightning_vitx.callbacks.alerts import AlertRules
 from lightning_vitx.callbacks.errors import MonitorConfigError
 
@@ -107,17 +108,23 @@ def check_ranking_watcher(callback: Any, key: str, every_n_epochs: int) -> None:
         )
 
 
-def check_watchers(callbacks: Iterable[Any], name: str, keys: set[str], every_n_epochs: int) -> None:
+def check_watchers(
+    callbacks: Iterable[Any],
+    name: str,
+    keys: set[str],
+    every_n_epochs: int,
+    pending: Callable[[str], bool] | None = None,
+) -> None:
     """A ``MonitorConfigError`` now for a watcher of a ``<name>/...`` key that would go wrong later.
 
-    A ModelCheckpoint / EarlyStopping watching a key the monitor never logs, or one ranking carried scores
-    (``check_ranking_watcher``).
+    A ModelCheckpoint / EarlyStopping watching a key the monitor never logs (``pending(key)``: a key that may be
+    logged, not known yet), or one ranking carried scores (``check_ranking_watcher``).
     """
     for callback in callbacks:
         watched = getattr(callback, "monitor", None)
         if not isinstance(watched, str) or not watched.startswith(f"{name}/"):
             continue
-        if watched not in keys:
+        if watched not in keys and not (pending and pending(watched)):
             raise MonitorConfigError(
                 f"{type(callback).__name__}(monitor={watched!r}) watches a key this ExplainabilityMonitor never "
                 f"logs; it logs {sorted(keys)}"
@@ -125,13 +132,27 @@ def check_watchers(callbacks: Iterable[Any], name: str, keys: set[str], every_n_
         check_ranking_watcher(callback, watched, every_n_epochs)
 
 
-def check_alert_keys(alerts: AlertRules, keys: Sequence[str]) -> None:
-    """A ``MonitorConfigError`` for an alert rule on a key the monitor never logs."""
-    unknown = sorted(rule.key for rule in alerts.rules if rule.key not in keys)
+def check_alert_keys(alerts: AlertRules, keys: Sequence[str], pending: Callable[[str], bool] | None = None) -> None:
+    """A ``MonitorConfigError`` for an alert rule on a key the monitor never logs (``pending``: as check_watchers)."""
+    unknown = sorted(rule.key for rule in alerts.rules if rule.key not in keys and not (pending and pending(rule.key)))
     if unknown:
         raise MonitorConfigError(
             f"ExplainabilityMonitor(alerts=...) has rules for keys it never logs: {unknown}; it logs {sorted(keys)}"
         )
+
+
+def check_logged_keys(monitor: Any, trainer: Any) -> None:
+    """Watchers and alert rules of ``monitor``'s keys, checked (``check_watchers``, ``check_alert_keys``).
+
+    A named region's keys are known from the first batch: until it is read they are accepted, and the alert rules
+    are checked again then.
+    """
+    pending = None
+    if monitor.regions is None:
+        pending = partial(maybe_region_key, prefix=monitor.name, metrics=monitor.metric_names)
+    keys = monitor.score_keys()
+    check_watchers(trainer.callbacks, monitor.name, set(keys), monitor.every_n_epochs, pending)
+    check_alert_keys(monitor.alerts, keys, pending)
 
 
 def first_validation_batch(trainer: Any, pl_module: Any, dataloader: Any) -> Any:

@@ -16,8 +16,10 @@ import torch
 from torch import Tensor
 
 from lightning_vitx.callbacks.errors import MonitorConfigError
+from lightning_vitx.metrics import as_masks
 
 __all__ = [
+    "REGION_PREFIX",
     "HeldOut",
     "Inputs",
     "check_batch_inputs",
@@ -25,13 +27,21 @@ __all__ = [
     "dataset_length",
     "default_batch_to_inputs",
     "read_inputs",
+    "region_masks",
+    "region_names",
 ]
 
-Inputs = tuple[Tensor, Tensor | None, Tensor | None]
+Masks = Tensor | Mapping[str, Tensor]  # one mask [B, H, W], or named regions {"object": [B, H, W], ...}
+Inputs = tuple[Tensor, Tensor | None, Masks | None]
+REGION_PREFIX = "regions/"  # a named region's masks in ``HeldOut.samples``: "regions/<name>"
+RESERVED_REGION_NAMES = ("random", "vs_random")  # the floor's key suffixes
 
 
 def default_batch_to_inputs(batch: Any) -> Inputs:
-    """``(images, labels[, masks])`` from a tuple/list, or a dict with image(s)/label(s)/target/mask(s) keys."""
+    """``(images, labels[, masks])`` from a tuple/list, or a dict with image(s)/label(s)/target/mask(s) keys.
+
+    ``masks`` may be one tensor or a dict of named regions (``{"object": ..., "shortcut": ...}``).
+    """
     if isinstance(batch, Mapping):
 
         def pick(*keys: str) -> Any:
@@ -50,7 +60,9 @@ def default_batch_to_inputs(batch: Any) -> Inputs:
             "ExplainabilityMonitor could not find images [B, C, H, W] in the batch; pass "
             "batch_to_inputs=a function of the batch returning (images, labels_or_None, masks_or_None)"
         )
-    return images, labels if isinstance(labels, Tensor) else None, masks if isinstance(masks, Tensor) else None
+    if not isinstance(masks, Tensor) and not (isinstance(masks, Mapping) and masks):
+        masks = None
+    return images, labels if isinstance(labels, Tensor) else None, masks
 
 
 def _described(value: Any) -> str:
@@ -63,7 +75,8 @@ def check_batch_inputs(inputs: Any, needs_labels: bool) -> Inputs:
     """What ``batch_to_inputs`` returned, checked: raise :class:`MonitorConfigError` naming the fix, or return it.
 
     ``images``: float ``[B, C, H, W]``; ``labels``: None or integer ``[B]``; ``masks``: None or ``[B, H, W]`` /
-    ``[B, 1, H, W]`` at the image size. ``needs_labels`` (``target="label"``) makes labels required.
+    ``[B, 1, H, W]`` at the image size, or a dict of such tensors (named regions: strings without ``/``).
+    ``needs_labels`` (``target="label"``) makes labels required.
     """
     fix = "batch_to_inputs must return (images, labels_or_None, masks_or_None) as torch tensors"
     if not isinstance(inputs, (tuple, list)) or len(inputs) != 3:
@@ -83,14 +96,32 @@ def check_batch_inputs(inputs: Any, needs_labels: bool) -> Inputs:
             "ExplainabilityMonitor(target='label') needs labels, but batch_to_inputs gave None: use target='pred' "
             "or return the labels from batch_to_inputs"
         )
-    if masks is not None:
-        shape = tuple(masks.shape) if isinstance(masks, Tensor) else None
-        if shape not in ((batch, height, width), (batch, 1, height, width)):
-            raise MonitorConfigError(
-                f"{fix}: masks must be None or a tensor [{batch}, {height}, {width}] (or [{batch}, 1, {height}, "
-                f"{width}]) at the image size, got {_described(masks)}; resize them with the images"
-            )
+    if isinstance(masks, Mapping):
+        for region, mask in masks.items():
+            if not isinstance(region, str) or not region or "/" in region or region in RESERVED_REGION_NAMES:
+                raise MonitorConfigError(
+                    f"{fix}: the masks' region names must be non-empty strings without '/', other than "
+                    f"{list(RESERVED_REGION_NAMES)} (the floor's keys), got {region!r}"
+                )
+            _check_mask(mask, batch, height, width, f"{fix}: region {region!r}")
+    elif masks is not None:
+        _check_mask(masks, batch, height, width, fix)
     return images, labels, masks
+
+
+def _check_mask(mask: Any, batch: int, height: int, width: int, fix: str) -> None:
+    shape = tuple(mask.shape) if isinstance(mask, Tensor) else None
+    if shape not in ((batch, height, width), (batch, 1, height, width)):
+        raise MonitorConfigError(
+            f"{fix}: masks must be None, a tensor [{batch}, {height}, {width}] (or [{batch}, 1, {height}, {width}]) "
+            f"at the image size, or a dict of named regions of such tensors, got {_described(mask)}; resize them "
+            "with the images"
+        )
+
+
+def region_names(masks: Masks | None) -> list[str]:
+    """The named regions of one batch's masks (``[]`` for one unnamed mask or none)."""
+    return list(masks) if isinstance(masks, Mapping) else []
 
 
 def read_inputs(batch_to_inputs: Callable[[Any], Any], batch: Any, needs_labels: bool) -> Inputs:
@@ -110,8 +141,9 @@ class HeldOut:
     """The held-out samples one rank explains, in ascending global id order, as CPU tensors.
 
     ``samples`` holds ``ids``, ``images``, ``labels`` and ``masks`` (the last two may be None) and is what the
-    monitor checkpoints. ``add`` leaves out samples with non-finite images, or of another size than the first
-    kept, with one warning per kind; ``dropped`` counts them.
+    monitor checkpoints. Masks given as named regions are kept per region (``regions/<name>``), and ``masks`` is
+    their union (what the panel outlines). ``add`` leaves out samples with non-finite images, or of another size
+    than the first kept, with one warning per kind; ``dropped`` counts them.
     """
 
     def __init__(self, samples: dict[str, Tensor | None] | None = None, strict: bool = False) -> None:
@@ -137,7 +169,7 @@ class HeldOut:
         return self._samples
 
     def add(
-        self, ids: Tensor, rows: slice | Tensor, images: Tensor, labels: Tensor | None, masks: Tensor | None
+        self, ids: Tensor, rows: slice | Tensor, images: Tensor, labels: Tensor | None, masks: Masks | None
     ) -> None:
         """Keep ``images[rows]`` (and their labels, masks) under global ``ids``."""
         self.seen += int(ids.numel())
@@ -154,13 +186,18 @@ class HeldOut:
         self._shape = kept.shape[1:]
         with torch.inference_mode(False):  # plain copies, not inference tensors
             part: dict[str, Tensor | None] = {"ids": ids.cpu()[good].clone()}
-            for key, value in [("images", images), ("labels", labels), ("masks", masks)]:
+            regions: dict[str, Tensor] = {}
+            union = masks if not isinstance(masks, Mapping) else None
+            if isinstance(masks, Mapping):  # each region, and their union (what the panel outlines)
+                regions = {f"{REGION_PREFIX}{name}": mask for name, mask in masks.items()}
+                union = torch.stack([as_masks(mask) for mask in regions.values()]).any(dim=0)
+            for key, value in [("images", images), ("labels", labels), ("masks", union), *regions.items()]:
                 part[key] = None if value is None else value[rows].detach().cpu()[good].clone()
         self._parts.append(part)
         self._count += int(good.sum())
 
     def add_validation_batch(
-        self, rank: int, world: int, limit: int, images: Tensor, labels: Tensor | None, masks: Tensor | None
+        self, rank: int, world: int, limit: int, images: Tensor, labels: Tensor | None, masks: Masks | None
     ) -> bool:
         """Keep this rank's share of the first ``limit`` validation samples from a batch; False once it has all.
 
@@ -221,3 +258,12 @@ def dataset_length(trainer: Any) -> int | None:
         return len(getattr(loader, "dataset", None))  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def region_masks(samples: Mapping[str, Tensor | None]) -> dict[str, Tensor]:
+    """``{region: masks [N, H, W]}`` of the held-out samples' named regions (empty for one unnamed mask)."""
+    return {
+        key.removeprefix(REGION_PREFIX): value
+        for key, value in samples.items()
+        if key.startswith(REGION_PREFIX) and value is not None
+    }

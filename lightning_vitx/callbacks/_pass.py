@@ -82,7 +82,7 @@ def agree(
     prefix, warn, names = monitor_pass.prefix, monitor_pass.run.warn, list(monitor_pass.explainers)
     running = [name for name in names if name not in monitor_pass.disabled]
     counts = [*scoring.fault_counts(names), float(monitor_pass.dropped)]
-    device, keys = monitor_pass.run.device, monitor_pass.score_keys
+    device, keys = monitor_pass.run.device, scoring.failure_keys
     off, failed, totals = agree_on_faults(trainer, device, running, keys, failed_explainers, failed_metrics, counts)
     for name in sorted(off - failed_explainers):
         warn(f"explainer/{name}", f"explainer {name!r} failed on another rank and is disabled")

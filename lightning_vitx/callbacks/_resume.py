@@ -68,6 +68,7 @@ def monitor_state(monitor: Any) -> dict[str, Any]:
         "history": list(monitor.history),
         "sanity_reference": dict(sanity.reference_maps) if sanity is not None else {},
         "alerts": monitor.alerts.state_dict(),
+        "regions": monitor.regions,  # the masks' named regions (None: no batch read yet)
     }
 
 
@@ -75,6 +76,8 @@ def load_monitor_state(monitor: Any, state: Mapping[str, Any]) -> None:
     """Put a checkpointed ``state`` back into an ``ExplainabilityMonitor``, reconciled with its settings."""
     restored = restore(state, state_settings(monitor), monitor.name, monitor._warn_once)
     monitor.held_out = HeldOut(restored.samples, strict=monitor.on_error == "raise")
+    if monitor.regions is None:  # the held-out set's regions, until a batch names them
+        monitor.regions = state.get("regions")
     monitor.last_maps, monitor.history = restored.last_maps, restored.history
     monitor._explained_epochs = restored.explained_epochs
     monitor._failed = set()  # tried again after a resume

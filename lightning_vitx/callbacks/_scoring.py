@@ -18,13 +18,17 @@ from lightning_vitx._state import eval_mode
 from lightning_vitx.analysis import FOCUS_STATISTICS, focus_statistics, rank_correlation
 from lightning_vitx.callbacks._curves import stream_curves
 from lightning_vitx.callbacks._explaining import ExplainingRun
-from lightning_vitx.metrics import DEGENERATE_KINDS, degenerate_maps
+from lightning_vitx.callbacks._held_out import region_masks
+from lightning_vitx.callbacks._settings import metric_keys
+from lightning_vitx.metrics import DEGENERATE_KINDS, as_masks, degenerate_maps
 
 # The monitor counts degenerate maps itself (per reason, logged) and warns once per explainer; the metrics' own
 # per-batch warning is kept for NaN or inf only, as before.
 _METRIC_DEGENERATE_WARNING = r"(?!.*NaN or inf).*maps are (all zero|constant)"
 
-__all__ = ["Scoring"]
+__all__ = ["RANDOM", "Scoring"]
+
+RANDOM = "random"  # the random maps' owner in the failed keys: "random/<metric key>"
 
 
 def _create(name: str, options: Mapping[str, Any], batch_size: int) -> Metric:
@@ -33,6 +37,98 @@ def _create(name: str, options: Mapping[str, Any], batch_size: int) -> Metric:
     if "max_batch" not in options and isinstance(getattr(metric, "max_batch", None), int):
         metric.max_batch = batch_size
     return metric
+
+
+class _ScoredRows:
+    """The held-out rows and masks each metric key scores, and the update of a metric with them.
+
+    Every row for a metric without masks; for a mask metric the rows with its mask: the one unnamed mask, or for
+    ``<metric>/<region>`` the rows where that region is not empty (the others are skipped, with one warning).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        images: Tensor,
+        target: Tensor,
+        masks: Tensor | None,
+        regions: Mapping[str, Tensor],
+        warn: Any,
+    ) -> None:
+        self.model, self.images, self.target, self.masks, self.regions, self.warn = (
+            model,
+            images,
+            target,
+            masks,
+            regions,
+            warn,
+        )
+        self._selected: dict[str, tuple[Tensor | None, Tensor | None] | None] = {}
+
+    def select(self, key: str) -> tuple[Tensor | None, Tensor | None] | None:
+        """``(rows, masks of those rows)``, ``rows`` None for all; None when the key has nothing to score."""
+        if key not in self._selected:
+            self._selected[key] = self._select(key)
+        return self._selected[key]
+
+    def _select(self, key: str) -> tuple[Tensor | None, Tensor | None] | None:
+        name, _, region = key.partition("/")
+        if not M.get_info(name).needs_masks:
+            return None, None
+        if not region:
+            return None if self.masks is None else (None, self.masks)
+        mask = self.regions.get(region)
+        if mask is None:
+            self.warn(
+                f"region/{region}/missing",
+                f"region {region!r} is missing from some held-out batches on this rank: {key!r} is not scored (NaN)",
+            )
+            return None
+        present = as_masks(mask).flatten(1).any(dim=1)
+        if not bool(present.all()):
+            scored = "the others are" if bool(present.any()) else "nothing is (NaN)"
+            self.warn(
+                f"region/{region}/empty",
+                f"region {region!r} is empty in {int((~present).sum())} of {present.numel()} held-out samples on "
+                f"this rank: they are not scored for {key!r}, {scored}",
+            )
+        if not bool(present.any()):
+            return None
+        rows = None if bool(present.all()) else present.nonzero()[:, 0]
+        return rows, mask if rows is None else mask[rows]
+
+    def update(
+        self,
+        metric: Metric,
+        key: str,
+        maps: Tensor,
+        streamed: Mapping[Any, Tensor],
+        owner: str | None,
+        device: torch.device,
+        batch_size: int,
+    ) -> Tensor | None:
+        """Update ``metric`` with ``maps`` of its rows, ``batch_size`` at a time; its per-sample scores (or None)."""
+        selected = self.select(key)
+        if selected is None:
+            return None
+        rows, masks = selected
+        images, target = self.images, self.target
+        if rows is not None:
+            images, maps, target = images[rows], maps[rows], target[rows]
+        per_sample = []
+        for index, (image, expl, tgt, mask) in enumerate(chunks(batch_size, images, maps, target, masks)):
+            image, expl, tgt = image.to(device), expl.to(device), tgt.to(device)
+            given = streamed.get((owner, key, index))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_METRIC_DEGENERATE_WARNING)
+                if given is None:
+                    metric.update(self.model, image, expl, tgt, None if mask is None else mask.to(device))
+                else:
+                    metric.update(self.model, image, expl, tgt, curves=given)
+            scores = getattr(metric, "last_sample_scores", None)
+            if isinstance(scores, Tensor):
+                per_sample.append(scores.cpu())
+        return torch.cat(per_sample) if per_sample else None
 
 
 class Scoring:
@@ -53,11 +149,17 @@ class Scoring:
         batch_size: int,
         *,
         reference: bool = True,
+        regions: Sequence[str] = (),
     ) -> None:
-        self.metrics: dict[str, dict[str, Metric]] = {
-            explainer: {name: _create(name, options, batch_size).to(device) for name, options in metric_options.items()}
-            for explainer in explainers
-        }
+        self.explainers, self.metric_options, self.device = list(explainers), dict(metric_options), device
+        self.batch_size = batch_size
+        self.metrics: dict[str, dict[str, Metric]] = {explainer: {} for explainer in explainers}
+        # The random maps' scores (per sample, seeded by its id: the same on every rank and epoch): the floor
+        # logged beside each score, and the curves' reference line.
+        self.reference: dict[str, Metric] = {}
+        self.with_reference = reference
+        self.regions: list[str] = []
+        self.set_regions(regions)
         self.stability = {explainer: MeanMetric().to(device) for explainer in explainers}
         # where relevance sits (analysis.focus_statistics), per explainer: no forward
         self.focus = {
@@ -68,18 +170,39 @@ class Scoring:
         seeds = {explainer: X.get_info(explainer).relevance_seed for explainer in explainers}
         self.seeds = {explainer: seed for explainer, seed in seeds.items() if seed is not None}
         self.conservation = {explainer: MeanMetric(nan_strategy="ignore").to(device) for explainer in self.seeds}
-        # The curves of a random patch order (per sample, seeded by its id: the same on every rank and epoch), the
-        # reference line of the curve plots.
-        probes = {name: _create(name, options, batch_size) for name, options in metric_options.items() if reference}
-        curves = {name: m for name, m in probes.items() if isinstance(getattr(m, "fractions", None), Tensor)}
-        self.reference = {name: metric.to(device) for name, metric in curves.items()}
         self.reference_curves: dict[str, Any] = {}  # metric -> (fractions, mean curve) of the random order
-        self.batch_size = batch_size
         self.probabilities: Tensor | None = None  # [N, classes] of the last update, this rank's samples
         self.sample_scores: dict[str, Tensor] = {}  # "explainer/metric" -> [N]
         self.curves: dict[str, dict[str, Any]] = {}  # metric -> explainer -> (fractions, mean curve)
         self.skipped_maps: dict[str, dict[str, int]] = {}  # explainer -> reason -> maps the metrics skipped
         self.explained_maps: dict[str, int] = {}  # explainer -> maps of the last update
+
+    @property
+    def failure_keys(self) -> list[str]:
+        """Every key ``update`` may report failed, in one order on every rank (to agree on)."""
+        owners = [*self.explainers, *([RANDOM] if self.reference else [])]
+        return [f"{owner}/{key}" for owner in owners for key in self.keys]
+
+    @property
+    def keys(self) -> list[str]:
+        """The metric keys: ``<metric>``, or ``<metric>/<region>`` for a mask metric and named regions."""
+        return metric_keys(list(self.metric_options), self.regions)
+
+    def set_regions(self, regions: Sequence[str]) -> None:
+        """Score the mask metrics per named region (``[]``: against the one unnamed mask); call it on every rank.
+
+        The states of keys no longer scored are dropped; those kept keep their state.
+        """
+        self.regions = list(regions)
+        for owner in [*self.metrics.values(), *([self.reference] if self.with_reference else [])]:
+            kept = {key: owner[key] for key in self.keys if key in owner}
+            owner.clear()
+            for key in self.keys:
+                name = key.partition("/")[0]
+                if key not in kept:  # normal tensors, also when called inside validation's inference mode
+                    with torch.inference_mode(False):
+                        kept[key] = _create(name, self.metric_options[name], self.batch_size).to(self.device)
+                owner[key] = kept[key]
 
     def update(
         self,
@@ -88,7 +211,7 @@ class Scoring:
         maps: Mapping[str, Tensor],
         previous_maps: Mapping[str, Tensor],
     ) -> set[str]:
-        """Update every metric with this rank's ``maps``; the ``explainer/metric`` keys that raised."""
+        """Update every metric with this rank's ``maps``; the keys that raised (``explainer/metric``, ``random/..``)."""
         model, use_labels, device, raise_errors, warn = run.model, run.by_label, run.device, run.raise_errors, run.warn
         images, labels, masks = samples.get("images"), samples.get("labels"), samples.get("masks")
         failed: set[str] = set()
@@ -121,35 +244,21 @@ class Scoring:
         streamed = stream_curves(
             model, images, maps, random_maps, target, logits, self._curve_metrics(), self.batch_size
         )
+        scored = _ScoredRows(model, images, target, masks, region_masks(samples), warn)
         for explainer, explanation in maps.items():
             for stat, values in focus_statistics(explanation).items():
                 self.focus[explainer][stat].update(values.to(device))
-            for name, metric in self.metrics[explainer].items():
-                if masks is None and M.get_info(name).needs_masks:
-                    continue  # NaN on every rank: no masks to score against
-                key, per_sample = f"{explainer}/{name}", []
+            for key, metric in self.metrics[explainer].items():
                 try:
-                    batches = chunks(self.batch_size, images, explanation, target, masks)
-                    for index, (image, expl, tgt, mask) in enumerate(batches):
-                        mask = None if mask is None else mask.to(device)
-                        given = streamed.get((explainer, name, index))
-                        with warnings.catch_warnings():
-                            warnings.filterwarnings("ignore", message=_METRIC_DEGENERATE_WARNING)
-                            if given is None:
-                                metric.update(model, image.to(device), expl.to(device), tgt.to(device), mask)
-                            else:
-                                metric.update(model, image.to(device), expl.to(device), tgt.to(device), curves=given)
-                        scores = getattr(metric, "last_sample_scores", None)
-                        if isinstance(scores, Tensor):
-                            per_sample.append(scores.cpu())
+                    per_sample = scored.update(metric, key, explanation, streamed, explainer, device, self.batch_size)
                 except Exception as error:  # noqa: BLE001 - a metric must not stop the run unless asked
                     if raise_errors:
                         raise
-                    failed.add(key)
-                    warn(f"metric/{key}", f"metric {name!r} failed on {explainer!r}: {error!r}")
+                    failed.add(f"{explainer}/{key}")
+                    warn(f"metric/{explainer}/{key}", f"metric {key!r} failed on {explainer!r}: {error!r}")
                     continue
-                if per_sample and sum(s.numel() for s in per_sample) == images.shape[0]:
-                    self.sample_scores[key] = torch.cat(per_sample)  # per-sample only when no sample was skipped
+                if per_sample is not None and per_sample.numel() == images.shape[0]:
+                    self.sample_scores[f"{explainer}/{key}"] = per_sample  # only when no sample was skipped
             previous = previous_maps.get(explainer)
             if previous is not None and previous.shape == explanation.shape:
                 # on the CPU, as the sanity scores: float64 ranks (MPS has no float64), small [N, P] maps
@@ -158,18 +267,17 @@ class Scoring:
                 if rho.numel():
                     self.stability[explainer].update(rho.to(device))
         if random_maps is not None:
-            for name, metric in self.reference.items():
+            for key, metric in self.reference.items():
                 try:
-                    for index, (image, expl, tgt) in enumerate(chunks(self.batch_size, images, random_maps, target)):
-                        given = streamed.get((None, name, index))
-                        metric.update(model, image.to(device), expl.to(device), tgt.to(device), curves=given)
-                except Exception as error:  # noqa: BLE001 - the reference line is not worth a run
-                    warn(f"reference/{name}", f"the random-order reference of {name!r} failed: {error!r}")
+                    scored.update(metric, key, random_maps, streamed, None, device, self.batch_size)
+                except Exception as error:  # noqa: BLE001 - the floor is not worth a run
+                    failed.add(f"{RANDOM}/{key}")
+                    warn(f"reference/{key}", f"the random maps' {key!r} (the floor) failed: {error!r}")
         return failed
 
     def _random_maps(self, samples: Mapping[str, Tensor | None], maps: Mapping[str, Tensor]) -> Tensor | None:
         """The reference's maps ``[N, gh, gw]``: a random patch order per sample, seeded by its id; None without."""
-        images, ids = samples["images"], samples.get("ids")
+        images, ids = samples.get("images"), samples.get("ids")
         if not maps or not self.reference or images is None:
             return None
         grid = next(iter(maps.values())).shape[1:]
@@ -181,7 +289,7 @@ class Scoring:
 
         Those whose options set their own ``max_batch`` keep their own stream.
         """
-        owners: dict[str | None, dict[str, Metric]] = {None: self.reference}
+        owners: dict[str | None, dict[str, Metric]] = {None: self.reference if self.with_reference else {}}
         owners.update(self.metrics)
         return {
             owner: {name: m for name, m in metrics.items() if getattr(m, "max_batch", None) == self.batch_size}
@@ -217,20 +325,22 @@ class Scoring:
         return scores
 
     def compute(self, prefix: str, disabled: set[str], failed: set[str], with_stability: bool) -> dict[str, float]:
-        """``{prefix/explainer/metric: score}`` for every pair, computed or NaN; stability where asked.
+        """``{prefix/explainer/key: score}`` for every pair, computed or NaN; stability where asked.
 
-        Computing is a collective: call it on every rank with the same ``disabled`` explainers and ``failed``
-        keys. Resets the states.
+        With the reference, ``.../<key>/random`` (the random maps' score, the same for every explainer) and
+        ``.../<key>/vs_random`` (the score minus it) beside each. Computing is a collective: call it on every rank
+        with the same ``disabled`` explainers and ``failed`` keys. Resets the states.
         """
         scores: dict[str, float] = {}
+        floor = self._compute_reference(failed)
         for explainer, metrics in self.metrics.items():
             computed = {}
             with warnings.catch_warnings():  # a rank without samples, or a disabled explainer, has no update
                 warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
                 warnings.filterwarnings("ignore", message=".*no usable sample.*")
-                for name, metric in metrics.items():
-                    if explainer not in disabled and f"{explainer}/{name}" not in failed:
-                        computed[name] = metric.compute()
+                for key, metric in metrics.items():
+                    if explainer not in disabled and f"{explainer}/{key}" not in failed:
+                        computed[key] = metric.compute()
                 if with_stability and explainer not in disabled:
                     scores[f"{prefix}/{explainer}/stability"] = float(self.stability[explainer].compute())
                 if explainer in self.conservation and explainer not in disabled:
@@ -238,15 +348,19 @@ class Scoring:
                 for stat, metric in self.focus[explainer].items():
                     value = math.nan if explainer in disabled else float(metric.compute())
                     scores[f"{prefix}/{explainer}/focus/{stat}"] = value
-            for name in metrics:
-                value = float(computed[name]["score"]) if name in computed else math.nan
-                scores[f"{prefix}/{explainer}/{name}"] = value
-            for name, result in computed.items():
+            for key in metrics:
+                value = float(computed[key]["score"]) if key in computed else math.nan
+                scores[f"{prefix}/{explainer}/{key}"] = value
+                if key in floor:
+                    random = math.nan if explainer in disabled else floor[key]
+                    scores[f"{prefix}/{explainer}/{key}/random"] = random
+                    scores[f"{prefix}/{explainer}/{key}/vs_random"] = value - random
+            for key, result in computed.items():
                 if "curve" in result and torch.isfinite(result["curve"]).all():
                     x, y = result["fractions"].cpu().numpy(), result["curve"].cpu().numpy()
-                    self.curves.setdefault(name, {})[explainer] = (x, y)
-                elif name in self.curves:
-                    self.curves[name].pop(explainer, None)
+                    self.curves.setdefault(key, {})[explainer] = (x, y)
+                elif key in self.curves:
+                    self.curves[key].pop(explainer, None)
             conservation = [self.conservation[explainer]] if explainer in self.conservation else []
             for metric in [
                 *metrics.values(),
@@ -255,13 +369,22 @@ class Scoring:
                 *self.focus[explainer].values(),
             ]:
                 metric.reset()
-        self.reference_curves = {}
+        return scores
+
+    def _compute_reference(self, failed: set[str]) -> dict[str, float]:
+        """The random maps' score per key (the floor), NaN where ``random/<key>`` failed; their curves. Resets."""
+        self.reference_curves, floor = {}, {}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
             warnings.filterwarnings("ignore", message=".*no usable sample.*")
-            for name, metric in self.reference.items():
+            for key, metric in self.reference.items():
+                if f"{RANDOM}/{key}" in failed:
+                    floor[key] = math.nan
+                    metric.reset()
+                    continue
                 result = metric.compute()
-                if torch.isfinite(result["curve"]).all():
-                    self.reference_curves[name] = (result["fractions"].cpu().numpy(), result["curve"].cpu().numpy())
+                floor[key] = float(result["score"])
+                if "curve" in result and torch.isfinite(result["curve"]).all():
+                    self.reference_curves[key] = (result["fractions"].cpu().numpy(), result["curve"].cpu().numpy())
                 metric.reset()
-        return scores
+        return floor

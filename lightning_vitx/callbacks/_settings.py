@@ -14,12 +14,16 @@ import lightning_vitx.metrics as M
 from lightning_vitx.analysis import FOCUS_STATISTICS
 
 __all__ = [
+    "FLOOR_SUFFIXES",
+    "maybe_region_key",
+    "metric_keys",
     "score_keys",
     "named_options",
     "explained_epoch",
     "find_class_names",
     "is_name_list",
     "model_name",
+    "monitor_score_keys",
     "monitor_settings",
     "resolved_options",
     "score_axes",
@@ -69,13 +73,40 @@ def monitor_settings(monitor: Any, model: nn.Module | None) -> dict[str, Any]:
     }
 
 
+FLOOR_SUFFIXES = ("random", "vs_random")  # <key>/random: the random maps' score; <key>/vs_random: the score minus it
+
+
+def metric_keys(metrics: Sequence[str], regions: Sequence[str] = ()) -> list[str]:
+    """A monitor's metric keys: ``<metric>``, and ``<metric>/<region>`` per named region for a mask metric.
+
+    Example::
+
+        >>> metric_keys(["deletion", "relevance_mass"], ["object", "shortcut"])
+        ['deletion', 'relevance_mass/object', 'relevance_mass/shortcut']
+    """
+    return [
+        f"{metric}/{region}" if region else metric
+        for metric in metrics
+        for region in (regions if regions and M.get_info(metric).needs_masks else [""])
+    ]
+
+
 def score_keys(
-    prefix: str, explainers: Sequence[str], metrics: Sequence[str], sanity: bool, alerts: bool = False
+    prefix: str,
+    explainers: Sequence[str],
+    metrics: Sequence[str],
+    sanity: bool,
+    alerts: bool = False,
+    *,
+    regions: Sequence[str] = (),
+    floor: bool = False,
 ) -> list[str]:
     """Every key a monitor logs.
 
-    ``<prefix>/<explainer>/<metric>``, ``<prefix>/<explainer>/stability``, ``<prefix>/<explainer>/skipped`` (maps
-    the metrics skip: NaN or inf, all zero, constant), ``.../skipped/<reason>`` (``nonfinite``, ``zero``,
+    ``<prefix>/<explainer>/<metric>`` (a mask metric with named ``regions``: ``.../<metric>/<region>`` per region),
+    with ``floor`` ``.../<metric>/random`` (random maps' score) and ``.../<metric>/vs_random`` (the score minus it)
+    beside each, ``<prefix>/<explainer>/stability``, ``<prefix>/<explainer>/skipped`` (maps the metrics skip: NaN
+    or inf, all zero, constant), ``.../skipped/<reason>`` (``nonfinite``, ``zero``,
     ``flat``), ``.../degenerate`` (their share of the explained maps), ``.../conservation`` (``lrp``,
     ``attnlrp``: the map's sum over the relevance it starts from, the target logit or 1), with ``sanity``
     ``<prefix>/<explainer>/randomization`` and ``.../class_sensitivity``, ``<prefix>/dropped`` (held-out samples
@@ -83,12 +114,45 @@ def score_keys(
     ``analysis.focus_statistics``), ``<prefix>/time_s``, and with ``alerts`` ``<prefix>/alerts`` (alerts fired so
     far).
     """
-    per_explainer = [*metrics, "stability", "skipped", "degenerate", *(f"skipped/{k}" for k in M.DEGENERATE_KINDS)]
+    keys_of_metrics = metric_keys(metrics, regions)
+    floors = [f"{key}/{suffix}" for key in keys_of_metrics for suffix in FLOOR_SUFFIXES] if floor else []
+    per_explainer = [
+        *keys_of_metrics,
+        *floors,
+        "stability",
+        "skipped",
+        "degenerate",
+        *(f"skipped/{k}" for k in M.DEGENERATE_KINDS),
+    ]
     per_explainer += [f"focus/{stat}" for stat in FOCUS_STATISTICS]
     per_explainer += ["randomization", "class_sensitivity"] if sanity else []
     keys = [f"{prefix}/{e}/{key}" for e in explainers for key in per_explainer]
     keys += [f"{prefix}/{e}/conservation" for e in explainers if X.get_info(e).relevance_seed]
     return [*keys, f"{prefix}/dropped", f"{prefix}/time_s", *([f"{prefix}/alerts"] if alerts else [])]
+
+
+def maybe_region_key(key: str, prefix: str, metrics: Sequence[str]) -> bool:
+    """Whether ``key`` may be a named region's score (``<prefix>/<explainer>/<mask metric>/<region>[/random]``).
+
+    Until the first batch names the regions, a watcher or alert on such a key is accepted; it is checked again then.
+    """
+    parts = key.removeprefix(f"{prefix}/").split("/")
+    if len(parts) not in (3, 4) or parts[1] not in metrics or not M.get_info(parts[1]).needs_masks:
+        return False
+    return parts[2] not in FLOOR_SUFFIXES and (len(parts) == 3 or parts[3] in FLOOR_SUFFIXES)
+
+
+def monitor_score_keys(monitor: Any) -> list[str]:
+    """Every key an ``ExplainabilityMonitor`` logs (:func:`score_keys` of its settings and regions)."""
+    return score_keys(
+        monitor.name,
+        monitor.explainer_names,
+        monitor.metric_names,
+        monitor.sanity,
+        bool(monitor.alerts.rules),
+        regions=monitor.regions or (),
+        floor=monitor.reference_curves,
+    )
 
 
 def score_axes(

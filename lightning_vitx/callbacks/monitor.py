@@ -28,9 +28,9 @@ import lightning_vitx.explainers as X
 import lightning_vitx.metrics as M
 from lightning_vitx.callbacks._config import (
     check_alert_keys,
+    check_logged_keys,
     check_monitor_options,
     check_setup,
-    check_watchers,
     first_validation_batch,
 )
 from lightning_vitx.callbacks._explaining import explain_held_out, start_pass
@@ -41,6 +41,7 @@ from lightning_vitx.callbacks._held_out import (
     dataset_length,
     default_batch_to_inputs,
     read_inputs,
+    region_names,
 )
 from lightning_vitx.callbacks._model import find_model
 from lightning_vitx.callbacks._panel import PanelRows, gather_panel
@@ -52,10 +53,10 @@ from lightning_vitx.callbacks._settings import (
     explained_epoch,
     find_class_names,
     higher_is_better,
+    monitor_score_keys,
     monitor_settings,
     named_options,
     score_axes,
-    score_keys,
 )
 from lightning_vitx.callbacks.alerts import AlertRules
 from lightning_vitx.callbacks.errors import MonitorConfigError
@@ -67,16 +68,13 @@ __all__ = ["ExplainabilityMonitor"]
 class ExplainabilityMonitor(Callback):
     r"""Every ``every_n_epochs`` validation epoch: explain a fixed held-out set, score it, log scores and panels.
 
-    Scores are ``<name>/<explainer>/<metric>`` (``name`` is ``"explain"`` by default; synced across ranks), plus
-    ``<name>/<explainer>/stability`` (rank correlation with the previous explained epoch's maps, from the second
-    one on) and ``<name>/time_s``. Each explained pass is logged once, from global rank zero, with
-    ``<name>/epoch``: the training epoch whose end state was explained (``-1`` before any training step), W&B's
-    x-axis for every ``<name>/*`` key. With it go, for the first ``panel_size`` samples by global id (gathered from
-    every rank): captioned pictures (``<name>/inputs``, ``<name>/<explainer>/maps``, masks outlined), the
-    perturbation curves against a random order, and on W&B a per-sample table across epochs; without an image
-    logger, a composite panel and the curves as PNGs under the log dir. The settings (every option resolved, the
-    package version, the model) go to the W&B config and a TensorBoard text summary. ``last_panel`` keeps what the
-    pictures showed.
+    Scores are ``<name>/<explainer>/<metric>`` (synced across ranks), beside each the random maps' score
+    ``.../random`` and ``.../vs_random`` (the difference), ``.../stability`` (rank correlation with the last pass's
+    maps), focus statistics and ``<name>/time_s``; ``score_keys()`` lists them. Masks given as named regions
+    (``{"object": ..., "cue": ...}``) are scored per region, ``.../<metric>/<region>``. Each pass is logged once, from
+    rank zero, at ``<name>/epoch`` (the training epoch explained; ``-1`` before training), with pictures of the
+    first ``panel_size`` samples (masks outlined), the perturbation curves against a random order and a W&B
+    per-sample table; without an image logger, PNGs under the log dir. ``last_panel`` keeps what they showed.
 
     Every validation epoch carries the last explained scores to ``callback_metrics``, so ``ModelCheckpoint`` and
     ``EarlyStopping`` find their key at every epoch; a score that cannot be computed is NaN. How to watch them
@@ -118,8 +116,8 @@ class ExplainabilityMonitor(Callback):
             (``wandb.alert``) and TensorBoard (text), and counts in ``<name>/alerts``.
         save_passes: save every explained pass (maps as tensors, pictures, manifest) under
             ``<log dir>/<name>_passes/``, for ``lightning_vitx.loggers.load_passes``.
-        reference_curves: draw a random patch order's curve (dashed) beside the explainers' perturbation curves;
-            ``False`` saves its forwards (one curve per sample and perturbation metric).
+        reference_curves: score random maps (seeded by sample id) beside the explainers: the floor scores and the
+            curves' dashed line; ``False`` saves their forwards (one curve per sample and perturbation metric).
 
     Example::
 
@@ -188,6 +186,7 @@ class ExplainabilityMonitor(Callback):
         self.last_maps: dict[str, Tensor] = {}
         self.history: list[dict[str, float]] = []  # per explained epoch: {"epoch": e, "<name>/...": score}
         self._checked = False  # the first batch's inputs were checked
+        self.regions: list[str] | None = None  # the masks' named regions, from the first batch (None: unread)
         self._collecting = False
         self._explained_epochs = 0
         self._failed: set[str] = set()  # explainers disabled on every rank
@@ -225,7 +224,7 @@ class ExplainabilityMonitor(Callback):
 
     def score_keys(self) -> list[str]:
         """Every key this monitor logs (``_settings.score_keys`` lists and explains them)."""
-        return score_keys(self.name, self.explainer_names, self.metric_names, self.sanity, bool(self.alerts.rules))
+        return monitor_score_keys(self)
 
     # -- setup: configuration mistakes fail here, before training -----------------------------------------------
     @override
@@ -236,12 +235,12 @@ class ExplainabilityMonitor(Callback):
         except (TypeError, ValueError) as error:
             raise MonitorConfigError(f"ExplainabilityMonitor(explainers=...): {error}") from None
         options, device = self.metric_options, pl_module.device
-        self.scoring = Scoring(self.explainer_names, options, device, self.batch_size, reference=self.reference_curves)
+        floor, regions = self.reference_curves, self.regions or ()
+        self.scoring = Scoring(self.explainer_names, options, device, self.batch_size, reference=floor, regions=regions)
         self.sanity_scores = SanityScores(self.explainer_names, pl_module.device) if self.sanity else None
         if self.sanity_scores is not None:
             self.sanity_scores.restore(self._sanity_reference)
-        check_watchers(trainer.callbacks, self.name, set(self.score_keys()), self.every_n_epochs)  # type: ignore[attr-defined]
-        check_alert_keys(self.alerts, self.score_keys())
+        check_logged_keys(self, trainer)
         check_setup(self, trainer)
         # one PassLogger for the monitor's life: validate() then fit() extend one W&B sample table, not two
         if getattr(self, "pass_logger", None) is None:
@@ -264,6 +263,9 @@ class ExplainabilityMonitor(Callback):
     def _inputs(self, batch: Any) -> Inputs:
         """``batch_to_inputs(batch)``, checked; the first batch's mistakes raise MonitorConfigError."""
         inputs = read_inputs(self.batch_to_inputs, batch, needs_labels=self.target == "label")
+        if not self._checked:  # the first batch names the regions scored
+            self.regions = region_names(inputs[2])
+            check_alert_keys(self.alerts, self.score_keys())
         self._checked = True
         return inputs
 
@@ -315,6 +317,7 @@ class ExplainabilityMonitor(Callback):
             rank, world = trainer.global_rank, trainer.world_size
             collect_from_loader(self.held_out, self.dataloader, self._inputs, self.num_samples, rank, world)
         start, scoring = time.perf_counter(), self.scoring
+        scoring.set_regions(self.regions or [])
         this = start_pass(self, trainer, pl_module.device)  # this pass as one value
         maps, failed_here = explain_held_out(this)
         self._failed, scores = score_pass(trainer, this, maps, failed_here, scoring=scoring, sanity=self.sanity_scores)

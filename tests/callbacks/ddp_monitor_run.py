@@ -56,6 +56,15 @@ def scores(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("explain/")}
 
 
+def to_regions(batch):
+    """The masks as two named regions: the object, and the image's left half (empty where the label is odd, so a
+    sample's regions do not depend on the batch it comes in)."""
+    images, labels, masks = batch
+    left = torch.zeros_like(masks, dtype=torch.bool)
+    left[labels % 2 == 0, :, : masks.shape[-1] // 2] = True
+    return images, labels, {"object": masks, "left": left}
+
+
 def validate(out: str, strategy: str, **options) -> L.Trainer:
     explainers = ["rollout", "gradcam", "generic_attention"]
     defaults = dict(explainers=explainers, metrics=["deletion", "pointing_game", "relevance_mass"])
@@ -82,6 +91,7 @@ def main(out: str, strategy: str) -> None:
     validate(f"{out}/{strategy}/val", strategy)
     # The user's loader: more samples than num_samples, batches that do not match the shards.
     validate(f"{out}/{strategy}/loader", strategy, dataloader=DataLoader(ShapesDataset(10, 32, seed=1), batch_size=3))
+    validate(f"{out}/{strategy}/regions", strategy, batch_to_inputs=to_regions)
     validate(f"{out}/{strategy}/one", strategy, num_samples=1)  # rank 1 holds no sample, yet enters every collective
     if strategy == "ddp" and os.environ.get("LOCAL_RANK") == "1":  # gmar and the pointing game fail on rank 1 only
         from lightning_vitx.explainers.gmar import GMAR

@@ -104,6 +104,10 @@ def test_mlflow_gets_each_pass_as_artifacts(tmp_path, monkeypatch):
     client, run_id = logger.experiment, logger.run_id
     files = {Path(a.path).name for a in client.list_artifacts(run_id, "explain/epoch_000")}
     assert {"manifest.json", "maps.pt", "explain_inputs.png", "explain_rollout_maps.png"} <= files
-    history = client.get_metric_history(run_id, "explain/rollout/deletion")
+    # the file store keeps one file per key: a score with its floor beside it (".../deletion/random") is ".../all"
+    history = client.get_metric_history(run_id, "explain/rollout/deletion/all")
     assert len(history) == 1 and math.isfinite(history[0].value)
+    (floor,) = client.get_metric_history(run_id, "explain/rollout/deletion/random")
+    (difference,) = client.get_metric_history(run_id, "explain/rollout/deletion/vs_random")
+    assert difference.value == pytest.approx(history[0].value - floor.value, abs=1e-6)
     assert not (Path(trainer.default_root_dir) / "explanations").exists()  # MLflow takes the pictures

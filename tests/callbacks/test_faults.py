@@ -257,7 +257,7 @@ def no_labels(batch):
     "options, message",
     [
         (dict(batch_to_inputs=numpy_inputs), r"batch_to_inputs must return .*images must be a float tensor.*ndarray"),
-        (dict(batch_to_inputs=small_masks), r"masks must be None or a tensor \[8, 32, 32\].*got a torch.bool tensor"),
+        (dict(batch_to_inputs=small_masks), r"masks must be None, a tensor \[8, 32, 32\].*got a torch.bool tensor"),
         (dict(batch_to_inputs=no_labels, target="label"), r"target='label'\) needs labels"),
         (dict(model_attribute="student"), r"model_attribute='student': the LightningModule has no such submodule"),
         (dict(explainers={"rollout": {"start_layer": 7}}), r"explainers=\.\.\.\): start_layer must be an int"),

@@ -98,6 +98,23 @@ def test_ddp_spawn_completes_with_the_scores_of_one_process(runs):
     assert_same_panel(rank0, single)
 
 
+def test_ddp_scores_named_regions_as_one_process(runs):
+    single, plain = load(runs, "single", "regions", "rank0"), load(runs, "single", "val", "rank0")
+    for rank in (0, 1):
+        assert_same_scores(load(runs, "ddp", "regions", f"rank{rank}")["scores"], single["scores"])
+    for explainer in ("rollout", "gradcam", "generic_attention"):
+        for metric in ("pointing_game", "relevance_mass"):
+            key = f"explain/{explainer}/{metric}"
+            assert key not in single["scores"]
+            # the object region is the unnamed mask of the plain run; the left half is scored where it is not empty
+            assert single["scores"][f"{key}/object"] == pytest.approx(plain["scores"][key], abs=1e-6, nan_ok=True)
+            if explainer == "gradcam":
+                continue  # all-zero maps at random init (a ReLU of negative head weights): NaN, not scored
+            assert 0.0 <= single["scores"][f"{key}/left"] <= 1.0
+            difference = single["scores"][f"{key}/left"] - single["scores"][f"{key}/left/random"]
+            assert single["scores"][f"{key}/left/vs_random"] == pytest.approx(difference, abs=1e-6)
+
+
 def test_ddp_with_a_rank_that_holds_no_sample(runs):
     single = load(runs, "single", "one", "rank0")
     rank0, rank1 = load(runs, "ddp", "one", "rank0"), load(runs, "ddp", "one", "rank1")
@@ -119,6 +136,8 @@ def test_an_explainer_failing_on_one_rank_is_disabled_on_every_rank_in_the_same_
         # the pointing game failed on rank 1 only: NaN on both ranks, and rank 0 says why (before: silent there)
         assert math.isnan(scores["explain/rollout/pointing_game"])
         assert "metric/rollout/pointing_game" in record["warned"]
+        # the floor of the pointing game failed on rank 1 too: NaN on both ranks
+        assert math.isnan(scores["explain/rollout/pointing_game/random"])
         for key, value in single.items():  # the explainer that worked everywhere: scores of all samples
-            if key.startswith("explain/rollout/") and not key.endswith("/pointing_game"):
+            if key.startswith("explain/rollout/") and "/pointing_game" not in key:
                 assert scores[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key

@@ -41,7 +41,9 @@ def flatten(result):
 def test_the_scores_are_those_recorded_before_the_shared_stream(case, rowwise):
     recorded = flatten(torch.load(GOLDEN, weights_only=False)[case, rowwise])
     now = flatten(scores(case, rowwise))
-    assert now.keys() == recorded.keys()
+    added = set(now) - set(recorded)  # the random maps' floor beside each score, logged since the recording
+    assert set(recorded) <= set(now) and added and all(k.endswith(("/random", "/vs_random")) for k in added)
+    now = {key: now[key] for key in recorded}
     if rowwise:
         moved = {
             k: (recorded[k], now[k])

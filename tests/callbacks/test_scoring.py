@@ -22,9 +22,10 @@ def test_the_reference_curve_is_the_metric_of_random_maps_seeded_by_sample_id():
     samples = {"ids": ids, "images": images, "labels": labels, "masks": masks}
     maps = {"rollout": torch.rand(6, 4, 4)}
     scoring = Scoring(["rollout"], {"deletion": {"steps": 4}, "pointing_game": {}}, torch.device("cpu"), 4)
-    assert list(scoring.reference) == ["deletion"]  # only metrics with curves have a reference line
+    assert list(scoring.reference) == ["deletion", "pointing_game"]  # the floor of every metric
     scoring.update(ExplainingRun(model, torch.device("cpu"), 4, raise_errors=True), samples, maps, {})
     scoring.compute("explain", set(), set(), False)
+    assert list(scoring.reference_curves) == ["deletion"]  # only metrics with curves have a reference line
     x, y = scoring.reference_curves["deletion"]
 
     expected = M.create("deletion", steps=4)
